@@ -1,0 +1,24 @@
+"""Errors raised while building workloads or evaluating trials."""
+
+from __future__ import annotations
+
+from spaces import CsearchError
+
+__all__ = ["WorkloadError", "EarlyStopped", "EvaluationError"]
+
+
+class WorkloadError(CsearchError):
+    """A workload reference cannot be resolved or built (a user error)."""
+
+
+class EvaluationError(Exception):
+    """A trial's evaluation failed (NaN, OOM, user code); the trial is stored as FAIL."""
+
+
+class EarlyStopped(Exception):
+    """A trial cannot recover the accuracy guard; it is stored as PRUNED with `reason`."""
+
+    def __init__(self, reason: str, metrics: dict[str, float] | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.metrics = metrics or {}

@@ -1,0 +1,189 @@
+"""One trial's evaluation: prune -> fine-tune -> quantize -> pack -> measure -> serve.
+
+Everything here is measured on the real model: accuracy on held-out data, size as the
+byte count of the packed artifact, latency and throughput from the serve replay.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from spaces import Config
+
+from .errors import EarlyStopped, EvaluationError
+from .pack import pack_state
+from .prune import apply_masks, masks_for, prunable_layers, structured_prune
+from .quantize import apply_runtime, quantize_weights
+from .serve import activation_bytes_per_sample, replay
+from .train import finetune
+from .workload import Workload
+
+__all__ = ["Reporter", "Evaluation", "evaluate", "base_accuracy", "build_structure", "METRICS"]
+
+# The metrics contract (DESIGN.md section 3): every evaluation fills all of these.
+METRICS = (
+    "accuracy",
+    "accuracy_drop",
+    "latency_ms",
+    "latency_p99_ms",
+    "throughput_rps",
+    "size_mb",
+    "memory_mb",
+    "cache_hit_rate",
+    "sparsity",
+    "eval_seconds",
+)
+
+
+class Reporter:
+    """What a trial may tell the outside world; `search` subclasses it. No optuna here."""
+
+    def stage(self, name: str) -> None:  # noqa: D401 - a progress hook
+        """Called as each stage of the pipeline starts."""
+
+    def attr(self, key: str, value: object) -> None:
+        """Store a piece of diagnostic information on the trial."""
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    artifact: bytes
+    memory_margin_mb: float  # <= 0: packed weights + cache + workspace fit the budget
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+def base_accuracy(workload: Workload) -> float:
+    """Accuracy of the uncompressed model, once per process."""
+    if "_base_accuracy" not in workload.extras:
+        workload.extras["_base_accuracy"] = float(workload.evaluate(workload.model))
+    return workload.extras["_base_accuracy"]
+
+
+def _prunable_count(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in prunable_layers(model).values())
+
+
+def build_structure(workload: Workload, config: Config, device: torch.device) -> nn.Module:
+    """A copy of the base model with the config's structural changes (removed channels).
+
+    Deterministic given the base weights, so `export.load` rebuilds the same shapes.
+    """
+    model = copy.deepcopy(workload.model).to(device)
+    if config.prune.method == "structured" and config.prune.structured_ratio > 0:
+        model = structured_prune(
+            model, config.prune.structured_ratio, _example(workload, device)
+        )
+    return model
+
+
+def _example(workload: Workload, device: torch.device) -> object:
+    x = workload.example_inputs()
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return x
+
+
+def _packed_size(model: nn.Module, config: Config, masks: dict[str, torch.Tensor]) -> int:
+    """Packed bytes of the weights as they would be without fine-tuning (the cheap check)."""
+    probe = copy.deepcopy(model)
+    quantized = quantize_weights(probe, config.quant)
+    sparse = {f"{n}.weight" for n in masks}
+    return len(pack_state(probe.state_dict(), quantized, sparse))
+
+
+def evaluate(
+    workload: Workload,
+    config: Config,
+    *,
+    budget_mb: float,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    accuracy_guard: float | None = None,
+    reporter: Reporter | None = None,
+) -> Evaluation:
+    """Compress, fine-tune, pack, measure and serve one config.
+
+    `accuracy_guard` is the study's largest allowed accuracy drop, if it has one: a trial
+    still far below it after its first fine-tune epoch raises `EarlyStopped`.
+    Raises `EvaluationError` for a failed evaluation (NaN accuracy, diverged training).
+    """
+    reporter = reporter or Reporter()
+    device = torch.device(device)
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    base_acc = base_accuracy(workload)
+    budget_bytes = int(round(budget_mb * 1e6))
+    base_count = _prunable_count(workload.model)
+
+    reporter.stage("prune")
+    model = build_structure(workload, config, device)
+    masks = masks_for(model, config.prune)
+    apply_masks(model, masks)
+
+    # Cheap check first: weights that cannot fit the budget are not worth training.
+    est = _packed_size(model, config, masks)
+    rejected = est > budget_bytes
+    if rejected:
+        reporter.attr("rejected", f"packed weights {est / 1e6:.3f} MB exceed the budget")
+
+    if not rejected:
+        reporter.stage("finetune")
+
+        def after_epoch(epoch: int) -> None:
+            if accuracy_guard is None or epoch + 1 >= config.train.epochs:
+                return
+            acc = float(workload.evaluate(model))
+            drop = base_acc - acc
+            hopeless = max(10 * accuracy_guard, accuracy_guard + 0.2)
+            if drop > hopeless:
+                raise EarlyStopped(
+                    f"accuracy {acc:.4f} after epoch {epoch + 1} is {drop:.4f} below the base "
+                    f"model (guard {accuracy_guard:g}); it cannot recover in "
+                    f"{config.train.epochs - epoch - 1} more epoch(s)",
+                    {"accuracy": acc, "accuracy_drop": drop},
+                )
+
+        finetune(model, workload, config.train, masks, device, after_epoch)
+
+    reporter.stage("quantize")
+    quantized = quantize_weights(model, config.quant)
+    artifact = pack_state(model.state_dict(), quantized, {f"{n}.weight" for n in masks})
+    nonzero = sum(int((m.weight != 0).sum()) for m in prunable_layers(model).values())
+    act_bytes = activation_bytes_per_sample(model, workload.example_inputs(), device)
+    model = apply_runtime(model, config.quant, device)
+
+    reporter.stage("measure")
+    acc = float(workload.evaluate(model))
+    if not math.isfinite(acc):
+        raise EvaluationError(f"accuracy is {acc}")
+
+    reporter.stage("serve")
+    served = replay(
+        model,
+        workload,
+        config.serve,
+        budget_bytes=budget_bytes,
+        weight_bytes=len(artifact),
+        device=device,
+        seed=seed,
+        act_bytes=act_bytes,
+    )
+    metrics = {
+        "accuracy": acc,
+        "accuracy_drop": base_acc - acc,
+        **{k: v for k, v in served.metrics.items()},
+        "size_mb": len(artifact) / 1e6,
+        "sparsity": 1.0 - nonzero / base_count,
+        "rejected_early": float(rejected),
+    }
+    metrics["eval_seconds"] = time.perf_counter() - t_start
+    return Evaluation(metrics, artifact, served.feasible_margin_mb)

@@ -1,0 +1,107 @@
+"""Pruning: pure mask functions and structured channel removal.
+
+Masks are plain boolean tensors (True = keep). They are applied by multiplying weights and
+re-applied after every optimizer step, so pruned weights stay zero during fine-tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from spaces import PruneConfig
+
+__all__ = [
+    "prunable_layers",
+    "threshold_mask",
+    "global_magnitude_masks",
+    "masks_for",
+    "apply_masks",
+    "structured_prune",
+]
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers whose `weight` is pruned and quantized: Linear and Conv layers."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    }
+
+
+def threshold_mask(w: torch.Tensor, threshold: float) -> torch.Tensor:
+    """|w| < threshold becomes 0."""
+    return w.abs() >= threshold
+
+
+def global_magnitude_masks(
+    weights: Mapping[str, torch.Tensor], amount: float
+) -> dict[str, torch.Tensor]:
+    """Zero the `amount` fraction of smallest |w| over all tensors together."""
+    if amount <= 0:
+        return {k: torch.ones_like(w, dtype=torch.bool) for k, w in weights.items()}
+    flat = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
+    k = int(round(amount * flat.numel()))
+    if k <= 0:
+        return {k_: torch.ones_like(w, dtype=torch.bool) for k_, w in weights.items()}
+    # kthvalue gives the k-th smallest; everything strictly above it survives, ties broken
+    # by position so exactly k weights are removed.
+    order = torch.argsort(flat, stable=True)
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep[order[:k]] = False
+    out: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, w in weights.items():
+        n = w.numel()
+        out[name] = keep[offset : offset + n].reshape(w.shape)
+        offset += n
+    return out
+
+
+def masks_for(model: nn.Module, cfg: PruneConfig) -> dict[str, torch.Tensor]:
+    """Unstructured masks for a config (empty for `none` and `structured`)."""
+    layers = prunable_layers(model)
+    weights = {name: m.weight.detach() for name, m in layers.items()}
+    if cfg.method == "magnitude":
+        return {name: threshold_mask(w, cfg.threshold) for name, w in weights.items()}
+    if cfg.method == "global":
+        return global_magnitude_masks(weights, cfg.amount)
+    return {}
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    layers = dict(model.named_modules())
+    for name, mask in masks.items():
+        w = layers[name].weight
+        w.mul_(mask.to(w.device, w.dtype))
+
+
+def structured_prune(model: nn.Module, ratio: float, example_inputs: Any) -> nn.Module:
+    """Physically remove `ratio` of the channels of every prunable layer but the output layer.
+
+    Uses Torch-Pruning's dependency graph, so coupled layers (conv -> linear, residuals,
+    attention projections) stay consistent and the model really gets smaller and faster.
+    The result depends only on the weights, so `export.load` can repeat it exactly.
+    """
+    if ratio <= 0:
+        return model
+    import torch_pruning as tp
+
+    layers = prunable_layers(model)
+    # Keep the final classifier/projection whole: its outputs are the model's outputs.
+    output_layer = list(layers.values())[-1]
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        example_inputs,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=[output_layer],
+        global_pruning=False,
+    )
+    pruner.step()
+    return model

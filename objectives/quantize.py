@@ -1,0 +1,146 @@
+"""Quantization: pure fake-quant maths and runtime kernels, dispatched by method.
+
+Every method first rounds the weights of prunable layers to a grid (`fake_quantize`), so
+the packed artifact stores exactly what the model computes with. Then `apply_runtime`
+swaps in a real low-precision kernel where one exists on the device (dynamic int8 on
+CPU, torchao's int8 tensor subclasses). `lowbit` (2..8 bits) has no kernel here and
+runs with the dequantized weights: it buys size, not speed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spaces import QuantConfig
+
+from .prune import prunable_layers
+
+__all__ = [
+    "QuantizedWeight",
+    "weight_bits",
+    "group_scales",
+    "fake_quantize",
+    "dequantize",
+    "quantize_weights",
+    "apply_runtime",
+]
+
+# Smallest scale stored: fp16's smallest normal number, so scales round-trip exactly.
+_MIN_SCALE = 2.0**-14
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """Signed integer codes `q` (int8 holding `bits`-bit values) and fp16 `scales` of shape
+    `[out, n_groups]`; the weight is `q * scale` of its group."""
+
+    q: torch.Tensor
+    scales: torch.Tensor
+    bits: int
+    group_size: int  # 0: one group per output channel
+
+
+def weight_bits(cfg: QuantConfig) -> int | None:
+    """Bits per stored weight, or None for fp32."""
+    if cfg.method == "none":
+        return None
+    if cfg.method == "lowbit":
+        return int(cfg.bits)
+    return 8
+
+
+def _grouped(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
+    """View `w` as `[out, n_groups, g]`, zero-padding the last group."""
+    w2 = w.detach().reshape(w.shape[0], -1).float()
+    k = w2.shape[1]
+    g = k if group_size <= 0 or group_size >= k else group_size
+    pad = (-k) % g
+    if pad:
+        w2 = torch.nn.functional.pad(w2, (0, pad))
+    return w2.reshape(w2.shape[0], -1, g), pad
+
+
+def group_scales(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Symmetric scale per group: alpha = max|w| / (2^(bits-1) - 1), stored as fp16."""
+    qmax = 2 ** (bits - 1) - 1
+    grouped, _ = _grouped(w, group_size)
+    alpha = grouped.abs().amax(dim=2) / qmax
+    return alpha.clamp(min=_MIN_SCALE).half()
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int) -> QuantizedWeight:
+    """Q(w) = round(w / alpha) per group; |w - Q(w) * alpha| <= alpha / 2."""
+    qmax = 2 ** (bits - 1) - 1
+    scales = group_scales(w, bits, group_size)
+    grouped, pad = _grouped(w, group_size)
+    q = torch.round(grouped / scales.float().unsqueeze(2)).clamp(-qmax, qmax)
+    q = q.reshape(q.shape[0], -1)
+    if pad:
+        q = q[:, :-pad]
+    return QuantizedWeight(q.to(torch.int8).reshape(w.shape), scales, bits, group_size)
+
+
+def dequantize(qw: QuantizedWeight) -> torch.Tensor:
+    shape = qw.q.shape
+    grouped, pad = _grouped(qw.q.float(), qw.group_size)
+    w = grouped * qw.scales.float().unsqueeze(2)
+    w = w.reshape(w.shape[0], -1)
+    if pad:
+        w = w[:, :-pad]
+    return w.reshape(shape)
+
+
+@torch.no_grad()
+def quantize_weights(model: nn.Module, cfg: QuantConfig) -> dict[str, QuantizedWeight]:
+    """Round every prunable layer's weight to its grid in place; return the codes."""
+    bits = weight_bits(cfg)
+    if bits is None:
+        return {}
+    group = cfg.group_size if cfg.method == "lowbit" else 0
+    out: dict[str, QuantizedWeight] = {}
+    for name, layer in prunable_layers(model).items():
+        qw = fake_quantize(layer.weight, bits, group)
+        layer.weight.copy_(dequantize(qw).to(layer.weight.device, layer.weight.dtype))
+        out[name] = qw
+    return out
+
+
+def _int8_dynamic(model: nn.Module, device: torch.device) -> nn.Module:
+    if device.type != "cpu":  # fbgemm/qnnpack kernels are CPU-only
+        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def _torchao(config_name: str) -> Callable[[nn.Module, torch.device], nn.Module]:
+    def apply(model: nn.Module, device: torch.device) -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchao.quantization as tq
+
+            tq.quantize_(model, getattr(tq, config_name)())
+        return model
+
+    return apply
+
+
+_RUNTIME: dict[str, Callable[[nn.Module, torch.device], nn.Module]] = {
+    "none": lambda m, d: m,
+    "lowbit": lambda m, d: m,
+    "int8_dynamic": _int8_dynamic,
+    "int8_weight_only": _torchao("Int8WeightOnlyConfig"),
+    "int8_dynamic_activation": _torchao("Int8DynamicActivationInt8WeightConfig"),
+}
+
+
+def apply_runtime(model: nn.Module, cfg: QuantConfig, device: torch.device) -> nn.Module:
+    """Swap in the method's low-precision kernels (after `quantize_weights`)."""
+    return _RUNTIME[cfg.method](model, device)

@@ -1,0 +1,55 @@
+"""The public plugin API: everything csearch needs to judge one model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Workload"]
+
+
+@dataclass
+class Workload:
+    """A trained fp32 model and the means to judge it.
+
+    `evaluate(model) -> float` is accuracy on held-out data, higher is better; it may be
+    called on any device, so it should move its inputs to the model's device.
+    `request_inputs` are distinct requests for the serve replay: a tensor `[N, ...]` or a
+    list combined with `collate`. Without `train_batches` the `train.*` parameters are
+    inactive.
+    """
+
+    name: str
+    model: nn.Module
+    evaluate: Callable[[nn.Module], float]
+    request_inputs: torch.Tensor | Sequence[Any]
+    train_batches: Callable[[], Iterable[tuple[Any, Any]]] | None = None
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    collate: Callable[[list[Any]], Any] | None = None
+    memory_budget_mb: float | None = None
+    # Serve replay settings (optional): Zipf skew of repeats, trace length, clients.
+    zipf_skew: float = 1.1
+    n_requests: int = 2000
+    concurrency: int = 64
+    # Extra state a workload wants to keep alive (datasets, tokenizers); not used by csearch.
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def batch(self, items: list[Any]) -> Any:
+        """Combine request inputs into one model input."""
+        if self.collate is not None:
+            return self.collate(items)
+        return torch.stack(items)
+
+    def request(self, index: int) -> Any:
+        return self.request_inputs[index]
+
+    @property
+    def n_distinct_requests(self) -> int:
+        return len(self.request_inputs)
+
+    def example_inputs(self) -> Any:
+        return self.batch([self.request(0)])

@@ -1,0 +1,113 @@
+"""Workload registry: built-ins, installed plugins (entry points) and `module:factory` refs.
+
+A reference is only ever imported because the operator named it on the command line or
+installed it as an entry point (group `csearch.workloads`); a spec read from a database
+is re-resolved through the same function, never imported blindly beyond that.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from ..errors import WorkloadError
+from ..workload import Workload
+
+__all__ = ["BUILTIN_WORKLOADS", "list_workloads", "resolve_factory", "load_workload"]
+
+ENTRY_POINT_GROUP = "csearch.workloads"
+
+# name -> ("module:factory", description)
+BUILTIN_WORKLOADS: dict[str, tuple[str, str]] = {
+    "digits-cnn": (
+        "objectives.workloads.digits:make_digits_workload",
+        "scikit-learn 8x8 digits, 138k-parameter CNN; trains in seconds on CPU",
+    ),
+    "minilm": (
+        "objectives.workloads.minilm:make_minilm_workload",
+        "all-MiniLM-L6-v2 sentence embeddings (22.7M parameters); accuracy = fidelity to fp32",
+    ),
+}
+
+_loaded: dict[str, Workload] = {}
+
+
+def list_workloads() -> dict[str, str]:
+    """Names of built-in and installed workloads with a one-line description."""
+    out = {name: desc for name, (_, desc) in BUILTIN_WORKLOADS.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        out.setdefault(ep.name, f"plugin {ep.value}")
+    return out
+
+
+def resolve_factory(ref: str) -> Callable[[], Workload]:
+    """Turn a name or `package.module:factory` into a zero-argument factory."""
+    if ref in BUILTIN_WORKLOADS:
+        ref = BUILTIN_WORKLOADS[ref][0]
+    else:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == ref:
+                ref = ep.value
+                break
+    if ":" not in ref:
+        known = ", ".join(list_workloads())
+        raise WorkloadError(
+            f"unknown workload {ref!r}: use one of {known}, or package.module:factory"
+        )
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise WorkloadError(f"workload reference {ref!r} must look like package.module:factory")
+    if os.getcwd() not in sys.path:  # like `flask --app`, resolve modules in the cwd too
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise WorkloadError(
+                f"workload module {module_name!r} not found (from {ref!r}); "
+                "is it installed or in the current directory?"
+            ) from e
+        raise WorkloadError(
+            f"error while importing workload module {module_name!r}: {type(e).__name__}: {e}"
+        ) from e
+    except Exception as e:
+        raise WorkloadError(
+            f"error while importing workload module {module_name!r}: {type(e).__name__}: {e}"
+        ) from e
+    factory = module
+    for part in attr.split("."):
+        try:
+            factory = getattr(factory, part)
+        except AttributeError as e:
+            raise WorkloadError(
+                f"workload module {module_name!r} has no attribute {attr!r} (from {ref!r})"
+            ) from e
+    if not callable(factory):
+        raise WorkloadError(f"workload factory {ref!r} is not callable")
+    return factory  # type: ignore[return-value]
+
+
+def load_workload(ref: str) -> Workload:
+    """Build a workload once per process; later calls return the same object."""
+    if ref in _loaded:
+        return _loaded[ref]
+    factory = resolve_factory(ref)
+    try:
+        workload = factory()
+    except WorkloadError:
+        raise
+    except Exception as e:
+        raise WorkloadError(
+            f"workload factory {ref!r} raised {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(workload, Workload):
+        raise WorkloadError(
+            f"workload factory {ref!r} returned {type(workload).__name__}, "
+            "not objectives.Workload"
+        )
+    workload.model.eval()
+    _loaded[ref] = workload
+    return workload

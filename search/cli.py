@@ -1,0 +1,488 @@
+"""The `csearch` command line. The only module that imports click.
+
+Every user mistake surfaces as a `CsearchError`; the group turns it into one line on
+stderr and exit status 2 (`--debug` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+import click
+
+from spaces import CsearchError
+
+__all__ = ["cli", "main"]
+
+_DEFAULT_STUDY = "default"
+
+
+class _UserError(click.ClickException):
+    exit_code = 2
+
+
+class _InternalError(click.ClickException):
+    exit_code = 1
+
+    def format_message(self) -> str:
+        return f"internal error: {self.message} (run with --debug for the traceback)"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except CsearchError as e:
+            if debug:
+                raise
+            raise _UserError(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as e:
+            if debug:
+                raise
+            raise _InternalError(f"{type(e).__name__}: {e}") from None
+
+
+def _quiet_libraries(debug: bool) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+    if not debug:
+        warnings.filterwarnings("ignore")
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and library logs.")
+@click.version_option(package_name="csearch")
+def cli(debug: bool) -> None:
+    """Search pruning, quantization, fine-tuning and serving knobs of a PyTorch model.
+
+    Each trial really compresses, fine-tunes and serves the model and measures accuracy,
+    latency, size and memory. Results go to an Optuna storage (default ./studies.db).
+    """
+    _quiet_libraries(debug)
+
+
+# --- shared options ------------------------------------------------------------------
+
+def _storage_option(f: Any) -> Any:
+    return click.option(
+        "--storage", default=None, metavar="URL",
+        help="Optuna storage URL: sqlite:///FILE, postgresql://..., mysql://..., "
+             "journal:///FILE. Default: $CSEARCH_STORAGE or sqlite:///studies.db.",
+    )(f)
+
+
+def _study_option(f: Any) -> Any:
+    return click.option("--study", "study_name", default=_DEFAULT_STUDY, show_default=True,
+                         help="Study name.")(f)
+
+
+def _format_option(f: Any) -> Any:
+    return click.option("--format", "fmt", type=click.Choice(["table", "json"]),
+                        default="table", show_default=True,
+                        help="table for people, json (stdout only) for tools.")(f)
+
+
+def _spec_options(f: Any) -> Any:
+    opts = [
+        click.option("--workload", default="digits-cnn", show_default=True,
+                     help="Built-in workload name (see `csearch workloads`) or "
+                          "package.module:factory."),
+        click.option("--space", default="joint", show_default=True,
+                     help="Built-in space name (see `csearch spaces`) or a TOML file."),
+        click.option("--objective", "objectives", multiple=True, metavar="METRIC:max|min",
+                     help="Objective, repeatable. Default: accuracy:max latency_ms:min "
+                          "size_mb:min."),
+        click.option("--constraint", "constraints", multiple=True, metavar="EXPR",
+                     help="Feasibility constraint, repeatable, e.g. 'accuracy_drop<=0.01'. "
+                          "The memory budget is always a constraint."),
+        click.option("--sampler", type=click.Choice(["tpe", "nsga2", "nsga3", "gp", "random",
+                                                     "grid"]),
+                     default="tpe", show_default=True,
+                     help="tpe is multivariate, grouped TPE."),
+        click.option("--trials", type=int, default=20, show_default=True,
+                     help="Total budget of finished trials for the study (all workers). "
+                          "Rerunning resumes up to it."),
+        click.option("--timeout", type=float, default=None,
+                     help="Stop starting trials after this many seconds."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for sampling, fine-tuning and the request trace."),
+        click.option("--memory-budget-mb", type=float, default=None,
+                     help="Serving memory budget S_total in MB (default: the workload's)."),
+        click.option("--artifacts", default="auto", show_default=True, metavar="DIR|auto|none",
+                     help="Where trials' packed models go (auto: beside the database)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return _study_option(_storage_option(f))
+
+
+def _make_spec(p: dict[str, Any], url: str) -> Any:
+    from .spec import DEFAULT_OBJECTIVES
+    from .storage import artifact_dir_for
+    from .study import build_spec
+
+    art = p["artifacts"]
+    artifacts = (None if art == "none" else str(artifact_dir_for(url)) if art == "auto"
+                 else os.path.abspath(art))
+    if p["trials"] is not None and p["trials"] < 0:
+        from .errors import UsageError
+
+        raise UsageError(f"--trials must be 0 or more, got {p['trials']}")
+    return build_spec(
+        workload=p["workload"], space=p["space"],
+        objectives=tuple(p["objectives"]) or DEFAULT_OBJECTIVES,
+        constraints=tuple(p["constraints"]), sampler=p["sampler"], seed=p["seed"],
+        device=p["device"], trials=p["trials"], timeout=p["timeout"],
+        memory_budget_mb=p["memory_budget_mb"], artifacts=artifacts,
+    )
+
+
+def _prepare(p: dict[str, Any]) -> tuple[Any, Any, bool]:
+    """Validate everything before anything is written; return (study, ctx, created)."""
+    from .storage import open_storage, resolve_url
+    from .study import create_or_resume, load_context
+
+    url = resolve_url(p["storage"])
+    spec = _make_spec(p, url)
+    # Validate the URL (and that an existing file is a database) before building anything.
+    from .storage import backend_of
+
+    if backend_of(url) == "sqlite":
+        from .storage import _check_sqlite
+
+        _check_sqlite(url, create=True)
+    ctx = load_context(spec)
+    storage = open_storage(url, create=True)
+    study, created = create_or_resume(storage, p["study_name"], spec, ctx)
+    return study, ctx, created
+
+
+# --- run / create / worker -----------------------------------------------------------
+
+@cli.command()
+@_spec_options
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Local worker processes (spawned, one storage engine each).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-trial progress lines.")
+@click.pass_context
+def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
+    """Create or resume a study and run trials up to its budget.
+
+    Prints the feasible Pareto front at the end. Running the same command again resumes
+    the study and does no extra work once the budget is reached.
+    """
+    from .errors import UsageError
+    from .results import pareto_rows
+    from .runner import count_finished, run_trials
+
+    if workers < 1:
+        raise UsageError(f"--workers must be 1 or more, got {workers}")
+    study, tctx, created = _prepare(p)
+    url = _url(p)
+    done0 = count_finished(study)
+    verb = "created" if created else "resuming"
+    _info(f"study {study.study_name!r} {verb}: {done0}/{tctx.spec.trials} trials finished, "
+          f"workload {tctx.spec.workload}, space {tctx.spec.space}, "
+          f"device {tctx.device}, budget {tctx.budget_mb:g} MB", quiet)
+    progress = _Progress(tctx.spec, done0, quiet or not sys.stdout.isatty())
+    t0 = time.perf_counter()
+    if workers == 1:
+        run_trials(study, tctx, on_trial=progress)
+    else:
+        from .storage import backend_of
+        from .workers import run_local_workers
+
+        if backend_of(url) == "sqlite":
+            click.echo(f"warning: {workers} workers share one SQLite file; for many workers "
+                       "use PostgreSQL (--storage postgresql://...) or a journal file",
+                       err=True)
+        codes = run_local_workers(study.study_name, url, workers, device=p["device"])
+        if any(codes):
+            click.echo(f"warning: worker exit codes {codes}", err=True)
+    elapsed = time.perf_counter() - t0
+    done = count_finished(study)
+    _info(f"{done - done0} trial(s) in {elapsed:.1f}s; {done}/{tctx.spec.trials} finished", quiet)
+    rows = pareto_rows(study)
+    click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
+    click.echo(_pareto_table(rows, tctx.spec.metric_names, study.user_attrs.get("baseline")))
+
+
+def _url(p: dict[str, Any]) -> str:
+    from .storage import resolve_url
+
+    return resolve_url(p["storage"])
+
+
+def _info(msg: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+@cli.command()
+@_spec_options
+def create(**p: Any) -> None:
+    """Store a study and its spec (and baseline) without running trials.
+
+    Workers then join with `csearch worker --study NAME --storage URL`.
+    """
+    study, tctx, created = _prepare(p)
+    state = "created" if created else "already exists (spec matches)"
+    click.echo(f"study {study.study_name!r} {state}; budget {tctx.spec.trials} trials")
+
+
+@cli.command()
+@_study_option
+@_storage_option
+@click.option("--device", default=None, help="Override the stored device (auto, cpu, cuda:N).")
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after N seconds.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-trial progress lines.")
+def worker(study_name: str, storage: str | None, device: str | None, timeout: float | None,
+           quiet: bool) -> None:
+    """Join an existing study from its stored spec and run trials until its budget."""
+    from .storage import open_storage, resolve_url
+    from .study import load_study, resolve_device, stored_spec
+    from .workers import join_study
+
+    url = resolve_url(storage)
+    if device is not None:
+        resolve_device(device)
+    st = load_study(open_storage(url, create=False), study_name)
+    spec = stored_spec(st)
+    from .runner import count_finished
+
+    progress = _Progress(spec, count_finished(st), quiet or not sys.stdout.isatty())
+    n = join_study(study_name, url, device=device, worker_index=None, timeout=timeout,
+                   on_trial=progress)
+    _info(f"worker ran {n} trial(s)", quiet)
+
+
+# --- listings ------------------------------------------------------------------------
+
+def _open(storage: str | None, study_name: str | None = None) -> Any:
+    from .storage import open_storage, resolve_url
+    from .study import load_study
+
+    st = open_storage(resolve_url(storage), create=False, heartbeat=False)
+    if study_name is None:
+        return st
+    return load_study(st, study_name)
+
+
+@cli.command()
+@_storage_option
+@_format_option
+def studies(storage: str | None, fmt: str) -> None:
+    """List studies with trial counts by state and best values."""
+    from .results import study_summaries
+
+    rows = study_summaries(_open(storage))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = []
+    for r in rows:
+        states = " ".join(f"{k}={v}" for k, v in sorted(r["states"].items()))
+        best = " ".join(f"{k}={_fmt(v)}" for k, v in r["best"].items())
+        table.append([r["name"], r["workload"] or "-", f"{r['trials']}/{r['budget']}", states,
+                      r["pareto_size"], best])
+    click.echo(_table(["study", "workload", "trials/budget", "states", "pareto", "best"], table))
+
+
+@cli.command()
+@_study_option
+@_storage_option
+@_format_option
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]),
+              help="Only trials in these states.")
+def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ...]) -> None:
+    """List a study's trials with params, metrics, values and feasibility."""
+    from .results import trial_rows
+
+    study = _open(storage, study_name)
+    rows = [r for r in trial_rows(study) if not states or r["state"] in states]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    names = study.metric_names or []
+    table = [[r["number"], r["state"], _feas(r["feasible"]),
+              *[_fmt(v) for v in (r["values"] or [None] * len(names))],
+              _fmt(r["duration_s"]), _params(r["params"]), r.get("reason", "")[:60]]
+             for r in rows]
+    click.echo(_table(["#", "state", "feasible", *names, "seconds", "params", "reason"], table))
+
+
+@cli.command()
+@_study_option
+@_storage_option
+@_format_option
+def pareto(study_name: str, storage: str | None, fmt: str) -> None:
+    """The feasible Pareto front (infeasible trials are never on it)."""
+    from .results import pareto_rows
+
+    study = _open(storage, study_name)
+    rows = pareto_rows(study)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(_pareto_table(rows, study.metric_names or [], study.user_attrs.get("baseline")))
+
+
+@cli.command()
+@_format_option
+def workloads(fmt: str) -> None:
+    """List built-in and installed workloads."""
+    from objectives import list_workloads
+
+    rows = list_workloads()
+    if fmt == "json":
+        click.echo(json.dumps([{"name": k, "description": v} for k, v in rows.items()], indent=2))
+        return
+    click.echo(_table(["workload", "description"], [[k, v] for k, v in rows.items()]))
+
+
+@cli.command()
+@_format_option
+def spaces(fmt: str) -> None:
+    """List built-in search spaces and their parameters."""
+    from spaces import builtin_spaces, load_space
+
+    out = []
+    for name in builtin_spaces():
+        sp = load_space(name)
+        out.append({"name": name, "params": {p.name: p.describe() for p in sp.params}})
+    if fmt == "json":
+        click.echo(json.dumps(out, indent=2))
+        return
+    table = []
+    for s in out:
+        for i, (k, v) in enumerate(s["params"].items()):
+            table.append([s["name"] if i == 0 else "", k, v])
+    click.echo(_table(["space", "parameter", "values"], table))
+
+
+@cli.command()
+@_study_option
+@_storage_option
+@click.option("--trial", "number", type=int, required=True, help="Trial number to export.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Directory to write model.safetensors and csearch.json into.")
+def export(study_name: str, storage: str | None, number: int, output: str) -> None:
+    """Write a trial's packed model and metadata; `search.export.load(DIR)` reloads it."""
+    from .export import export_trial
+
+    study = _open(storage, study_name)
+    meta = export_trial(study, number, output)
+    click.echo(f"wrote {output}/model.safetensors ({meta['model_bytes']} bytes, "
+               f"from {meta['model_source']}) and {output}/csearch.json")
+
+
+@cli.command()
+@_study_option
+@_storage_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(study_name: str, storage: str | None, yes: bool) -> None:
+    """Delete a study and its trials."""
+    import optuna
+
+    study = _open(storage, study_name)
+    n = len(study.trials)
+    if not yes:
+        click.confirm(f"delete study {study_name!r} with {n} trial(s)?", abort=True)
+    optuna.delete_study(study_name=study_name, storage=study._storage)
+    click.echo(f"deleted study {study_name!r}")
+
+
+# --- formatting ----------------------------------------------------------------------
+
+class _Progress:
+    """One line per finished trial on stdout (only when it is a terminal)."""
+
+    def __init__(self, spec: Any, done: int, quiet: bool):
+        self.spec, self.done, self.quiet = spec, done, quiet
+        self.t0 = time.perf_counter()
+        self.ran = 0
+
+    def __call__(self, study: Any, t: Any) -> None:
+        self.done += 1
+        self.ran += 1
+        if self.quiet:
+            return
+        m = t.user_attrs.get("metrics", {})
+        keys = ("accuracy", "latency_ms", "size_mb", "cache_hit_rate")
+        vals = " ".join(f"{k}={_fmt(m[k])}" for k in keys if k in m)
+        feas = "" if not t.constraints else (
+            " feasible" if all(v <= 0 for v in t.constraints.values()) else " infeasible")
+        dur = t.duration.total_seconds() if t.duration else float("nan")
+        rate = (time.perf_counter() - self.t0) / self.ran
+        budget = self.spec.trials
+        eta = f" eta {rate * max(0, budget - self.done):.0f}s" if budget else ""
+        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason") or ""
+        click.echo(f"[{self.done}/{budget}] trial {t.number} {t.state.name}{feas} "
+                   f"{vals} {dur:.2f}s{eta} {reason[:80]}".rstrip())
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _feas(v: Any) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+def _params(p: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in p.items())
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _pareto_table(rows: list[dict[str, Any]], names: list[str], baseline: dict | None) -> str:
+    if not rows:
+        return "(no feasible trials)"
+    base_size = (baseline or {}).get("size_mb")
+    table = []
+    for r in rows:
+        m = r["metrics"]
+        ratio = f"{base_size / m['size_mb']:.1f}x" if base_size and m.get("size_mb") else "-"
+        table.append([r["number"], *[_fmt(v) for v in r["values"]], ratio,
+                      _fmt(m.get("accuracy_drop")), _fmt(m.get("throughput_rps")),
+                      _params(r["params"])])
+    return _table(["#", *names, "smaller", "acc_drop", "rps", "params"], table)
+
+
+def main() -> None:
+    cli(prog_name="csearch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Export a trial as a deployable model, and load it back without pickle.
+
+`DIR/model.safetensors` is the trial's packed artifact (the bytes its `size_mb` counted);
+`DIR/csearch.json` holds the spec, params and metrics. `load(DIR)` rebuilds the base
+model from the workload reference, repeats the config's structural changes, loads the
+unpacked weights and swaps in the same runtime kernels the trial was measured with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.trial import FixedTrial, TrialState
+from torch import nn
+
+from objectives import build_structure, evaluate, load_workload, unpack_state
+from objectives.quantize import apply_runtime
+from spaces import parse_space
+
+from .errors import UsageError
+from .spec import BASELINE_ATTR, VERSION
+from .study import Context, load_context, resolve_device, stored_spec
+
+__all__ = ["export_trial", "load", "MODEL_FILE", "META_FILE"]
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "csearch.json"
+
+
+def _artifact_bytes(ctx: Context, trial: optuna.trial.FrozenTrial) -> bytes | None:
+    artifact_id = trial.user_attrs.get("artifact_id")
+    store_dir = ctx.spec.artifacts
+    if not artifact_id or not store_dir or not os.path.isdir(store_dir):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, MODEL_FILE)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                download_artifact(artifact_store=FileSystemArtifactStore(store_dir),
+                                  file_path=path, artifact_id=artifact_id)
+        except Exception:
+            return None
+        return Path(path).read_bytes()
+
+
+def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
+                 device: str = "cpu") -> dict[str, Any]:
+    """Write the trial's model and metadata to `out_dir`; return the metadata."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise UsageError(
+            f"study {study.study_name!r} has no trial {number}; "
+            f"valid: 0..{max(trials)}" if trials else f"study {study.study_name!r} has no trials"
+        )
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise UsageError(f"trial {number} is {trial.state.name}, only COMPLETE trials export")
+    spec = stored_spec(study)
+    ctx = load_context(spec, device=device)
+    data = _artifact_bytes(ctx, trial)
+    source = "artifact"
+    if data is None:
+        # No stored artifact (artifacts off): repeat the trial's evaluation with its seed.
+        config = ctx.space.sample(FixedTrial(trial.params, trial.number))
+        data = evaluate(ctx.workload, config, budget_mb=ctx.budget_mb, device=ctx.device,
+                        seed=trial.user_attrs.get("eval_seed", spec.seed + number)).artifact
+        source = "re-evaluated"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_FILE).write_bytes(data)
+    meta = {
+        "csearch": VERSION,
+        "study": study.study_name,
+        "trial": number,
+        "workload": spec.workload,
+        "space_toml": spec.space_toml,
+        "params": trial.params,
+        "metrics": trial.user_attrs.get("metrics", {}),
+        "baseline": study.user_attrs.get(BASELINE_ATTR, {}),
+        "spec": spec.to_dict(),
+        "model_bytes": len(data),
+        "model_source": source,
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return meta
+
+
+def load(path: str | Path, device: str = "cpu") -> nn.Module:
+    """Rebuild a working `nn.Module` from an export directory (no pickle)."""
+    path = Path(path)
+    meta = json.loads((path / META_FILE).read_text())
+    workload = load_workload(meta["workload"])
+    space = parse_space(meta["space_toml"], name="export")
+    config = space.sample(FixedTrial(meta["params"]))
+    dev = resolve_device(device)
+    model = build_structure(workload, config, dev)
+    state = unpack_state((path / MODEL_FILE).read_bytes())
+    model.load_state_dict({k: v.to(dev) for k, v in state.items()})
+    model.eval()
+    return apply_runtime(model, config.quant, dev)
+
+

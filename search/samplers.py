@@ -1,0 +1,51 @@
+"""Sampler choice. The default is multivariate, grouped TPE: independent TPE ignores how
+pruning, quantization and serving parameters interact."""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+from optuna.samplers import BaseSampler
+
+from spaces import Space
+
+from .errors import SpecError
+from .spec import SAMPLERS
+
+__all__ = ["make_sampler"]
+
+
+def _grid(space: Space) -> dict[str, list[object]]:
+    grid: dict[str, list[object]] = {}
+    for p in space.params:
+        if p.type == "categorical":
+            grid[p.name] = list(p.choices)
+        elif p.type == "int":
+            lo, hi = int(p.low), int(p.high)
+            grid[p.name] = sorted({lo, (lo + hi) // 2, hi})
+        else:
+            mid = (p.low * p.high) ** 0.5 if p.log else (p.low + p.high) / 2
+            grid[p.name] = sorted({p.low, mid, p.high})
+    return grid
+
+
+def make_sampler(name: str, seed: int | None, space: Space) -> BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(
+                multivariate=True, group=True, seed=seed, constant_liar=True,
+                warn_independent_sampling=False,
+            )
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if name == "nsga3":
+            return optuna.samplers.NSGAIIISampler(seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "grid":
+            return optuna.samplers.GridSampler(_grid(space), seed=seed)
+    raise SpecError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")

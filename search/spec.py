@@ -1,0 +1,111 @@
+"""The study spec: everything a worker needs to join a study, stored in its user attrs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import SpecError
+from .metrics import Constraint, Objective, parse_constraint, parse_objective
+
+__all__ = ["StudySpec", "SPEC_ATTR", "BASELINE_ATTR", "ENV_ATTR", "DEFAULT_OBJECTIVES",
+           "SAMPLERS", "VERSION"]
+
+VERSION = "0.1.0"
+SPEC_ATTR = "spec"
+BASELINE_ATTR = "baseline"
+ENV_ATTR = "environment"
+DEFAULT_OBJECTIVES = ("accuracy:max", "latency_ms:min", "size_mb:min")
+SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
+
+# Fields that define what a study *is*; resuming with any of them changed is refused.
+# Budgets (trials, timeout), the device and the artifact switch may change between runs.
+_IDENTITY = ("workload", "space_toml", "objectives", "constraints", "sampler", "seed",
+             "memory_budget_mb")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    workload: str
+    space: str  # the reference as given (built-in name or path), for display
+    space_toml: str  # the resolved space, so workers need no file
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    constraints: tuple[str, ...] = ()
+    sampler: str = "tpe"
+    seed: int = 0
+    device: str = "auto"
+    trials: int | None = None
+    timeout: float | None = None
+    memory_budget_mb: float | None = None
+    artifacts: str | None = None  # artifact directory, or None for no artifacts
+    version: str = VERSION
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SpecError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if not self.objectives:
+            raise SpecError("a study needs at least one objective")
+        names = [o.metric for o in self.parsed_objectives()]
+        if len(set(names)) != len(names):
+            raise SpecError(f"objective metrics repeat: {', '.join(self.objectives)}")
+        self.parsed_constraints()
+        if self.trials is not None and self.trials < 0:
+            raise SpecError(f"--trials must be 0 or more, got {self.trials}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise SpecError(f"--timeout must be positive seconds, got {self.timeout:g}")
+        if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:
+            raise SpecError(f"--memory-budget-mb must be positive, got {self.memory_budget_mb:g}")
+
+    def parsed_objectives(self) -> list[Objective]:
+        return [parse_objective(o) for o in self.objectives]
+
+    def parsed_constraints(self) -> list[Constraint]:
+        return [parse_constraint(c) for c in self.constraints]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.parsed_objectives()]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.metric for o in self.parsed_objectives()]
+
+    def accuracy_guard(self) -> float | None:
+        """The largest accuracy drop the study accepts, from its constraints."""
+        for c in self.parsed_constraints():
+            if c.metric == "accuracy_drop" and c.op == "<=":
+                return c.bound
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["objectives"] = list(self.objectives)
+        d["constraints"] = list(self.constraints)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudySpec":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["objectives"] = tuple(kw.get("objectives", DEFAULT_OBJECTIVES))
+        kw["constraints"] = tuple(kw.get("constraints", ()))
+        return cls(**kw)
+
+    def differences(self, other: "StudySpec") -> list[str]:
+        """Identity fields that differ, described for the user."""
+        out = []
+        for name in _IDENTITY:
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                if name == "space_toml":
+                    out.append(f"space ({other.space!r} stored, {self.space!r} given, "
+                               "contents differ)")
+                else:
+                    out.append(f"{name} (stored {_show(b)}, given {_show(a)})")
+        return out
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(map(str, v)) + "]"
+    return repr(v)

@@ -1,0 +1,204 @@
+"""Storage URLs: resolution, validation, redaction, and opening Optuna storages.
+
+`sqlite:///studies.db` in the working directory by default (`CSEARCH_STORAGE` and
+`--storage` override it). PostgreSQL and MySQL are for many workers; `journal:///path`
+is Optuna's journal file. RDB storages run with a heartbeat so killed workers' trials
+are failed and retried.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import optuna
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+
+from .errors import StorageError
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "HEARTBEAT_INTERVAL",
+    "GRACE_PERIOD",
+    "resolve_url",
+    "redact",
+    "backend_of",
+    "open_storage",
+    "artifact_dir_for",
+]
+
+DEFAULT_STORAGE = "sqlite:///studies.db"
+HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as stale
+MAX_RETRY = 3  # how often a trial of a killed worker is retried
+SQLITE_TIMEOUT = 60  # busy timeout: many workers on one SQLite file wait, not fail
+
+_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
+
+
+def resolve_url(storage: str | None) -> str:
+    """--storage, else CSEARCH_STORAGE, else studies.db in the working directory."""
+    url = storage or os.environ.get("CSEARCH_STORAGE") or DEFAULT_STORAGE
+    # Like SQLAlchemy: scheme:///relative and scheme:////absolute; store absolute paths so
+    # spawned workers and the artifact store agree whatever their working directory.
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme) and not url.startswith(scheme + "/"):
+            rel = url[len(scheme) :]
+            if rel and rel != ":memory:":
+                url = scheme + str(Path(rel.split("?", 1)[0]).resolve())
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print and log."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def backend_of(url: str) -> str:
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme == "postgres":
+        return "postgresql"
+    if scheme == "mariadb":
+        return "mysql"
+    return scheme
+
+
+def _file_path(url: str) -> Path | None:
+    """The file of a sqlite:/// or journal:/// URL (None for in-memory)."""
+    rest = url.split(":///", 1)[1] if ":///" in url else ""
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest.split("?", 1)[0])
+
+
+def _check_sqlite(url: str, create: bool) -> None:
+    path = _file_path(url)
+    if path is None:
+        return
+    if path.exists():
+        if path.is_dir():
+            raise StorageError(f"storage {url}: {path} is a directory, not a SQLite file")
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise StorageError(
+                f"storage {url}: {path} is not a SQLite database (corrupt or another "
+                "format); it was left untouched"
+            )
+        return
+    if not create:
+        raise StorageError(f"no database at {path} (storage {url}); run `csearch run` first")
+    if not path.parent.is_dir():
+        raise StorageError(f"storage {url}: directory {path.parent} does not exist")
+
+
+def _normalise(url: str) -> str:
+    backend = backend_of(url)
+    scheme, sep, rest = url.partition("://")
+    if backend == "postgresql" and "+" not in scheme:
+        return "postgresql+psycopg://" + rest
+    if backend == "mysql" and "+" not in scheme:
+        return "mysql+pymysql://" + rest
+    return url
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    backend = backend_of(url)
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT}}
+    # Bounded pool, and connections checked before use so a restarted server is survived.
+    kw: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2,
+                          "pool_recycle": 3600}
+    if backend == "postgresql":
+        kw["connect_args"] = {"connect_timeout": 10}
+    if backend == "mysql":
+        kw["connect_args"] = {"connect_timeout": 10}
+    return kw
+
+
+def open_storage(url: str, *, create: bool = False, heartbeat: bool = True) -> BaseStorage:
+    """Open (and, with `create`, initialise) the storage at `url`.
+
+    Read-only commands pass `create=False` so that a mistyped path creates nothing.
+    """
+    backend = backend_of(url)
+    if backend not in _SCHEMES:
+        raise StorageError(
+            f"unsupported storage URL {redact(url)!r}; use sqlite:///FILE, "
+            "postgresql://USER@HOST/DB, mysql://USER@HOST/DB or journal:///FILE"
+        )
+    if backend == "journal":
+        return _open_journal(url, create)
+    if backend == "sqlite":
+        _check_sqlite(url, create)
+    try:
+        parts = urlsplit(url)
+        if backend != "sqlite" and not parts.hostname and "host=" not in url:
+            raise StorageError(f"storage URL {redact(url)!r} names no host")
+    except ValueError as e:
+        raise StorageError(f"malformed storage URL {redact(url)!r}: {e}") from None
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        hb = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": GRACE_PERIOD,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRY
+            ),
+        }
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                _normalise(url),
+                engine_kwargs=_engine_kwargs(url),
+                skip_table_creation=not create,
+                **hb,
+            )
+    except StorageError:
+        raise
+    except Exception as e:  # sqlalchemy and driver errors: one line, password hidden
+        raise StorageError(
+            f"cannot open storage {redact(url)}: {_short(e)}"
+        ) from None
+
+
+def _short(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    line = re.sub(r"\(Background on this error.*", "", line)
+    return redact(line)[:300]
+
+
+def _open_journal(url: str, create: bool) -> BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = _file_path(url)
+    if path is None:
+        raise StorageError(f"journal storage {url!r} must look like journal:///FILE")
+    if not path.exists() and not create:
+        raise StorageError(f"no journal file at {path} (storage {url})")
+    if not path.parent.is_dir():
+        raise StorageError(f"storage {url}: directory {path.parent} does not exist")
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except Exception as e:
+        raise StorageError(f"cannot open journal {path}: {_short(e)}") from None
+
+
+def artifact_dir_for(url: str) -> Path:
+    """Default artifact store: beside a SQLite or journal file, else ./csearch-artifacts."""
+    env = os.environ.get("CSEARCH_ARTIFACTS")
+    if env:
+        return Path(env).resolve()
+    backend = backend_of(url)
+    if backend in ("sqlite", "journal"):
+        path = _file_path(url)
+        if path is not None:
+            return path.parent / f"{path.stem}-artifacts"
+    return Path("csearch-artifacts").resolve()

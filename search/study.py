@@ -1,0 +1,184 @@
+"""Create, resume and load studies; build the per-process context a worker runs with."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.storages import BaseStorage
+
+from objectives import Workload, evaluate, load_workload
+from spaces import Config, Space, TrainConfig, load_space, parse_space
+
+from .errors import SpecError, StudyNotFound, UsageError
+from .spec import BASELINE_ATTR, ENV_ATTR, SPEC_ATTR, VERSION, StudySpec
+
+__all__ = [
+    "Context",
+    "resolve_device",
+    "build_spec",
+    "load_context",
+    "load_study",
+    "stored_spec",
+    "create_or_resume",
+    "baseline_config",
+    "environment",
+]
+
+
+@dataclass
+class Context:
+    """What one worker process needs for every trial, built once per process."""
+
+    spec: StudySpec
+    workload: Workload
+    space: Space
+    device: torch.device
+    budget_mb: float
+
+
+def resolve_device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: CUDA is not available here; use cpu or auto")
+        dev = torch.device(text)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+        return dev
+    raise UsageError(f"unknown device {text!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def build_spec(
+    *,
+    workload: str,
+    space: str,
+    objectives: tuple[str, ...],
+    constraints: tuple[str, ...],
+    sampler: str,
+    seed: int,
+    device: str,
+    trials: int | None,
+    timeout: float | None,
+    memory_budget_mb: float | None,
+    artifacts: str | None,
+) -> StudySpec:
+    """Validate the user's choices into a spec (raises CsearchError on any mistake)."""
+    resolve_device(device)
+    loaded = load_space(space)
+    spec_space = space if not Path(space).is_file() else str(Path(space).resolve())
+    return StudySpec(
+        workload=workload,
+        space=spec_space,
+        space_toml=loaded.source,
+        objectives=tuple(objectives),
+        constraints=tuple(constraints),
+        sampler=sampler,
+        seed=seed,
+        device=device,
+        trials=trials,
+        timeout=timeout,
+        memory_budget_mb=memory_budget_mb,
+        artifacts=artifacts,
+    )
+
+
+def _default_budget(workload: Workload) -> float:
+    if workload.memory_budget_mb is not None:
+        return float(workload.memory_budget_mb)
+    fp32 = sum(t.numel() * t.element_size() for t in workload.model.state_dict().values())
+    return 2 * fp32 / 1e6
+
+
+def load_context(spec: StudySpec, device: str | None = None) -> Context:
+    workload = load_workload(spec.workload)
+    space = parse_space(spec.space_toml, name=spec.space)
+    budget = spec.memory_budget_mb or _default_budget(workload)
+    return Context(spec, workload, space, resolve_device(device or spec.device), budget)
+
+
+def load_study(storage: BaseStorage, name: str) -> optuna.Study:
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        hint = f"; studies here: {', '.join(names)}" if names else "; this storage has no studies"
+        raise StudyNotFound(f"no study named {name!r}{hint}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    raw = study.user_attrs.get(SPEC_ATTR)
+    if raw is None:
+        raise SpecError(
+            f"study {study.study_name!r} was not created by csearch (it has no stored spec)"
+        )
+    return StudySpec.from_dict(raw)
+
+
+def baseline_config() -> Config:
+    """The uncompressed model, no fine-tuning, default serving."""
+    return Config(train=TrainConfig(epochs=0))
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+    return {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "csearch": VERSION,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "host": socket.gethostname(),
+    }
+
+
+def create_or_resume(
+    storage: BaseStorage, name: str, spec: StudySpec, ctx: Context | None
+) -> tuple[optuna.Study, bool]:
+    """Return the study and whether it was created. A resume must match the stored spec.
+
+    `ctx` is needed only to create (for the baseline); pass None to refuse creating.
+    """
+    existing = {s.study_name for s in storage.get_all_studies()}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage)
+        old = stored_spec(study)
+        diff = spec.differences(old)
+        if diff:
+            raise SpecError(
+                f"study {name!r} exists with a different spec: {'; '.join(diff)}. "
+                "Use another --study name, or the stored settings"
+            )
+        merged = replace(old, trials=spec.trials, timeout=spec.timeout, device=spec.device,
+                         artifacts=spec.artifacts)
+        if merged != old:
+            study.set_user_attr(SPEC_ATTR, merged.to_dict())
+        return study, False
+    if ctx is None:
+        raise StudyNotFound(f"no study named {name!r}")
+    base = evaluate(ctx.workload, baseline_config(), budget_mb=ctx.budget_mb,
+                    device=ctx.device, seed=spec.seed)
+    study = optuna.create_study(
+        storage=storage, study_name=name, directions=spec.directions
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(spec.metric_names)
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    study.set_user_attr(BASELINE_ATTR, {**base.metrics, "memory_budget_mb": ctx.budget_mb})
+    study.set_user_attr(ENV_ATTR, environment(ctx.device))
+    return study, True

@@ -1,0 +1,104 @@
+"""Trial configurations: what one trial does to the model, as frozen dataclasses.
+
+`Space.sample` builds a `Config`; `objectives` consumes it. Field names match the dotted
+parameter names of the space format (`prune.amount` -> `Config.prune.amount`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = [
+    "PRUNE_METHODS",
+    "QUANT_METHODS",
+    "PruneConfig",
+    "QuantConfig",
+    "TrainConfig",
+    "ServeConfig",
+    "Config",
+    "PARAM_FIELDS",
+]
+
+PRUNE_METHODS = ("none", "magnitude", "global", "structured")
+QUANT_METHODS = ("none", "int8_dynamic", "int8_weight_only", "int8_dynamic_activation", "lowbit")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """`magnitude`: |w| < threshold becomes 0; `global`: the `amount` smallest |w| of all
+    prunable layers become 0; `structured`: `structured_ratio` of channels are removed."""
+
+    method: str = "none"
+    threshold: float = 0.0
+    amount: float = 0.0
+    structured_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """`bits` and `group_size` apply to `lowbit` (int8 methods use 8 bits per channel).
+    `group_size` 0 means one scale per output channel."""
+
+    method: str = "none"
+    bits: int = 8
+    group_size: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recovery fine-tuning after pruning; `kd_alpha` weights distillation from fp32."""
+
+    lr: float = 1e-3
+    epochs: int = 2
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Serving knobs: `cache_ratio` (β) and `memory_ratio` (γ) split the memory budget."""
+
+    batch_size: int = 32
+    threads: int = 1
+    cache_ratio: float = 0.0
+    memory_ratio: float = 0.25
+
+
+@dataclass(frozen=True)
+class Config:
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> "Config":
+        """Build from dotted names (`{"prune.amount": 0.5}`); missing names keep defaults."""
+        parts: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            section, _, key = name.partition(".")
+            parts.setdefault(section, {})[key] = value
+        base = cls()
+        return cls(**{s: replace(getattr(base, s), **kv) for s, kv in parts.items()})
+
+    def flat(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section in fields(self):
+            sub = getattr(self, section.name)
+            for f in fields(sub):
+                out[f"{section.name}.{f.name}"] = getattr(sub, f.name)
+        return out
+
+
+def _param_fields() -> dict[str, type]:
+    types: dict[str, type] = {}
+    for section in fields(Config):
+        cls = section.default_factory  # type: ignore[misc]
+        for f in fields(cls):
+            types[f"{section.name}.{f.name}"] = type(getattr(cls(), f.name))
+    return types
+
+
+# Every valid parameter name and the Python type of its value.
+PARAM_FIELDS: dict[str, type] = _param_fields()
