@@ -155,22 +155,35 @@ def _make_spec(p: dict[str, Any], url: str) -> Any:
     )
 
 
-def _prepare(p: dict[str, Any]) -> tuple[Any, Any, bool]:
-    """Validate everything before anything is written; return (study, ctx, created)."""
-    from .storage import open_storage, resolve_url
+def _prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, bool]:
+    """Validate everything before anything is written; return (study, ctx, created).
+
+    A resumed study whose budget is already spent needs no workload: ctx is then None
+    (unless `need_context`), so rerunning a finished command costs no model building.
+    """
+    from .runner import remaining_budget
+    from .storage import _check_sqlite, _file_path, backend_of, open_storage, resolve_url
     from .study import create_or_resume, load_context
 
     url = resolve_url(p["storage"])
     spec = _make_spec(p, url)
-    # Validate the URL (and that an existing file is a database) before building anything.
-    from .storage import backend_of
-
+    storage = None
     if backend_of(url) == "sqlite":
-        from .storage import _check_sqlite
-
         _check_sqlite(url, create=True)
+        path = _file_path(url)
+        if path is not None and path.exists():
+            storage = open_storage(url, create=True)
+    else:
+        storage = open_storage(url, create=True)
+    if storage is not None and p["study_name"] in {
+        s.study_name for s in storage.get_all_studies()
+    }:
+        study, _ = create_or_resume(storage, p["study_name"], spec, None)
+        if not need_context and remaining_budget(study, spec.trials) == 0:
+            return study, None, False
     ctx = load_context(spec)
-    storage = open_storage(url, create=True)
+    if storage is None:
+        storage = open_storage(url, create=True)
     study, created = create_or_resume(storage, p["study_name"], spec, ctx)
     return study, ctx, created
 
@@ -191,13 +204,22 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
     """
     from .errors import UsageError
     from .results import pareto_rows
-    from .runner import count_finished, run_trials
+    from .runner import count_finished
 
     if workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {workers}")
-    study, tctx, created = _prepare(p)
+    study, tctx, created = _prepare(p, need_context=False)
     url = _url(p)
     done0 = count_finished(study)
+    if tctx is None:
+        spec = _stored(study)
+        _info(f"study {study.study_name!r}: budget of {spec.trials} trials already reached; "
+              "nothing to run (raise --trials to continue)", quiet)
+        click.echo(f"Pareto front of {study.study_name!r} "
+                   f"({len(pareto_rows(study))} feasible trial(s)):")
+        click.echo(_pareto_table(pareto_rows(study), spec.metric_names,
+                                 study.user_attrs.get("baseline")))
+        return
     verb = "created" if created else "resuming"
     _info(f"study {study.study_name!r} {verb}: {done0}/{tctx.spec.trials} trials finished, "
           f"workload {tctx.spec.workload}, space {tctx.spec.space}, "
@@ -205,7 +227,9 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
     progress = _Progress(tctx.spec, done0, quiet or not sys.stdout.isatty())
     t0 = time.perf_counter()
     if workers == 1:
-        run_trials(study, tctx, on_trial=progress)
+        from .workers import run_until_budget
+
+        run_until_budget(study, tctx, on_trial=progress)
     else:
         from .storage import backend_of
         from .workers import run_local_workers
@@ -223,6 +247,12 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
     rows = pareto_rows(study)
     click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
     click.echo(_pareto_table(rows, tctx.spec.metric_names, study.user_attrs.get("baseline")))
+
+
+def _stored(study: Any) -> Any:
+    from .study import stored_spec
+
+    return stored_spec(study)
 
 
 def _url(p: dict[str, Any]) -> str:
@@ -280,7 +310,7 @@ def _open(storage: str | None, study_name: str | None = None) -> Any:
     from .storage import open_storage, resolve_url
     from .study import load_study
 
-    st = open_storage(resolve_url(storage), create=False, heartbeat=False)
+    st = open_storage(resolve_url(storage), create=False)
     if study_name is None:
         return st
     return load_study(st, study_name)
@@ -323,7 +353,7 @@ def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ..
         click.echo(json.dumps(rows, indent=2))
         return
     names = study.metric_names or []
-    table = [[r["number"], r["state"], _feas(r["feasible"]),
+    table = [[r["number"], r["state"] + (" (stale)" if r.get("stale") else ""), _feas(r["feasible"]),
               *[_fmt(v) for v in (r["values"] or [None] * len(names))],
               _fmt(r["duration_s"]), _params(r["params"]), r.get("reason", "")[:60]]
              for r in rows]

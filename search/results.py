@@ -7,17 +7,17 @@ draws; nothing here formats text.
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from .spec import SPEC_ATTR
 
 __all__ = ["is_feasible", "trial_row", "trial_rows", "pareto_rows", "study_summaries",
-           "is_stale"]
+           "stale_trial_ids"]
 
 
 def is_feasible(t: FrozenTrial) -> bool | None:
@@ -28,15 +28,17 @@ def is_feasible(t: FrozenTrial) -> bool | None:
     return all(v <= 0 for v in cons.values())
 
 
-def is_stale(t: FrozenTrial, grace_seconds: float, now: datetime | None = None) -> bool:
-    """A RUNNING trial whose worker stopped sending heartbeats (stored as naive UTC)."""
-    if t.state != TrialState.RUNNING:
-        return False
-    beat = t.system_attrs.get("heartbeat")  # not exposed by all storages
-    start = t.datetime_start
-    now = now or datetime.utcnow()
-    last = beat if isinstance(beat, datetime) else start
-    return last is not None and (now - last).total_seconds() > grace_seconds
+def stale_trial_ids(study: optuna.Study) -> set[int]:
+    """RUNNING trials whose worker stopped sending heartbeats (died, or was SIGKILLed).
+
+    Optuna fails them only when a live worker starts its next trial; until then the
+    listings show them as stale rather than as running.
+    """
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
+        return set()
+    ids = set(storage._get_stale_trial_ids(study._study_id))
+    return {t.number for t in study.get_trials(deepcopy=False) if t._trial_id in ids}
 
 
 def _num(v: Any) -> Any:
@@ -45,7 +47,7 @@ def _num(v: Any) -> Any:
     return v
 
 
-def trial_row(t: FrozenTrial) -> dict[str, Any]:
+def trial_row(t: FrozenTrial, stale: bool = False) -> dict[str, Any]:
     metrics = t.user_attrs.get("metrics", {})
     row: dict[str, Any] = {
         "number": t.number,
@@ -54,6 +56,7 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "metrics": {k: _num(v) for k, v in metrics.items()},
         "values": [_num(v) for v in t.values] if t.values else None,
         "feasible": is_feasible(t),
+        "stale": stale,
         "constraints": {k: v for k, v in t.constraints.items() if not k.isdigit()},
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
         "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
@@ -67,7 +70,8 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    return [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    stale = stale_trial_ids(study)
+    return [trial_row(t, t.number in stale) for t in study.get_trials(deepcopy=False)]
 
 
 def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -94,8 +98,10 @@ def study_summaries(storage: BaseStorage) -> list[dict[str, Any]]:
         study = optuna.load_study(study_name=s.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         counts: dict[str, int] = {}
+        stale = stale_trial_ids(study)
         for t in trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+            state = "STALE" if t.number in stale else t.state.name
+            counts[state] = counts.get(state, 0) + 1
         spec = s.user_attrs.get(SPEC_ATTR, {})
         front = pareto_rows(study) if trials else []
         names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
@@ -114,6 +120,5 @@ def study_summaries(storage: BaseStorage) -> list[dict[str, Any]]:
             "states": counts,
             "pareto_size": len(front),
             "best": best,
-            "datetime_start": s.datetime_start.isoformat() if s.datetime_start else None,
         })
     return out

@@ -1,7 +1,9 @@
-"""Running trials: the Optuna objective around `objectives.evaluate`, and worker loops.
+"""Running trials: the Optuna objective around `objectives.evaluate`, and the worker loop.
 
 One worker = one process with its own storage engine and its own built workload; it runs
-trials until the study's global budget of finished trials is reached.
+trials until the study's global budget of finished trials is reached. The loop survives
+a database outage (results are spooled and written back, see `spool.py`) and reaps
+stale trials before it returns, so no trial is left RUNNING by a finished worker.
 """
 
 from __future__ import annotations
@@ -9,17 +11,21 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
+import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from objectives import EarlyStopped, Reporter, evaluate
 
+from .errors import StorageError
+from .spool import Spool
 from .study import Context
 
 __all__ = [
@@ -28,14 +34,24 @@ __all__ = [
     "count_finished",
     "remaining_budget",
     "run_trials",
+    "reap_stale",
     "LEGACY_CONSTRAINTS_ATTR",
     "MEMORY_CONSTRAINT",
+    "DB_ERRORS",
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # optuna-dashboard 0.21 reads feasibility only from this list-valued system attr.
 LEGACY_CONSTRAINTS_ATTR = "constraints"
 MEMORY_CONSTRAINT = "memory_budget"
+# What a lost database connection looks like through Optuna and SQLAlchemy.
+DB_ERRORS = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DBAPIError,
+    ConnectionError,
+)
 
 
 class _TrialReporter(Reporter):
@@ -46,7 +62,7 @@ class _TrialReporter(Reporter):
         self.trial.set_user_attr(key, value)
 
 
-def _worker_id() -> str:
+def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -55,13 +71,16 @@ class TrialObjective:
     """Optuna objective: sample a config, evaluate it, record metrics and feasibility."""
 
     ctx: Context
+    spool: Spool | None = None
+    evaluating: bool = field(default=False, init=False)  # read by signal handlers
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
         spec = self.ctx.spec
         config = self.ctx.space.sample(trial)
         seed = spec.seed + trial.number
         trial.set_user_attr("eval_seed", seed)
-        trial.set_user_attr("worker", _worker_id())
+        trial.set_user_attr("worker", worker_id())
+        self.evaluating = True
         try:
             ev = evaluate(
                 self.ctx.workload,
@@ -73,24 +92,32 @@ class TrialObjective:
                 reporter=_TrialReporter(trial),
             )
         except EarlyStopped as e:
+            self.evaluating = False
             trial.set_user_attr("pruned_reason", e.reason)
             if e.metrics:
                 trial.set_user_attr("partial_metrics", e.metrics)
             raise optuna.TrialPruned(e.reason) from None
+        except DB_ERRORS:
+            raise
         except Exception as e:
+            self.evaluating = False
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
             raise
+        finally:
+            self.evaluating = False
+        values = [float(ev.metrics[m]) for m in spec.metric_names]
+        constraints = {str(c): c.value(ev.metrics) for c in spec.parsed_constraints()}
+        constraints[MEMORY_CONSTRAINT] = ev.memory_margin_mb
+        legacy = list(constraints.values())
+        if self.spool is not None:  # before any database write: nothing evaluated is lost
+            self.spool.add(trial, values, {"metrics": ev.metrics}, constraints, legacy)
         trial.set_user_attr("metrics", ev.metrics)
-        values = []
-        for name, c in [(str(c), c) for c in spec.parsed_constraints()]:
-            values.append(c.value(ev.metrics))
-            trial.set_constraint(name, values[-1])
-        values.append(ev.memory_margin_mb)
-        trial.set_constraint(MEMORY_CONSTRAINT, ev.memory_margin_mb)
-        trial.storage.set_trial_system_attr(trial._trial_id, LEGACY_CONSTRAINTS_ATTR, values)
+        for name, value in constraints.items():
+            trial.set_constraint(name, value)
+        trial.storage.set_trial_system_attr(trial._trial_id, LEGACY_CONSTRAINTS_ATTR, legacy)
         if spec.artifacts:
             self._upload(trial, ev.artifact)
-        return tuple(ev.metrics[m] for m in spec.metric_names)
+        return tuple(values)
 
     def _upload(self, trial: Trial, data: bytes) -> None:
         store_dir = self.ctx.spec.artifacts
@@ -122,12 +149,38 @@ def remaining_budget(study: optuna.Study, trials: int | None) -> int | None:
     return max(0, trials - count_finished(study))
 
 
+def reap_stale(study: optuna.Study) -> None:
+    """Fail (and re-queue, via the heartbeat callback) trials whose worker died."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _wait_for_database(study: optuna.Study, deadline: float) -> None:
+    delay = 1.0
+    while True:
+        try:
+            study._storage.get_all_studies()
+            return
+        except DB_ERRORS as e:
+            if time.monotonic() + delay > deadline:
+                raise StorageError(
+                    f"the database stayed unreachable; gave up ({type(e).__name__}). "
+                    "Evaluated results are kept in the local spool and written by the next "
+                    "worker of this study on this machine"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
 def run_trials(
     study: optuna.Study,
     ctx: Context,
     *,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     worker_index: int | None = 0,
+    objective: TrialObjective | None = None,
+    outage_seconds: float | None = None,
 ) -> int:
     """Run this process's share of the study's budget; return how many trials it ran.
 
@@ -135,30 +188,52 @@ def run_trials(
     would repeat each other: worker i uses seed + i (a worker of unknown index, one
     started by hand, derives its offset from its process id).
     """
-    spec = ctx.spec
-    remaining = remaining_budget(study, spec.trials)
-    if remaining == 0:
-        return 0
     from .samplers import make_sampler
+    from .storage import redact
 
+    spec = ctx.spec
+    url = getattr(study._storage, "url", "") or ""
+    spool = Spool(study.study_name, redact(str(url)))
+    objective = objective or TrialObjective(ctx)
+    objective.spool = spool
     offset = worker_index if worker_index is not None else 1 + os.getpid() % 9973
     study.sampler = make_sampler(spec.sampler, spec.seed + offset, ctx.space)
+    if outage_seconds is None:
+        outage_seconds = float(os.environ.get("CSEARCH_DB_OUTAGE_SECONDS", "300"))
     ran = 0
+    start = time.monotonic()
 
     def count(st: optuna.Study, ft: FrozenTrial) -> None:
         nonlocal ran
         ran += 1
+        spool.done(ft._trial_id)
         if on_trial is not None:
             on_trial(st, ft)
 
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [count]
     if spec.trials is not None:
         callbacks.append(MaxTrialsCallback(spec.trials, states=FINISHED))
-    study.optimize(
-        TrialObjective(ctx),
-        n_trials=remaining,
-        timeout=spec.timeout,
-        catch=(Exception,),
-        callbacks=callbacks,
-    )
+    try:
+        spool.flush(study)
+        while True:
+            remaining = remaining_budget(study, spec.trials)
+            if remaining == 0:
+                break
+            timeout = None
+            if spec.timeout is not None:
+                timeout = spec.timeout - (time.monotonic() - start)
+                if timeout <= 0:
+                    break
+            try:
+                study.optimize(objective, n_trials=remaining, timeout=timeout,
+                               catch=(Exception,), callbacks=callbacks)
+                break
+            except DB_ERRORS:
+                # The database went away mid-trial: wait for it, write what was spooled,
+                # and go on with the rest of the budget.
+                _wait_for_database(study, time.monotonic() + outage_seconds)
+                spool.flush(study)
+        reap_stale(study)
+    except DB_ERRORS as e:
+        raise StorageError(f"lost the database connection: {type(e).__name__}") from None
     return ran

@@ -31,8 +31,10 @@ __all__ = [
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
-HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
-GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as stale
+# Seconds between a running trial's heartbeats, and without one before it counts as stale.
+# The environment may shorten them (tests do).
+HEARTBEAT_INTERVAL = int(os.environ.get("CSEARCH_HEARTBEAT_INTERVAL", "10"))
+GRACE_PERIOD = int(os.environ.get("CSEARCH_GRACE_PERIOD", "30"))
 MAX_RETRY = 3  # how often a trial of a killed worker is retried
 SQLITE_TIMEOUT = 60  # busy timeout: many workers on one SQLite file wait, not fail
 
@@ -140,6 +142,8 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = True) -> B
             raise StorageError(f"storage URL {redact(url)!r} names no host")
     except ValueError as e:
         raise StorageError(f"malformed storage URL {redact(url)!r}: {e}") from None
+    if not create and backend != "sqlite":
+        _check_tables(url)
     hb: dict[str, Any] = {}
     if heartbeat:
         hb = {
@@ -166,6 +170,22 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = True) -> B
         raise StorageError(
             f"cannot open storage {redact(url)}: {_short(e)}"
         ) from None
+
+
+def _check_tables(url: str) -> None:
+    """Refuse to read a reachable database that holds no Optuna tables (and create none)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(_normalise(url), **_engine_kwargs(url))
+    try:
+        with engine.connect() as conn:
+            has = sqlalchemy.inspect(conn).has_table("studies")
+    except Exception as e:
+        raise StorageError(f"cannot open storage {redact(url)}: {_short(e)}") from None
+    finally:
+        engine.dispose()
+    if not has:
+        raise StorageError(f"storage {redact(url)} holds no studies yet (no Optuna tables)")
 
 
 def _short(e: BaseException) -> str:

@@ -1,16 +1,20 @@
 """Worker processes: one process per worker, each with its own storage engine.
 
-`join_study` is the body of `csearch worker` and of each `--workers N` process. SIGINT and
-SIGTERM fail the trial in flight cleanly (it is re-queued with the same parameters) and
-the worker exits; a SIGKILLed worker's trial is failed and retried by the heartbeat.
+`join_study` is the body of `csearch worker` and of each `--workers N` process.
+SIGINT/SIGTERM during an evaluation fail that trial cleanly (it is re-queued with the
+same parameters, so its work is redone by someone); outside an evaluation the worker just
+stops after the current bookkeeping. Either way it exits 0 and leaves nothing RUNNING.
+A SIGKILLed worker's trial is failed and retried through the heartbeat.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from types import FrameType
 
 import optuna
@@ -18,28 +22,33 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import CsearchError
-from .runner import run_trials
+from .runner import TrialObjective, run_trials, worker_id
 from .storage import open_storage
-from .study import load_context, load_study, stored_spec
+from .study import Context, load_context, load_study, stored_spec
 
-__all__ = ["join_study", "run_local_workers", "Interrupted"]
+__all__ = ["join_study", "run_until_budget", "run_local_workers", "Interrupted"]
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised inside a trial when the worker receives SIGTERM or SIGINT."""
+    """Raised inside an evaluation when the worker receives SIGTERM or SIGINT."""
 
 
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(f"worker received {signal.Signals(signum).name}")
-
-
-def _requeue_interrupted(study: Study) -> None:
-    """Re-queue trials this worker failed by interruption, so their work is redone."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get("interrupted") and not t.user_attrs.get("requeued"):
-            study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number},
-                                skip_if_exists=False)
+def _finish_interrupted(study: Study, reason: str) -> None:
+    """Fail this worker's RUNNING trials and re-queue every trial it lost to a signal."""
+    me = worker_id()
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
+        if t.user_attrs.get("worker") != me or t.user_attrs.get("requeued"):
+            continue
+        if t.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: {reason}")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        elif "fail_reason" not in t.user_attrs:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: {reason}")
+        else:
+            continue
+        storage.set_trial_user_attr(t._trial_id, "requeued", True)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
 
 
 def join_study(
@@ -56,40 +65,60 @@ def join_study(
     study = load_study(storage, study_name)
     spec = stored_spec(study)
     if timeout is not None:
-        from dataclasses import replace
-
         spec = replace(spec, timeout=timeout)
     ctx = load_context(spec, device=device)
+    return run_until_budget(study, ctx, on_trial=on_trial, worker_index=worker_index)
+
+
+def run_until_budget(
+    study: Study,
+    ctx: Context,
+    *,
+    on_trial: Callable[[Study, FrozenTrial], None] | None = None,
+    worker_index: int | None = 0,
+) -> int:
+    """`run_trials` with SIGINT/SIGTERM turned into a clean stop (see module doc)."""
+    objective = TrialObjective(ctx)
+    received: list[str] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        received.append(name)
+        if objective.evaluating:
+            raise Interrupted(f"worker received {name}")
+        try:
+            study.stop()
+        except RuntimeError:  # not inside optimize yet: stop before the first trial
+            raise Interrupted(f"worker received {name}") from None
+
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in old:
-        signal.signal(s, _raise_interrupt)
+        signal.signal(s, handler)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return run_trials(study, ctx, on_trial=on_trial, worker_index=worker_index)
-    except Interrupted as e:
-        _mark_interrupted(study, str(e))
+            return run_trials(study, ctx, on_trial=on_trial, worker_index=worker_index,
+                              objective=objective)
+    except Interrupted:
         return 0
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _mark_interrupted(study: Study, reason: str) -> None:
-    import os
-
-    me = f":{os.getpid()}"
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        worker = t.user_attrs.get("worker", "")
-        if worker.endswith(me) and "interrupted" not in t.user_attrs:
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: {reason}")
-    _requeue_interrupted(study)
+        if received:
+            for s in old:
+                signal.signal(s, signal.SIG_IGN)
+            try:
+                _finish_interrupted(study, received[0])
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+        else:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 def _child(study_name: str, url: str, index: int, device: str | None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         join_study(study_name, url, device=device, worker_index=index)
     except CsearchError as e:
@@ -102,19 +131,27 @@ def run_local_workers(study_name: str, url: str, n: int, device: str | None = No
     """Start `n` spawned worker processes on this machine and wait for them.
 
     Returns their exit codes. Each process opens its own engine (never share one across
-    fork) and builds its own workload.
+    fork) and builds its own workload. SIGINT/SIGTERM here are passed on to the workers.
     """
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(study_name, url, i, device), daemon=False)
              for i in range(n)]
     for p in procs:
         p.start()
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for p in procs:
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signum)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, forward)
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     return [p.exitcode or 0 for p in procs]
+

@@ -1,0 +1,110 @@
+"""A local spool of evaluated results, so that no trial's work is lost to a database outage.
+
+Before a trial's results touch the database, they are written to a small JSON file. The
+file is removed once Optuna has stored the trial as COMPLETE. If the database was
+unreachable, `flush` writes the spooled results when it is back: into the same trial if
+it is still RUNNING, else (it was failed as stale meanwhile) as a new COMPLETE trial with
+the same parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.trial import TrialState
+
+__all__ = ["Spool"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Spool:
+    def __init__(self, study_name: str, url: str, root: Path | None = None):
+        from objectives.workloads._cache import cache_dir
+
+        key = hashlib.sha1(f"{url}\0{study_name}".encode()).hexdigest()[:16]
+        self.dir = (root or cache_dir() / "spool") / key
+        self.host = socket.gethostname()
+
+    def _path(self, trial_id: int) -> Path:
+        return self.dir / f"{self.host}-{os.getpid()}-{trial_id}.json"
+
+    def add(self, trial: optuna.trial.Trial, values: list[float], user_attrs: dict[str, Any],
+            constraints: dict[str, float], legacy: list[float]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "trial_id": trial._trial_id,
+            "number": trial.number,
+            "params": trial.params,
+            "distributions": {k: distribution_to_json(d) for k, d in trial.distributions.items()},
+            "values": values,
+            "user_attrs": user_attrs,
+            "constraints": constraints,
+            "legacy_constraints": legacy,
+        }
+        tmp = self._path(trial._trial_id).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self._path(trial._trial_id))
+
+    def done(self, trial_id: int) -> None:
+        self._path(trial_id).unlink(missing_ok=True)
+
+    def pending(self) -> list[Path]:
+        """Spooled results of this process, and of dead processes on this host."""
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for p in sorted(self.dir.glob(f"{self.host}-*.json")):
+            pid = int(p.name[len(self.host) + 1 :].split("-", 1)[0])
+            if pid == os.getpid() or not _alive(pid):
+                out.append(p)
+        return out
+
+    def flush(self, study: optuna.Study) -> int:
+        """Write spooled results into the study; return how many were written."""
+        written = 0
+        storage = study._storage
+        for path in self.pending():
+            rec = json.loads(path.read_text())
+            trial = storage.get_trial(rec["trial_id"])
+            if trial.state == TrialState.COMPLETE:
+                path.unlink(missing_ok=True)
+                continue
+            if trial.state == TrialState.RUNNING:
+                for k, v in rec["user_attrs"].items():
+                    storage.set_trial_user_attr(trial._trial_id, k, v)
+                for k, v in rec["constraints"].items():
+                    storage.set_trial_system_attr(trial._trial_id, f"constraints:{k}", v)
+                storage.set_trial_system_attr(trial._trial_id, "constraints",
+                                              rec["legacy_constraints"])
+                study.tell(trial.number, rec["values"], skip_if_finished=True)
+            else:  # failed as stale while the database was away: keep the result anyway
+                system = {f"constraints:{k}": v for k, v in rec["constraints"].items()}
+                system["constraints"] = rec["legacy_constraints"]
+                study.add_trial(optuna.trial.create_trial(
+                    state=TrialState.COMPLETE,
+                    params=rec["params"],
+                    distributions={k: json_to_distribution(d)
+                                   for k, d in rec["distributions"].items()},
+                    values=rec["values"],
+                    user_attrs={**rec["user_attrs"], "recovered_from": rec["number"]},
+                    system_attrs=system,
+                ))
+            path.unlink(missing_ok=True)
+            written += 1
+        return written
