@@ -19,7 +19,7 @@ from spaces import Config
 from .errors import EarlyStopped, EvaluationError
 from .pack import pack_state
 from .prune import apply_masks, masks_for, prunable_layers, structured_prune
-from .quantize import apply_runtime, quantize_weights
+from .quantize import apply_runtime, attach_fake_quant, detach_fake_quant, quantize_weights
 from .serve import activation_bytes_per_sample, replay
 from .train import finetune
 from .workload import Workload
@@ -152,7 +152,13 @@ def evaluate(
                     {"accuracy": acc, "accuracy_drop": drop},
                 )
 
-        finetune(model, workload, config.train, masks, device, after_epoch)
+        # Quantization-aware: the fine-tune sees the weights it will be served with.
+        fq_layers = attach_fake_quant(model, config.quant, masks) if config.train.epochs else []
+        try:
+            finetune(model, workload, config.train, masks, device, after_epoch)
+        finally:
+            detach_fake_quant(fq_layers)
+            apply_masks(model, masks)
 
     reporter.stage("quantize")
     quantized = quantize_weights(model, config.quant)

@@ -28,6 +28,9 @@ __all__ = [
     "dequantize",
     "quantize_weights",
     "apply_runtime",
+    "FakeQuant",
+    "attach_fake_quant",
+    "detach_fake_quant",
 ]
 
 # Smallest scale stored: fp16's smallest normal number, so scales round-trip exactly.
@@ -144,3 +147,46 @@ _RUNTIME: dict[str, Callable[[nn.Module, torch.device], nn.Module]] = {
 def apply_runtime(model: nn.Module, cfg: QuantConfig, device: torch.device) -> nn.Module:
     """Swap in the method's low-precision kernels (after `quantize_weights`)."""
     return _RUNTIME[cfg.method](model, device)
+
+
+class FakeQuant(nn.Module):
+    """Parametrization for quantization-aware fine-tuning: the forward pass sees the
+    masked, quantized weight; gradients pass straight through to the fp32 weight."""
+
+    def __init__(self, bits: int, group_size: int, mask: torch.Tensor | None = None):
+        super().__init__()
+        self.bits, self.group_size = bits, group_size
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:
+            w = w * self.mask.to(w.dtype)
+        q = dequantize(fake_quantize(w.detach(), self.bits, self.group_size)).to(w.dtype)
+        return w + (q - w).detach()
+
+
+def attach_fake_quant(
+    model: nn.Module, cfg: QuantConfig, masks: dict[str, torch.Tensor]
+) -> list[nn.Module]:
+    """Make prunable layers train against their quantized weights; returns the layers."""
+    from torch.nn.utils import parametrize
+
+    bits = weight_bits(cfg)
+    if bits is None:
+        return []
+    group = cfg.group_size if cfg.method == "lowbit" else 0
+    layers = []
+    for name, layer in prunable_layers(model).items():
+        mask = masks.get(name)
+        fq = FakeQuant(bits, group, None if mask is None else mask.to(layer.weight.device))
+        parametrize.register_parametrization(layer, "weight", fq)
+        layers.append(layer)
+    return layers
+
+
+def detach_fake_quant(layers: list[nn.Module]) -> None:
+    """Drop the parametrizations, keeping the trained fp32 weights (quantized later)."""
+    from torch.nn.utils import parametrize
+
+    for layer in layers:
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)

@@ -38,7 +38,8 @@ class Spool:
         from objectives.workloads._cache import cache_dir
 
         key = hashlib.sha1(f"{url}\0{study_name}".encode()).hexdigest()[:16]
-        self.dir = (root or cache_dir() / "spool") / key
+        env = os.environ.get("CSEARCH_SPOOL_DIR")
+        self.dir = (root or (Path(env) if env else cache_dir() / "spool")) / key
         self.host = socket.gethostname()
 
     def _path(self, trial_id: int) -> Path:

@@ -1,0 +1,162 @@
+"""Parallel workers on a shared PostgreSQL database: budget, SIGKILL, SIGTERM, restart.
+
+These run real `csearch` processes against the server in CSEARCH_TEST_POSTGRES_URL.
+Every loop is bounded in time and targets only 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+CLI = [sys.executable, "-m", "search.cli"]
+# Short heartbeats so a killed worker's trial is stale within seconds, not half a minute.
+FAST_HEARTBEAT = {"CSEARCH_HEARTBEAT_INTERVAL": "1", "CSEARCH_GRACE_PERIOD": "3"}
+
+
+def _env(tmp_path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **FAST_HEARTBEAT)
+    env["CSEARCH_ARTIFACTS"] = str(tmp_path / "artifacts")
+    env.update(extra)
+    return env
+
+
+def _create(url: str, name: str, trials: int, tmp_path, space: str = "compression") -> None:
+    r = subprocess.run(
+        [*CLI, "create", "--study", name, "--storage", url, "--space", space,
+         "--trials", str(trials), "--seed", "1"],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def _worker(url: str, name: str, tmp_path, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, "worker", "--study", name, "--storage", url, "--quiet"],
+        env=_env(tmp_path, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    from search.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+
+
+def _wait_running(url: str, name: str, worker_pid: int, timeout: float = 180) -> int:
+    """Number of a RUNNING trial of the worker with this pid (polls, bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for t in _study(url, name).get_trials(states=(TrialState.RUNNING,)):
+            if str(t.user_attrs.get("worker", "")).endswith(f":{worker_pid}"):
+                return t.number
+        time.sleep(0.05)
+    raise AssertionError("the worker never started a trial")
+
+
+def _finish(p: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, err
+
+
+def _cleanup(url: str, name: str) -> None:
+    try:
+        optuna.delete_study(study_name=name, storage=url.replace("postgresql://",
+                                                                "postgresql+psycopg://"))
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def pg(postgres_url, study_name):
+    yield postgres_url, study_name
+    _cleanup(postgres_url, study_name)
+
+
+def test_workers_share_one_budget(pg, tmp_path):
+    url, name = pg
+    _create(url, name, 6, tmp_path)
+    procs = [_worker(url, name, tmp_path) for _ in range(2)]
+    codes = [_finish(p) for p in procs]
+    assert [c for c, _ in codes] == [0, 0], codes
+    trials = _study(url, name).get_trials()
+    finished = [t for t in trials if t.state.is_finished()]
+    assert 6 <= len(finished) <= 7  # at most workers - 1 overshoot
+    assert len({t.number for t in trials}) == len(trials)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    workers = {t.user_attrs.get("worker") for t in finished}
+    assert len(workers) == 2, "both workers should have run trials"
+
+
+def test_sigkilled_worker_trial_is_failed_and_retried(pg, tmp_path):
+    url, name = pg
+    _create(url, name, 4, tmp_path, space="training")
+    victim = _worker(url, name, tmp_path)
+    killed = _wait_running(url, name, victim.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    time.sleep(4)  # past the grace period: the killed trial's heartbeat is stale
+    survivor = _worker(url, name, tmp_path)
+    code, err = _finish(survivor)
+    assert code == 0, err
+    trials = _study(url, name).get_trials()
+    by_number = {t.number: t for t in trials}
+    assert by_number[killed].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert retries and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == by_number[killed].params
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len({t.number for t in trials}) == len(trials)
+
+
+def test_sigterm_fails_trial_cleanly_and_requeues_it(pg, tmp_path):
+    url, name = pg
+    _create(url, name, 3, tmp_path, space="training")
+    p = _worker(url, name, tmp_path)
+    number = _wait_running(url, name, p.pid)
+    p.send_signal(signal.SIGTERM)
+    code, err = _finish(p, timeout=120)
+    assert code == 0, err
+    assert "Traceback" not in err
+    trials = _study(url, name).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = {t.number: t for t in trials}[number]
+    assert interrupted.state == TrialState.FAIL
+    assert "interrupted" in interrupted.user_attrs.get("fail_reason", "")
+    requeued = [t for t in trials if t.user_attrs.get("retry_of") == number]
+    assert requeued and requeued[0].state == TrialState.WAITING
+    assert requeued[0].params == interrupted.params
+
+
+def _restart_postgres() -> None:
+    versions = os.listdir("/etc/postgresql")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[0], "main",
+                    "restart"], check=True, timeout=120, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or os.geteuid() != 0,
+                    reason="restarting PostgreSQL needs pg_ctlcluster as root")
+def test_postgres_restart_mid_study_loses_nothing(pg, tmp_path):
+    url, name = pg
+    _create(url, name, 8, tmp_path, space="training")
+    spool = tmp_path / "spool"
+    procs = [_worker(url, name, tmp_path, CSEARCH_SPOOL_DIR=str(spool)) for _ in range(2)]
+    _wait_running(url, name, procs[0].pid)
+    _restart_postgres()
+    codes = [_finish(p) for p in procs]
+    assert [c for c, _ in codes] == [0, 0], codes
+    trials = _study(url, name).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 8 - len([t for t in trials if t.state == TrialState.FAIL])
+    # Every evaluated result reached the database: no spooled result is left behind.
+    leftovers = list(spool.glob("*/*.json"))
+    assert leftovers == []
