@@ -296,6 +296,13 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
         resolve_device(device)
     st = load_study(open_storage(url, create=False), study_name)
     spec = stored_spec(st)
+    from .storage import backend_of
+
+    running = {t.user_attrs.get("worker") for t in st.get_trials(deepcopy=False)
+               if t.state.name == "RUNNING"}
+    if backend_of(url) == "sqlite" and running:
+        click.echo("warning: other workers are running on this SQLite file; for many workers "
+                   "use PostgreSQL (--storage postgresql://...) or a journal file", err=True)
     from .runner import count_finished
 
     progress = _Progress(spec, count_finished(st), quiet or not sys.stdout.isatty())

@@ -115,7 +115,9 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     kw: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2,
                           "pool_recycle": 3600}
     if backend == "postgresql":
-        kw["connect_args"] = {"connect_timeout": 10}
+        # application_name lets an operator map connections to workers (pg_stat_activity).
+        kw["connect_args"] = {"connect_timeout": 10,
+                              "application_name": f"csearch-{os.getpid()}"}
     if backend == "mysql":
         kw["connect_args"] = {"connect_timeout": 10}
     return kw
