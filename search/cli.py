@@ -57,7 +57,7 @@ class _Group(click.Group):
 def _quiet_libraries(debug: bool) -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
     if not debug:
         warnings.filterwarnings("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)

@@ -99,6 +99,11 @@ class TrialObjective:
             raise optuna.TrialPruned(e.reason) from None
         except DB_ERRORS:
             raise
+        except KeyboardInterrupt as e:  # SIGINT/SIGTERM mid-evaluation (see workers.py)
+            self.evaluating = False
+            trial.set_user_attr("fail_reason", f"interrupted: {e}")
+            trial.set_user_attr("interrupted", True)
+            raise
         except Exception as e:
             self.evaluating = False
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
@@ -154,6 +159,18 @@ def reap_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def _is_db_error(e: BaseException | None) -> bool:
+    """A database error, or an error raised while handling one (Optuna's tell path can
+    turn a lost connection into an UnboundLocalError)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, DB_ERRORS):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
 
 
 def _wait_for_database(study: optuna.Study, deadline: float) -> None:
@@ -228,7 +245,9 @@ def run_trials(
                 study.optimize(objective, n_trials=remaining, timeout=timeout,
                                catch=(Exception,), callbacks=callbacks)
                 break
-            except DB_ERRORS:
+            except Exception as e:
+                if not _is_db_error(e):
+                    raise
                 # The database went away mid-trial: wait for it, write what was spooled,
                 # and go on with the rest of the budget.
                 _wait_for_database(study, time.monotonic() + outage_seconds)

@@ -37,17 +37,17 @@ def _finish_interrupted(study: Study, reason: str) -> None:
     """Fail this worker's RUNNING trials and re-queue every trial it lost to a signal."""
     me = worker_id()
     storage = study._storage
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
-        if t.user_attrs.get("worker") != me or t.user_attrs.get("requeued"):
+    trials = study.get_trials(deepcopy=False)
+    requeued = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.user_attrs.get("worker") != me or t.number in requeued:
             continue
         if t.state == TrialState.RUNNING:
             storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: {reason}")
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        elif "fail_reason" not in t.user_attrs:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: {reason}")
-        else:
+        elif not (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")):
             continue
-        storage.set_trial_user_attr(t._trial_id, "requeued", True)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
 
 
@@ -116,7 +116,7 @@ def run_until_budget(
 
 
 def _child(study_name: str, url: str, index: int, device: str | None) -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

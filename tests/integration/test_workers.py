@@ -133,7 +133,7 @@ def test_sigterm_fails_trial_cleanly_and_requeues_it(pg, tmp_path):
     assert "interrupted" in interrupted.user_attrs.get("fail_reason", "")
     requeued = [t for t in trials if t.user_attrs.get("retry_of") == number]
     assert requeued and requeued[0].state == TrialState.WAITING
-    assert requeued[0].params == interrupted.params
+    assert requeued[0].system_attrs["fixed_params"] == interrupted.params
 
 
 def _restart_postgres() -> None:
