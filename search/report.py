@@ -234,7 +234,12 @@ def collect_importances(study: optuna.Study, trials: Trials | None = None,
             data.skipped[n] = f"needs at least 2 complete trials, has {len(done)}"
         return data
     # A light in-memory copy (params and values only): the evaluator deep-copies trials.
-    view = optuna.create_study(directions=study.directions)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        view = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     view.add_trials([optuna.trial.create_trial(
         params=t.params, distributions=t.distributions, values=t.values) for t in done])
     for i, (name, d) in enumerate(zip(names, dirs)):
