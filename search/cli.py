@@ -463,6 +463,7 @@ def dashboard(study_name: str, storage: str | None, host: str, port: int) -> Non
     Shows every study of the storage; --study picks whose artifact store (trials' packed
     models) the dashboard serves for download.
     """
+    from .dashboard import artifact_store_for, serve
     from .errors import UsageError
     from .storage import redact, resolve_url
     from .study import stored_spec
@@ -471,30 +472,22 @@ def dashboard(study_name: str, storage: str | None, host: str, port: int) -> Non
         raise UsageError(f"--port must be 1..65535, got {port}")
     url = resolve_url(storage)
     study = _open(storage, study_name)
-    spec = stored_spec(study)
-    store = None
-    if spec.artifacts and os.path.isdir(spec.artifacts):
-        from optuna.artifacts import FileSystemArtifactStore
-
-        store = FileSystemArtifactStore(spec.artifacts)
-    elif spec.artifacts:
-        click.echo(f"note: artifact directory {spec.artifacts} does not exist (yet); "
-                   "artifacts will not download", err=True)
-    else:
-        click.echo("note: study was run with --artifacts none; no models to download",
+    art = stored_spec(study).artifacts
+    store = artifact_store_for(study)
+    if store is None:
+        click.echo(f"note: artifact directory {art} does not exist (yet); artifacts will not "
+                   "download" if art else
+                   "note: the study runs with --artifacts none; no models to download",
                    err=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding to {host}: anyone who can reach it can read and edit "
                    "the studies (no authentication)", err=True)
-    import optuna_dashboard
-
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"optuna-dashboard for {redact(url)} at "
                f"http://{shown}:{port}/dashboard/studies/{study._study_id} "
-               f"(artifacts: {spec.artifacts if store else 'none'}); Ctrl-C stops it",
-               err=True)
+               f"(artifacts: {art if store else 'none'}); Ctrl-C stops it", err=True)
     try:
-        optuna_dashboard.run_server(study._storage, host=host, port=port, artifact_store=store)
+        serve(study, host=host, port=port, artifact_store=store)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
