@@ -108,3 +108,27 @@ def test_dashboard_errors_are_one_line(real_study, dashboard):
     assert r.returncode == 2 and "cannot listen on 127.0.0.1:" in r.stderr
     r = csearch("dashboard", "--study", "nope", "--storage", url, "--port", "1", timeout=60)
     assert r.returncode == 2 and "no study named 'nope'" in r.stderr
+
+
+def test_artifacts_none_uploads_nothing_and_export_re_evaluates(tmp_path):
+    from dashboard_fixtures import SPACE
+
+    (tmp_path / "space.toml").write_text(SPACE)
+    url = f"sqlite:///{tmp_path}/s.db"
+    r = csearch("run", "--study", "noart", "--storage", url, "--trials", "1", "--space",
+                str(tmp_path / "space.toml"), "--sampler", "random", "--artifacts", "none",
+                "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="noart",
+                              storage=open_storage(url, create=False, heartbeat=False))
+    t = study.trials[0]
+    assert t.state.name == "COMPLETE"
+    assert "artifact_id" not in t.user_attrs
+    assert not any(k.startswith("artifacts:") for k in t.system_attrs)
+    assert not (tmp_path / "s-artifacts").exists()
+    r = csearch("export", "--study", "noart", "--storage", url, "--trial", "0",
+                "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "from re-evaluated" in r.stdout
+    meta = json.loads((tmp_path / "out" / "csearch.json").read_text())
+    assert meta["model_source"] == "re-evaluated"
