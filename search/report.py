@@ -64,7 +64,7 @@ Trials = Sequence[FrozenTrial]
 # Metrics shown in the Pareto table besides the objectives, when the trials have them.
 TABLE_METRICS = ("accuracy_drop", "throughput_rps", "memory_mb", "cache_hit_rate", "sparsity")
 # Importances are computed on at most this many complete trials (the latest ones).
-MAX_IMPORTANCE_TRIALS = 2000
+MAX_IMPORTANCE_TRIALS = 1000
 HV_MARGIN = 0.1  # the reference point lies this fraction of the range beyond the worst value
 
 _GREY = "#c8c8c8"
@@ -216,7 +216,8 @@ class ImportanceData:
 
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-    n_trials: int = 0
+    n_trials: int = 0  # complete trials the importances were computed on
+    n_complete: int = 0  # complete trials in the study
 
 
 def collect_importances(study: optuna.Study, trials: Trials | None = None,
@@ -227,8 +228,9 @@ def collect_importances(study: optuna.Study, trials: Trials | None = None,
     them, so a large study does not go back to its storage once per objective.
     """
     names, dirs = _names(study), _dirs(study)
-    done = _complete(_trials(study, trials), len(dirs))[-max_trials:]
-    data = ImportanceData(n_trials=len(done))
+    complete = _complete(_trials(study, trials), len(dirs))
+    done = complete[-max_trials:]
+    data = ImportanceData(n_trials=len(done), n_complete=len(complete))
     if len(done) < 2:
         for n in names:
             data.skipped[n] = f"needs at least 2 complete trials, has {len(done)}"
@@ -539,8 +541,10 @@ def plot_importances(data: ImportanceData) -> Any:
         fig.add_trace(go.Bar(x=[v for _, v in items], y=[k for k, _ in items],
                              orientation="h", name=name, showlegend=False), row=1, col=c)
     note = "; ".join(f"{k}: {v}" for k, v in data.skipped.items())
-    fig.update_layout(title="Parameter importances per objective (PED-ANOVA, "
-                            f"{data.n_trials} complete trials)" + (f"<br><sub>{html.escape(note)}</sub>" if note else ""),
+    used = (f"latest {data.n_trials} of {data.n_complete}" if data.n_complete > data.n_trials
+            else str(data.n_trials))
+    fig.update_layout(title=f"Parameter importances per objective (PED-ANOVA, {used} "
+                            "complete trials)" + (f"<br><sub>{html.escape(note)}</sub>" if note else ""),
                       height=max(320, 60 + 22 * max((len(v) for v in data.importances.values()),
                                                     default=1)),
                       margin=dict(t=80, l=150, r=20, b=40))
