@@ -13,7 +13,7 @@ from cdp import Browser, find_chromium
 from conftest import missing_service
 from dashboard_fixtures import STUDY, csearch, dashboard, get_json, real_study  # noqa: F401
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 PLOTS = ('Array.from(document.querySelectorAll(".js-plotly-plot"))'
          '.filter(e => e.querySelector("svg.main-svg")).map(e => e.id)')

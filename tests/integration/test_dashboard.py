@@ -15,7 +15,7 @@ from search.storage import open_storage
 
 from dashboard_fixtures import STUDY, csearch, dashboard, get, get_json, real_study  # noqa: F401
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 def _study_id(base: str) -> int:
