@@ -194,7 +194,9 @@ def _prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, bo
 @_spec_options
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Local worker processes (spawned, one storage engine each).")
-@click.option("--quiet", "-q", is_flag=True, help="No per-trial progress lines.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No per-trial lines and no progress bar (also off when stdout is not a "
+                   "terminal).")
 @click.pass_context
 def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
     """Create or resume a study and run trials up to its budget.
@@ -224,12 +226,15 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
     _info(f"study {study.study_name!r} {verb}: {done0}/{tctx.spec.trials} trials finished, "
           f"workload {tctx.spec.workload}, space {tctx.spec.space}, "
           f"device {tctx.device}, budget {tctx.budget_mb:g} MB", quiet)
-    progress = _Progress(tctx.spec, done0, quiet or not sys.stdout.isatty())
+    progress = _Progress(tctx.spec, study, quiet or not sys.stdout.isatty())
     t0 = time.perf_counter()
     if workers == 1:
         from .workers import run_until_budget
 
-        run_until_budget(study, tctx, on_trial=progress)
+        try:
+            run_until_budget(study, tctx, on_trial=progress)
+        finally:
+            progress.close()
     else:
         from .storage import backend_of
         from .workers import run_local_workers
@@ -238,7 +243,12 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
             click.echo(f"warning: {workers} workers share one SQLite file; for many workers "
                        "use PostgreSQL (--storage postgresql://...) or a journal file",
                        err=True)
-        codes = run_local_workers(study.study_name, url, workers, device=p["device"])
+        poller = progress.poll_in_background(study)  # the workers report to the database
+        try:
+            codes = run_local_workers(study.study_name, url, workers, device=p["device"])
+        finally:
+            poller.stop()
+            progress.close()
         if any(codes):
             click.echo(f"warning: worker exit codes {codes}", err=True)
     elapsed = time.perf_counter() - t0
@@ -283,7 +293,9 @@ def create(**p: Any) -> None:
 @_storage_option
 @click.option("--device", default=None, help="Override the stored device (auto, cpu, cuda:N).")
 @click.option("--timeout", type=float, default=None, help="Stop starting trials after N seconds.")
-@click.option("--quiet", "-q", is_flag=True, help="No per-trial progress lines.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No per-trial lines and no progress bar (also off when stdout is not a "
+                   "terminal).")
 def worker(study_name: str, storage: str | None, device: str | None, timeout: float | None,
            quiet: bool) -> None:
     """Join an existing study from its stored spec and run trials until its budget."""
@@ -303,11 +315,12 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
     if backend_of(url) == "sqlite" and running:
         click.echo("warning: other workers are running on this SQLite file; for many workers "
                    "use PostgreSQL (--storage postgresql://...) or a journal file", err=True)
-    from .runner import count_finished
-
-    progress = _Progress(spec, count_finished(st), quiet or not sys.stdout.isatty())
-    n = join_study(study_name, url, device=device, worker_index=None, timeout=timeout,
-                   on_trial=progress)
+    progress = _Progress(spec, st, quiet or not sys.stdout.isatty())
+    try:
+        n = join_study(study_name, url, device=device, worker_index=None, timeout=timeout,
+                       on_trial=progress)
+    finally:
+        progress.close()
     _info(f"worker ran {n} trial(s)", quiet)
 
 
@@ -448,33 +461,210 @@ def delete(study_name: str, storage: str | None, yes: bool) -> None:
     click.echo(f"deleted study {study_name!r}")
 
 
+@cli.command()
+@_study_option
+@_storage_option
+@click.option("-o", "--output", default="report.html", show_default=True,
+              type=click.Path(dir_okay=False), help="HTML file to write.")
+def report(study_name: str, storage: str | None, output: str) -> None:
+    """Write a self-contained HTML report (plotly inline, works offline).
+
+    Pareto front (infeasible trials greyed), hypervolume history, parameter importances
+    per objective, parallel coordinates, timeline by worker, cache and throughput against
+    the memory split, a sortable table of Pareto trials with their export commands, and the
+    baseline and environment.
+    """
+    from .report import write_report
+    from .storage import resolve_url
+
+    url = resolve_url(storage)
+    study = _open(storage, study_name)
+    t0 = time.perf_counter()
+    rep = write_report(study, output, storage_url=url)
+    size = os.path.getsize(output)
+    click.echo(f"wrote {output} ({size / 1e6:.1f} MB, {len(rep.pareto.numbers)} complete "
+               f"trial(s), {len(rep.table.rows)} on the Pareto front) in "
+               f"{time.perf_counter() - t0:.1f}s")
+
+
+@cli.command()
+@_study_option
+@_storage_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. The dashboard has no login: keep 127.0.0.1 unless the "
+                   "network is trusted.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on.")
+def dashboard(study_name: str, storage: str | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the study's storage, with its artifact store attached.
+
+    Shows every study of the storage; --study picks whose artifact store (trials' packed
+    models) the dashboard serves for download.
+    """
+    from .dashboard import artifact_store_for, serve
+    from .errors import UsageError
+    from .storage import redact, resolve_url
+    from .study import stored_spec
+
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be 1..65535, got {port}")
+    url = resolve_url(storage)
+    study = _open(storage, study_name)
+    art = stored_spec(study).artifacts
+    store = artifact_store_for(study)
+    if store is None:
+        click.echo(f"note: artifact directory {art} does not exist (yet); artifacts will not "
+                   "download" if art else
+                   "note: the study runs with --artifacts none; no models to download",
+                   err=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: binding to {host}: anyone who can reach it can read and edit "
+                   "the studies (no authentication)", err=True)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"optuna-dashboard for {redact(url)} at "
+               f"http://{shown}:{port}/dashboard/studies/{study._study_id} "
+               f"(artifacts: {art if store else 'none'}); Ctrl-C stops it", err=True)
+    try:
+        serve(study, host=host, port=port, artifact_store=store)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 # --- formatting ----------------------------------------------------------------------
 
 class _Progress:
-    """One line per finished trial on stdout (only when it is a terminal)."""
+    """Progress of a study on stdout: one line per finished trial (number, state, key
+    metrics, feasibility, seconds) and below it a bar redrawn in place with finished/budget,
+    the best feasible value of each objective and an ETA.
 
-    def __init__(self, spec: Any, done: int, quiet: bool):
-        self.spec, self.done, self.quiet = spec, done, quiet
-        self.t0 = time.perf_counter()
+    Silent when `quiet` (``--quiet``, or stdout is not a terminal). The trials a worker
+    finishes arrive through `__call__` (an Optuna callback); for `run --workers N` a
+    background thread polls the database instead (`poll_in_background`).
+    """
+
+    KEYS = ("accuracy", "latency_ms", "size_mb", "memory_mb", "cache_hit_rate",
+            "throughput_rps")
+    WIDTH = 24
+
+    def __init__(self, spec: Any, study: Any, quiet: bool, stream: Any = None,
+                 clock: Any = time.perf_counter):
+        import threading
+
+        from .runner import FINISHED
+
+        self.spec, self.quiet, self.clock = spec, quiet, clock
+        self.stream = stream if stream is not None else sys.stdout
+        self.names, self.dirs = list(spec.metric_names), list(spec.directions)
+        self.best: dict[str, float] = {}
+        self.seen: set[int] = set()
+        self.lock = threading.Lock()
+        self.t0 = clock()
         self.ran = 0
+        self.bar = False
+        trials = study.get_trials(deepcopy=False, states=FINISHED) if study is not None else []
+        for t in trials:
+            self.seen.add(t.number)
+            self._update_best(t)
+        self.done = len(trials)
+
+    def _update_best(self, t: Any) -> None:
+        from .results import is_feasible
+
+        if t.state.name != "COMPLETE" or not t.values or is_feasible(t) is False:
+            return
+        for name, d, v in zip(self.names, self.dirs, t.values):
+            old = self.best.get(name)
+            if old is None or (v > old if d == "maximize" else v < old):
+                self.best[name] = v
 
     def __call__(self, study: Any, t: Any) -> None:
-        self.done += 1
-        self.ran += 1
-        if self.quiet:
-            return
-        m = t.user_attrs.get("metrics", {})
-        keys = ("accuracy", "latency_ms", "size_mb", "cache_hit_rate")
+        with self.lock:
+            if t.number in self.seen:
+                return
+            self.seen.add(t.number)
+            self.done += 1
+            self.ran += 1
+            self._update_best(t)
+            if self.quiet:
+                return
+            self._write("\r\033[K" if self.bar else "")
+            self._write(self.trial_line(t) + "\n")
+            self._write(self.bar_line())
+            self.bar = True
+
+    def trial_line(self, t: Any) -> str:
+        from .results import is_feasible
+
+        m = t.user_attrs.get("metrics") or t.user_attrs.get("partial_metrics") or {}
+        keys = list(dict.fromkeys([*self.names, *self.KEYS]))
         vals = " ".join(f"{k}={_fmt(m[k])}" for k in keys if k in m)
-        feas = "" if not t.constraints else (
-            " feasible" if all(v <= 0 for v in t.constraints.values()) else " infeasible")
+        feas = {True: "feasible", False: "INFEASIBLE", None: "-"}[is_feasible(t)]
         dur = t.duration.total_seconds() if t.duration else float("nan")
-        rate = (time.perf_counter() - self.t0) / self.ran
-        budget = self.spec.trials
-        eta = f" eta {rate * max(0, budget - self.done):.0f}s" if budget else ""
         reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason") or ""
-        click.echo(f"[{self.done}/{budget}] trial {t.number} {t.state.name}{feas} "
-                   f"{vals} {dur:.2f}s{eta} {reason[:80]}".rstrip())
+        return (f"trial {t.number:>4} {t.state.name:<8} {feas:<10} {vals} {dur:.2f}s "
+                f"{reason[:80]}").rstrip()
+
+    def bar_line(self) -> str:
+        budget = self.spec.trials
+        best = " ".join(f"{k}={_fmt(self.best[k])}" for k in self.names if k in self.best)
+        best = f"best {best}" if best else "no feasible trial yet"
+        if not budget:
+            return f"{self.done} finished  {best}"
+        frac = min(1.0, self.done / budget)
+        fill = int(round(frac * self.WIDTH))
+        bar = "#" * fill + "-" * (self.WIDTH - fill)
+        left = max(0, budget - self.done)
+        eta = ""
+        if self.ran and left:
+            eta = f"  eta {_duration((self.clock() - self.t0) / self.ran * left)}"
+        elif not left:
+            eta = "  done"
+        return f"[{bar}] {self.done}/{budget}  {best}{eta}"
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.bar and not self.quiet:
+                self._write("\n")
+            self.bar = False
+
+    def poll_in_background(self, study: Any, every: float = 2.0) -> Any:
+        """Feed trials finished by other processes to the progress, until `stop()`."""
+        import threading
+
+        from .runner import FINISHED
+
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                try:
+                    for t in study.get_trials(deepcopy=False, states=FINISHED):
+                        if t.number not in self.seen:
+                            self(study, t)
+                except Exception:  # a busy database: try again at the next tick
+                    continue
+
+        th = threading.Thread(target=loop, name="csearch-progress", daemon=True)
+        th.start()
+
+        class _Stopper:
+            def stop(self_inner) -> None:
+                stop.set()
+                th.join(timeout=every + 5)
+
+        return _Stopper()
+
+
+def _duration(sec: float) -> str:
+    sec = int(round(sec))
+    if sec < 60:
+        return f"{sec}s"
+    if sec < 3600:
+        return f"{sec // 60}m{sec % 60:02d}s"
+    return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
 
 
 def _fmt(v: Any) -> str:
