@@ -1,30 +1,44 @@
 """Trial evaluation: workloads, prune, quantize, fine-tune, pack, serve and measure.
 
 Imports no click and never touches `optuna.Trial`: `search` drives it through `evaluate`
-and a small `Reporter`.
+and a small `Reporter`. Names load lazily, so reading the metric names costs no torch.
 """
 
-from .errors import EarlyStopped, EvaluationError, WorkloadError
-from .pack import pack_state, unpack_state
-from .pipeline import METRICS, Evaluation, Reporter, base_accuracy, build_structure, evaluate
-from .workload import Workload
-from .workloads import BUILTIN_WORKLOADS, list_workloads, load_workload, resolve_factory
+from __future__ import annotations
 
-__all__ = [
-    "EarlyStopped",
-    "EvaluationError",
-    "WorkloadError",
-    "pack_state",
-    "unpack_state",
-    "METRICS",
-    "Evaluation",
-    "Reporter",
-    "base_accuracy",
-    "build_structure",
-    "evaluate",
-    "Workload",
-    "BUILTIN_WORKLOADS",
-    "list_workloads",
-    "load_workload",
-    "resolve_factory",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EarlyStopped": ".errors",
+    "EvaluationError": ".errors",
+    "WorkloadError": ".errors",
+    "METRICS": ".metrics",
+    "pack_state": ".pack",
+    "unpack_state": ".pack",
+    "Evaluation": ".pipeline",
+    "Reporter": ".pipeline",
+    "base_accuracy": ".pipeline",
+    "build_structure": ".pipeline",
+    "evaluate": ".pipeline",
+    "Workload": ".workload",
+    "BUILTIN_WORKLOADS": ".workloads",
+    "list_workloads": ".workloads",
+    "load_workload": ".workloads",
+    "resolve_factory": ".workloads",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'objectives' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

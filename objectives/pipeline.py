@@ -17,6 +17,7 @@ from torch import nn
 from spaces import Config
 
 from .errors import EarlyStopped, EvaluationError
+from .metrics import METRICS
 from .pack import pack_state
 from .prune import apply_masks, masks_for, prunable_layers, structured_prune
 from .quantize import apply_runtime, attach_fake_quant, detach_fake_quant, quantize_weights
@@ -26,19 +27,6 @@ from .workload import Workload
 
 __all__ = ["Reporter", "Evaluation", "evaluate", "base_accuracy", "build_structure", "METRICS"]
 
-# The metrics contract (DESIGN.md section 3): every evaluation fills all of these.
-METRICS = (
-    "accuracy",
-    "accuracy_drop",
-    "latency_ms",
-    "latency_p99_ms",
-    "throughput_rps",
-    "size_mb",
-    "memory_mb",
-    "cache_hit_rate",
-    "sparsity",
-    "eval_seconds",
-)
 
 
 class Reporter:

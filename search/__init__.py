@@ -1,40 +1,56 @@
-"""The engine: CLI, study spec, storage, runner and workers, results and export."""
+"""The engine: CLI, study spec, storage, runner and workers, results, report and export.
 
-from .errors import CsearchError, SpecError, StorageError, StudyNotFound, UsageError
-from .export import export_trial, load
-from .metrics import Constraint, Objective, parse_constraint, parse_objective
-from .results import pareto_rows, study_summaries, trial_rows
-from .runner import TrialObjective, count_finished, run_trials
-from .spec import StudySpec
-from .storage import open_storage, redact, resolve_url
-from .study import Context, build_spec, create_or_resume, load_context, load_study, stored_spec
+Names are loaded lazily: `csearch studies` or `csearch pareto` should not pay for
+importing torch, which only trials, export and load need.
+"""
 
-__all__ = [
-    "CsearchError",
-    "SpecError",
-    "StorageError",
-    "StudyNotFound",
-    "UsageError",
-    "export_trial",
-    "load",
-    "Constraint",
-    "Objective",
-    "parse_constraint",
-    "parse_objective",
-    "pareto_rows",
-    "study_summaries",
-    "trial_rows",
-    "TrialObjective",
-    "count_finished",
-    "run_trials",
-    "StudySpec",
-    "open_storage",
-    "redact",
-    "resolve_url",
-    "Context",
-    "build_spec",
-    "create_or_resume",
-    "load_context",
-    "load_study",
-    "stored_spec",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CsearchError": ".errors",
+    "SpecError": ".errors",
+    "StorageError": ".errors",
+    "StudyNotFound": ".errors",
+    "UsageError": ".errors",
+    "export_trial": ".export",
+    "load": ".export",
+    "Constraint": ".metrics",
+    "Objective": ".metrics",
+    "parse_constraint": ".metrics",
+    "parse_objective": ".metrics",
+    "pareto_rows": ".results",
+    "study_summaries": ".results",
+    "trial_rows": ".results",
+    "TrialObjective": ".runner",
+    "count_finished": ".runner",
+    "run_trials": ".runner",
+    "StudySpec": ".spec",
+    "open_storage": ".storage",
+    "redact": ".storage",
+    "resolve_url": ".storage",
+    "Context": ".study",
+    "build_spec": ".study",
+    "create_or_resume": ".study",
+    "load_context": ".study",
+    "load_study": ".study",
+    "stored_spec": ".study",
+    "write_report": ".report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'search' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -260,7 +260,7 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
 
 
 def _stored(study: Any) -> Any:
-    from .study import stored_spec
+    from .spec import stored_spec
 
     return stored_spec(study)
 
@@ -327,8 +327,7 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
 # --- listings ------------------------------------------------------------------------
 
 def _open(storage: str | None, study_name: str | None = None) -> Any:
-    from .storage import open_storage, resolve_url
-    from .study import load_study
+    from .storage import load_study, open_storage, resolve_url
 
     st = open_storage(resolve_url(storage), create=False)
     if study_name is None:
@@ -503,7 +502,7 @@ def dashboard(study_name: str, storage: str | None, host: str, port: int) -> Non
     from .dashboard import artifact_store_for, serve
     from .errors import UsageError
     from .storage import redact, resolve_url
-    from .study import stored_spec
+    from .spec import stored_spec
 
     if not 0 < port < 65536:
         raise UsageError(f"--port must be 1..65535, got {port}")

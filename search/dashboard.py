@@ -26,7 +26,7 @@ def artifact_store_for(study: optuna.Study) -> Any:
     """The study's FileSystemArtifactStore, or None when it has no artifact directory."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    from .study import stored_spec
+    from .spec import stored_spec
 
     art = stored_spec(study).artifacts
     if art and os.path.isdir(art):

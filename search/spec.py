@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
 
 from .errors import SpecError
 from .metrics import Constraint, Objective, parse_constraint, parse_objective
 
 __all__ = ["StudySpec", "SPEC_ATTR", "BASELINE_ATTR", "ENV_ATTR", "DEFAULT_OBJECTIVES",
-           "SAMPLERS", "VERSION"]
+           "SAMPLERS", "VERSION", "stored_spec"]
 
 VERSION = "0.1.0"
 SPEC_ATTR = "spec"
@@ -109,3 +112,12 @@ def _show(v: Any) -> str:
     if isinstance(v, tuple):
         return "[" + ", ".join(map(str, v)) + "]"
     return repr(v)
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    raw = study.user_attrs.get(SPEC_ATTR)
+    if raw is None:
+        raise SpecError(
+            f"study {study.study_name!r} was not created by csearch (it has no stored spec)"
+        )
+    return StudySpec.from_dict(raw)

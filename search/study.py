@@ -17,6 +17,8 @@ from objectives import Workload, evaluate, load_workload
 from spaces import Config, Space, TrainConfig, load_space, parse_space
 
 from .errors import SpecError, StudyNotFound, UsageError
+from .spec import stored_spec
+from .storage import load_study
 from .spec import BASELINE_ATTR, ENV_ATTR, SPEC_ATTR, VERSION, StudySpec
 
 __all__ = [
@@ -106,23 +108,6 @@ def load_context(spec: StudySpec, device: str | None = None) -> Context:
     space = parse_space(spec.space_toml, name=spec.space)
     budget = spec.memory_budget_mb or _default_budget(workload)
     return Context(spec, workload, space, resolve_device(device or spec.device), budget)
-
-
-def load_study(storage: BaseStorage, name: str) -> optuna.Study:
-    names = [s.study_name for s in storage.get_all_studies()]
-    if name not in names:
-        hint = f"; studies here: {', '.join(names)}" if names else "; this storage has no studies"
-        raise StudyNotFound(f"no study named {name!r}{hint}")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def stored_spec(study: optuna.Study) -> StudySpec:
-    raw = study.user_attrs.get(SPEC_ATTR)
-    if raw is None:
-        raise SpecError(
-            f"study {study.study_name!r} was not created by csearch (it has no stored spec)"
-        )
-    return StudySpec.from_dict(raw)
 
 
 def baseline_config() -> Config:

@@ -1,0 +1,23 @@
+"""The metrics contract (DESIGN.md section 3): every evaluation fills all of these.
+
+Kept free of torch so that listings and the CLI can validate metric names cheaply.
+"""
+
+from __future__ import annotations
+
+__all__ = ["METRICS", "EXTRA_METRICS"]
+
+METRICS = (
+    "accuracy",
+    "accuracy_drop",
+    "latency_ms",
+    "latency_p99_ms",
+    "throughput_rps",
+    "size_mb",
+    "memory_mb",
+    "cache_hit_rate",
+    "sparsity",
+    "eval_seconds",
+)
+# Also measured on every trial, and usable in objectives and constraints.
+EXTRA_METRICS = ("max_batch",)
