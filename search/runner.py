@@ -173,6 +173,14 @@ def _is_db_error(e: BaseException | None) -> bool:
     return False
 
 
+def _finished_elsewhere(e: BaseException) -> bool:
+    """Our trial was failed as stale by another worker while we evaluated it (after a
+    database outage); its result is in the spool and is kept as a recovered trial."""
+    return isinstance(e, (ValueError, optuna.exceptions.UpdateFinishedTrialError)) and (
+        "Cannot tell a FAIL trial" in str(e) or "already finished" in str(e)
+    )
+
+
 def _wait_for_database(study: optuna.Study, deadline: float) -> None:
     delay = 1.0
     while True:
@@ -246,7 +254,7 @@ def run_trials(
                                catch=(Exception,), callbacks=callbacks)
                 break
             except Exception as e:
-                if not _is_db_error(e):
+                if not (_is_db_error(e) or _finished_elsewhere(e)):
                     raise
                 # The database went away mid-trial: wait for it, write what was spooled,
                 # and go on with the rest of the budget.

@@ -161,7 +161,7 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = True) -> B
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            return _ResilientRDBStorage(
                 _normalise(url),
                 engine_kwargs=_engine_kwargs(url),
                 skip_table_creation=not create,
@@ -173,6 +173,21 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = True) -> B
         raise StorageError(
             f"cannot open storage {redact(url)}: {_short(e)}"
         ) from None
+
+
+class _ResilientRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose heartbeat survives a database outage.
+
+    Optuna records heartbeats from a thread that dies on the first database error, so
+    after a server restart a live trial would look stale and be failed by other workers.
+    Here a failed heartbeat is skipped; the next one goes through once the server is back.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception:  # noqa: BLE001 - any database error; retried at the next beat
+            pass
 
 
 def _check_tables(url: str) -> None:
