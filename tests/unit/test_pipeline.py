@@ -167,6 +167,10 @@ def test_no_guard_means_no_early_stop(digits):
 
 def test_same_seed_gives_the_same_artifact(digits, compressed):
     again = evaluate(digits, COMPRESSED, budget_mb=1.0, device=CPU, seed=0)
-    assert again.artifact == compressed[0].artifact
+    # Same weights, same size. (Not byte-identical: safetensors writes its metadata keys
+    # in hash-map order, which varies between calls.)
+    a, b = unpack_state(again.artifact), unpack_state(compressed[0].artifact)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(again.artifact) == len(compressed[0].artifact)
     assert again.metrics["accuracy"] == compressed[0].metrics["accuracy"]
     assert again.metrics["cache_hit_rate"] == compressed[0].metrics["cache_hit_rate"]
