@@ -110,6 +110,8 @@ def study_summaries(storage: BaseStorage) -> list[dict[str, Any]]:
             vals = [r["values"][i] for r in front if r["values"]]
             pick = max if d == optuna.study.StudyDirection.MAXIMIZE else min
             best[name] = pick(vals) if vals else None
+        # Optuna 5's FrozenStudy has no datetime_start: the study started with its first trial.
+        started = min((t.datetime_start for t in trials if t.datetime_start), default=None)
         out.append({
             "name": s.study_name,
             "workload": spec.get("workload"),
@@ -120,5 +122,6 @@ def study_summaries(storage: BaseStorage) -> list[dict[str, Any]]:
             "states": counts,
             "pareto_size": len(front),
             "best": best,
+            "datetime_start": started.isoformat() if started else None,
         })
     return out

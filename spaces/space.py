@@ -256,6 +256,9 @@ def _when(raw: Any, bad: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         if cond not in PARAM_FIELDS:
             raise bad(f"'when' refers to unknown parameter {cond!r}")
         allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        for value in allowed:  # a typo here would switch the parameter off for good
+            _check_value(cond, value, PARAM_FIELDS[cond], _BOUNDS[cond],
+                         lambda msg: bad(f"'when' on {cond!r}: {msg}"))
         out.append((cond, allowed))
     return tuple(out)
 

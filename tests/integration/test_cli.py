@@ -1,0 +1,318 @@
+"""The real `csearch` command: CliRunner on `search.cli.cli`, plus the console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from search.cli import cli
+from search.spec import BASELINE_ATTR, SPEC_ATTR
+
+REPO = Path(__file__).resolve().parents[2]
+STUDY = "f"
+TRIALS = 3
+# Which configs run is up to the sampler seed; this one keeps the study cheap on a CPU.
+SEED = "2"
+
+
+def _runner() -> CliRunner:
+    return CliRunner()
+
+
+def _invoke(*args: str, cwd: Path | None = None):
+    env = {"CSEARCH_STORAGE": None, "CSEARCH_ARTIFACTS": None}
+    runner = _runner()
+    if cwd is None:
+        return runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def _ok(result) -> None:
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+
+
+def _user_error(result, *needles: str) -> str:
+    """Exit status 2, one line on stderr naming the bad value, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory):
+    """One `csearch run` of 3 digits trials into a fresh SQLite file."""
+    tmp = tmp_path_factory.mktemp("cli")
+    url = f"sqlite:///{tmp / 'f.db'}"
+    args = ["run", "--study", STUDY, "--storage", url, "--trials", str(TRIALS),
+            "--space", "compression", "--seed", SEED, "--device", "cpu"]
+    result = _invoke(*args, cwd=tmp)
+    _ok(result)
+    return tmp, url, args, result
+
+
+def _load(url: str, name: str = STUDY) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+# --- run and resume ---------------------------------------------------------------------
+
+def test_run_gives_exactly_the_budget_of_finished_trials(study_db):
+    tmp, url, _, result = study_db
+    study = _load(url)
+    assert len(study.trials) == TRIALS
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert len(study.directions) == 3
+    assert study.metric_names == ["accuracy", "latency_ms", "size_mb"]
+    assert "Pareto front" in result.stdout
+    assert not (tmp / "studies.db").exists()  # --storage was honoured
+
+
+def test_rerun_resumes_and_adds_no_trials(study_db):
+    tmp, url, args, _ = study_db
+    _ok(_invoke(*args, cwd=tmp))
+    assert len(_load(url).trials) == TRIALS
+
+
+def test_resume_with_a_different_spec_names_the_difference(study_db, tmp_path):
+    tmp, url, args, _ = study_db
+    before = _load(url).user_attrs[SPEC_ATTR]
+    result = _invoke(*args, "--objective", "accuracy:max", "--objective", "size_mb:min",
+                     cwd=tmp)
+    _user_error(result, "objectives", repr(STUDY))
+    result = _invoke(*[a if a != "compression" else "serving" for a in args], cwd=tmp)
+    _user_error(result, "space")
+    study = _load(url)
+    assert len(study.trials) == TRIALS and study.user_attrs[SPEC_ATTR] == before
+
+
+# --- listings ---------------------------------------------------------------------------
+
+def test_pareto_json_is_pure_json_with_the_contract_keys(study_db):
+    _, url, _, _ = study_db
+    result = _invoke("pareto", "--study", STUDY, "--storage", url, "--format", "json")
+    _ok(result)
+    rows = json.loads(result.stdout)
+    assert rows
+    numbers = {t.number for t in _load(url).trials}
+    for r in rows:
+        assert {"number", "params", "metrics", "values"} <= set(r)
+        assert r["number"] in numbers
+        assert r["values"] == [r["metrics"][m] for m in ("accuracy", "latency_ms", "size_mb")]
+
+
+def test_trials_json_is_pure_json_with_the_contract_keys(study_db):
+    _, url, _, _ = study_db
+    result = _invoke("trials", "--study", STUDY, "--storage", url, "--format", "json")
+    _ok(result)
+    rows = json.loads(result.stdout)
+    assert len(rows) == TRIALS
+    for r in rows:
+        assert {"number", "state", "params", "metrics", "values", "feasible"} <= set(r)
+        assert r["state"] == "COMPLETE" and "accuracy" in r["metrics"]
+
+
+def test_studies_json_lists_the_study_with_counts(study_db):
+    _, url, _, _ = study_db
+    result = _invoke("studies", "--storage", url, "--format", "json")
+    _ok(result)
+    rows = json.loads(result.stdout)
+    (row,) = [r for r in rows if r["name"] == STUDY]
+    assert row["trials"] == TRIALS and row["states"] == {"COMPLETE": TRIALS}
+    assert set(row["best"]) == {"accuracy", "latency_ms", "size_mb"}
+    assert row["workload"] == "digits-cnn"
+
+
+def test_table_listings_work(study_db):
+    _, url, _, _ = study_db
+    for args in (["studies"], ["trials", "--study", STUDY], ["pareto", "--study", STUDY]):
+        result = _invoke(*args, "--storage", url)
+        _ok(result)
+        assert result.stdout.strip()
+
+
+def test_create_stores_a_study_without_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    result = _invoke("create", "--study", "c", "--storage", url, "--space", "serving",
+                     "--trials", "5", "--device", "cpu", cwd=tmp_path)
+    _ok(result)
+    study = _load(url, "c")
+    assert study.trials == []
+    assert study.user_attrs[SPEC_ATTR]["trials"] == 5
+    assert study.user_attrs[SPEC_ATTR]["space"] == "serving"
+    assert "accuracy" in study.user_attrs[BASELINE_ATTR]
+    listed = _invoke("trials", "--study", "c", "--storage", url, "--format", "json")
+    _ok(listed)
+    assert json.loads(listed.stdout) == []
+
+
+def test_workloads_and_spaces_are_listed():
+    result = _invoke("workloads", "--format", "json")
+    _ok(result)
+    assert "digits-cnn" in {w["name"] for w in json.loads(result.stdout)}
+    result = _invoke("spaces", "--format", "json")
+    _ok(result)
+    spaces = {s["name"]: s["params"] for s in json.loads(result.stdout)}
+    assert {"compression", "serving", "training", "joint"} <= set(spaces)
+    assert "serve.cache_ratio" in spaces["serving"]
+    table = _invoke("spaces")
+    _ok(table)
+    assert "prune.method" in table.stdout
+
+
+# --- export -----------------------------------------------------------------------------
+
+def test_export_writes_the_measured_model_and_load_reproduces_it(study_db, tmp_path):
+    import torch
+
+    from objectives import load_workload
+    from search.export import load
+
+    _, url, _, _ = study_db
+    workload = load_workload("digits-cnn")
+    for trial in _load(url).trials:
+        out = tmp_path / f"t{trial.number}"
+        result = _invoke("export", "--study", STUDY, "--storage", url,
+                         "--trial", str(trial.number), "-o", str(out))
+        _ok(result)
+        metrics = trial.user_attrs["metrics"]
+        size = (out / "model.safetensors").stat().st_size
+        assert size == pytest.approx(metrics["size_mb"] * 1e6, rel=0.02)
+        meta = json.loads((out / "csearch.json").read_text())
+        assert meta["params"] == trial.params and meta["trial"] == trial.number
+        model = load(out)
+        assert isinstance(model, torch.nn.Module)
+        assert workload.evaluate(model) == pytest.approx(metrics["accuracy"], abs=0.01)
+
+
+def test_export_of_a_missing_trial_is_a_user_error(study_db, tmp_path):
+    _, url, _, _ = study_db
+    result = _invoke("export", "--study", STUDY, "--storage", url, "--trial", "99",
+                     "-o", str(tmp_path / "x"))
+    _user_error(result, "99")
+    assert not (tmp_path / "x").exists()
+
+
+# --- user errors: exit 2, one line, nothing written -------------------------------------
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--space", "nope-space"], ["nope-space"]),
+        (["--workload", "nope-workload"], ["nope-workload"]),
+        (["--objective", "acurracy:max"], ["acurracy"]),
+        (["--objective", "accuracy:up"], ["'up'"]),
+        (["--constraint", "accuracy_drop=<0.01"], ["accuracy_drop=<0.01"]),
+        (["--constraint", "latency<=3"], ["latency"]),
+        (["--trials", "-1"], ["-1"]),
+        (["--device", "cuda"], ["cuda"]),
+        (["--memory-budget-mb", "0"], ["memory-budget-mb"]),
+    ],
+    ids=["space", "workload", "metric", "direction", "constraint-syntax",
+         "constraint-metric", "trials", "device", "budget"],
+)
+def test_bad_run_input_exits_2_and_writes_nothing(tmp_path, extra, needles):
+    if extra == ["--device", "cuda"]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    db = tmp_path / "new.db"
+    result = _invoke("run", "--study", "x", "--storage", f"sqlite:///{db}", "--trials", "1",
+                     "--space", "compression", *extra, cwd=tmp_path)
+    _user_error(result, *needles)
+    assert list(tmp_path.iterdir()) == []  # no database, no artifacts, no studies.db
+
+
+def test_bad_input_with_the_default_storage_creates_no_studies_db(tmp_path):
+    result = _invoke("run", "--space", "nope", cwd=tmp_path)
+    _user_error(result, "nope")
+    assert not (tmp_path / "studies.db").exists()
+
+
+def test_unknown_study_for_pareto(study_db):
+    _, url, _, _ = study_db
+    _user_error(_invoke("pareto", "--study", "nope", "--storage", url), "nope", STUDY)
+
+
+def test_studies_on_a_missing_sqlite_file_creates_nothing(tmp_path):
+    db = tmp_path / "missing.db"
+    _user_error(_invoke("studies", "--storage", f"sqlite:///{db}"), str(db))
+    assert not db.exists()
+    jr = tmp_path / "missing.log"
+    _user_error(_invoke("studies", "--storage", f"journal:///{jr}"), str(jr))
+    assert not jr.exists()
+
+
+def test_corrupt_sqlite_file_is_refused_and_left_untouched(tmp_path):
+    db = tmp_path / "corrupt.db"
+    data = os.urandom(4096)
+    db.write_bytes(data)
+    url = f"sqlite:///{db}"
+    _user_error(_invoke("studies", "--storage", url), str(db))
+    _user_error(_invoke("run", "--study", "x", "--storage", url, "--trials", "1",
+                        "--space", "compression", cwd=tmp_path), str(db))
+    _user_error(_invoke("pareto", "--study", "x", "--storage", url), str(db))
+    assert db.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.db"]
+
+
+def test_unsupported_storage_url(tmp_path):
+    _user_error(_invoke("studies", "--storage", "redis://localhost/0"), "redis")
+
+
+def test_a_password_in_a_storage_url_is_never_printed():
+    result = _invoke("studies", "--storage",
+                     "postgresql://user:s3cret-pw@127.0.0.1:1/nodb")
+    assert result.exit_code == 2
+    assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+# --- the console script -----------------------------------------------------------------
+
+def _script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("csearch")
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "search.cli", *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("CSEARCH_STORAGE",)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_console_script_prints_pure_json(study_db, tmp_path):
+    _, url, _, _ = study_db
+    proc = _script("trials", "--study", STUDY, "--storage", url, "--format", "json",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == TRIALS  # nothing but JSON on stdout
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_optuna_reads_the_study_with_its_own_cli(study_db, tmp_path):
+    """Interoperability: `optuna best-trials` lists the csearch study."""
+    exe = shutil.which("optuna")
+    if exe is None:
+        pytest.skip("the optuna console script is not installed")
+    _, url, _, _ = study_db
+    proc = subprocess.run([exe, "best-trials", "--study-name", STUDY, "--storage", url,
+                           "--format", "json"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads(proc.stdout)
+    assert best and {b["number"] for b in best} <= set(range(TRIALS))

@@ -1,0 +1,136 @@
+"""How trials end up in the study: rejected configs, early stops, plugin workloads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from objectives import METRICS
+from search.results import pareto_rows, trial_rows
+from search.runner import MEMORY_CONSTRAINT, run_trials
+from search.study import build_spec, create_or_resume, load_context
+
+
+def _spec(space: str, **kw):
+    args = dict(workload="digits-cnn", space=space, objectives=("accuracy:max", "size_mb:min"),
+                constraints=(), sampler="random", seed=0, device="cpu", trials=2,
+                timeout=None, memory_budget_mb=None, artifacts=None)
+    args.update(kw)
+    return build_spec(**args)
+
+
+def _run(spec):
+    ctx = load_context(spec)
+    study, _ = create_or_resume(optuna.storages.InMemoryStorage(), "s", spec, ctx)
+    run_trials(study, ctx)
+    return study
+
+
+def test_weights_over_the_budget_give_complete_infeasible_trials():
+    study = _run(_spec("serving", memory_budget_mb=0.5))  # fp32 weights: 0.56 MB
+    assert len(study.trials) == 2
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE  # never FAIL: samplers learn the boundary
+        assert t.constraints[MEMORY_CONSTRAINT] > 0
+        m = t.user_attrs["metrics"]
+        assert set(METRICS) <= set(m) and all(math.isfinite(m[k]) for k in METRICS)
+        assert m["rejected_early"] == 1
+        assert "rejected" in t.user_attrs
+    assert [r["feasible"] for r in trial_rows(study)] == [False, False]
+    assert pareto_rows(study) == []  # infeasible trials are never on the front
+
+
+def test_hopeless_trial_is_pruned_with_its_reason(tmp_path: Path):
+    space = tmp_path / "hopeless.toml"
+    space.write_text(
+        '[params."prune.method"]\nchoices = ["magnitude"]\n'
+        '[params."prune.threshold"]\ntype = "float"\nlow = 0.5\nhigh = 0.6\n'
+        '[params."train.epochs"]\ntype = "int"\nlow = 3\nhigh = 3\n')
+    study = _run(_spec(str(space), constraints=("accuracy_drop<=0.01",), trials=1))
+    (t,) = study.trials
+    assert t.state == TrialState.PRUNED
+    assert "guard" in t.user_attrs["pruned_reason"]
+    assert t.user_attrs["partial_metrics"]["accuracy_drop"] > 0.2
+    (row,) = trial_rows(study)
+    assert row["state"] == "PRUNED" and "guard" in row["reason"]
+
+
+PLUGIN = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+from objectives import Workload
+
+
+def make_workload():
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+
+    d = load_wine()
+    x = torch.tensor(d.data, dtype=torch.float32)
+    x = (x - x.mean(0)) / x.std(0)
+    y = torch.tensor(d.target)
+    tr, te = train_test_split(list(range(len(y))), test_size=0.3, random_state=0,
+                              stratify=d.target)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(13, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                          nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(x[tr]), y[tr]).backward()
+        opt.step()
+    model.eval()
+
+    @torch.inference_mode()
+    def evaluate(m):
+        m.eval()
+        return float((m(x[te]).argmax(1) == y[te]).float().mean())
+
+    return Workload(name="wine-mlp", model=model, evaluate=evaluate, request_inputs=x,
+                    train_batches=lambda: [(x[tr], y[tr])], n_requests=300)
+'''
+
+
+def test_plugin_workload_exports_and_reloads_to_its_accuracy(tmp_path: Path):
+    from search.cli import cli
+    from search.export import load
+
+    (tmp_path / "wineplug.py").write_text(PLUGIN)
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    old = os.getcwd()
+    os.chdir(tmp_path)  # like `flask --app`, module:factory resolves in the cwd
+    try:
+        runner = CliRunner()
+        args = ["--study", "w", "--storage", url]
+        result = runner.invoke(cli, ["run", *args, "--workload", "wineplug:make_workload",
+                                     "--space", "compression", "--trials", "3", "--device",
+                                     "cpu", "--seed", "1"], env={"CSEARCH_STORAGE": None})
+        assert result.exit_code == 0, result.stderr
+        rows = json.loads(runner.invoke(cli, ["trials", *args, "--format", "json"]).stdout)
+        complete = [r for r in rows if r["state"] == "COMPLETE"]
+        assert complete
+        from objectives import load_workload
+
+        workload = load_workload("wineplug:make_workload")
+        for r in complete:
+            out = tmp_path / f"export-{r['number']}"
+            res = runner.invoke(cli, ["export", *args, "--trial", str(r["number"]),
+                                      "-o", str(out)])
+            assert res.exit_code == 0, res.stderr
+            assert (out / "model.safetensors").stat().st_size == pytest.approx(
+                r["metrics"]["size_mb"] * 1e6, rel=0.02)
+            model = load(out)
+            assert workload.evaluate(model) == pytest.approx(r["metrics"]["accuracy"],
+                                                             abs=0.01)
+    finally:
+        os.chdir(old)
+        sys.modules.pop("wineplug", None)

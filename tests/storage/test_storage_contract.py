@@ -1,0 +1,243 @@
+"""What a user relies on from a study's storage, checked against every backend.
+
+One parametrised fixture, `backend`: in-memory, SQLite file, journal file, PostgreSQL
+(`CSEARCH_TEST_POSTGRES_URL`) and MySQL/MariaDB (`CSEARCH_TEST_MYSQL_URL`). Each backend
+runs one 3-trial digits study (cached for the module, since trials cost real training);
+the tests then inspect it, resume it and reopen it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from dataclasses import dataclass
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from objectives import METRICS
+from search.errors import SpecError
+from search.results import pareto_rows, trial_rows
+from search.runner import MEMORY_CONSTRAINT, count_finished, run_trials
+from search.spec import BASELINE_ATTR, DEFAULT_OBJECTIVES, ENV_ATTR, SPEC_ATTR, StudySpec
+from search.storage import open_storage
+from search.study import build_spec, create_or_resume, load_context
+
+BACKENDS = ["inmemory", "sqlite", "journal", "postgresql", "mysql"]
+TRIALS = 3
+# The sampler seed only decides which configs run; with this one the 3 trials (and the
+# resumed 4th) need few fine-tune epochs, which keeps five backends affordable on a CPU.
+SEED = 2
+
+
+@dataclass
+class Backend:
+    kind: str
+    url: str | None  # None for in-memory
+    storage: optuna.storages.BaseStorage
+    study_name: str | None = None  # the module's finished study on this backend
+
+    def reopen(self) -> optuna.storages.BaseStorage:
+        """A fresh storage object on the same database (in-memory: the same object)."""
+        if self.url is None:
+            return self.storage
+        return open_storage(self.url, create=False, heartbeat=False)
+
+
+_BACKENDS: dict[str, Backend] = {}
+_CREATED: list[tuple[Backend, str]] = []
+
+
+def _spec(**changes) -> StudySpec:
+    spec = build_spec(
+        workload="digits-cnn", space="compression", objectives=DEFAULT_OBJECTIVES,
+        constraints=(), sampler="tpe", seed=SEED, device="cpu", trials=TRIALS, timeout=None,
+        memory_budget_mb=None, artifacts=None,
+    )
+    return dataclasses.replace(spec, **changes)
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return load_context(_spec())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _delete_created_studies():
+    yield
+    for backend, name in _CREATED:
+        if backend.kind in ("postgresql", "mysql"):
+            try:
+                optuna.delete_study(study_name=name, storage=backend.storage)
+            except Exception:  # already gone
+                pass
+    for backend in _BACKENDS.values():
+        engine = getattr(backend.storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path_factory) -> Backend:
+    kind = request.param
+    if kind == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    elif kind == "mysql":
+        url = os.environ.get("CSEARCH_TEST_MYSQL_URL")
+        if not url:
+            pytest.skip("MySQL/MariaDB not available (CSEARCH_TEST_MYSQL_URL)")
+    if kind in _BACKENDS:
+        return _BACKENDS[kind]
+    if kind == "inmemory":
+        b = Backend(kind, None, optuna.storages.InMemoryStorage())
+    else:
+        if kind in ("sqlite", "journal"):
+            path = tmp_path_factory.mktemp(kind) / ("studies.db" if kind == "sqlite"
+                                                    else "journal.log")
+            url = f"{kind}:///{path}"
+        b = Backend(kind, url, open_storage(url, create=True))
+    _BACKENDS[kind] = b
+    return b
+
+
+def _new_name(backend: Backend) -> str:
+    name = f"contract-{uuid.uuid4().hex[:10]}"
+    _CREATED.append((backend, name))
+    return name
+
+
+@pytest.fixture
+def finished(backend: Backend, ctx) -> tuple[Backend, optuna.Study]:
+    """The backend's 3-trial study, run once per backend."""
+    if backend.study_name is None:
+        name = _new_name(backend)
+        study, created = create_or_resume(backend.storage, name, ctx.spec, ctx)
+        assert created
+        ran = run_trials(study, ctx)
+        assert ran == TRIALS
+        backend.study_name = name
+    return backend, optuna.load_study(study_name=backend.study_name, storage=backend.storage)
+
+
+def test_budget_is_exact_and_resume_adds_none(finished, ctx):
+    backend, study = finished
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert len(states) == TRIALS
+    assert all(s == TrialState.COMPLETE for s in states), states
+    # The same spec again: resumed, nothing to do.
+    again, created = create_or_resume(backend.storage, study.study_name, ctx.spec, ctx)
+    assert not created
+    assert run_trials(again, ctx) == 0
+    assert len(again.get_trials(deepcopy=False)) == TRIALS
+
+
+def test_a_larger_budget_resumes_up_to_it(finished, ctx):
+    backend, study = finished
+    target = len(study.trials) + 1
+    spec = dataclasses.replace(ctx.spec, trials=target)
+    more = dataclasses.replace(ctx, spec=spec)
+    resumed, created = create_or_resume(backend.storage, study.study_name, spec, None)
+    assert not created
+    assert run_trials(resumed, more) == 1
+    assert count_finished(resumed) == target
+    # The stored budget follows the latest run, so a plain rerun does nothing.
+    stored = StudySpec.from_dict(resumed.user_attrs[SPEC_ATTR])
+    assert stored.trials == target
+    assert run_trials(resumed, more) == 0
+
+
+def test_trial_and_pareto_rows_carry_the_contract_keys(finished):
+    _, study = finished
+    rows = trial_rows(study)
+    assert [r["number"] for r in rows] == sorted(t.number for t in study.trials)
+    for r in rows:
+        assert {"number", "state", "params", "metrics", "values", "feasible"} <= set(r)
+        assert r["state"] == "COMPLETE"
+        assert "prune.method" in r["params"] and "quant.method" in r["params"]
+        assert set(METRICS) <= set(r["metrics"])
+        assert r["values"] == [r["metrics"]["accuracy"], r["metrics"]["latency_ms"],
+                               r["metrics"]["size_mb"]]
+        assert r["feasible"] in (True, False)
+    front = pareto_rows(study)
+    assert front, "a study with feasible trials has a non-empty front"
+    by_number = {r["number"]: r for r in rows}
+    for p in front:
+        assert {"number", "params", "metrics", "values", "feasible"} <= set(p)
+        assert p["feasible"] is True
+        assert p["values"] == by_number[p["number"]]["values"]
+        # No feasible trial dominates a front member (max accuracy, min latency, min size).
+        for r in rows:
+            if r["feasible"] and r["number"] != p["number"]:
+                a, b = r["values"], p["values"]
+                dominates = (a[0] >= b[0] and a[1] <= b[1] and a[2] <= b[2]
+                             and (a[0] > b[0] or a[1] < b[1] or a[2] < b[2]))
+                assert not dominates, (r["number"], p["number"])
+
+
+def test_metric_names_spec_and_baseline_are_stored(finished, ctx):
+    backend, study = finished
+    reopened = optuna.load_study(study_name=study.study_name, storage=backend.reopen())
+    assert reopened.metric_names == ["accuracy", "latency_ms", "size_mb"]
+    assert [d.name for d in reopened.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    attrs = reopened.user_attrs
+    stored = StudySpec.from_dict(attrs[SPEC_ATTR])
+    assert stored.differences(ctx.spec) == []
+    assert stored.space_toml == ctx.spec.space_toml and stored.workload == "digits-cnn"
+    baseline = attrs[BASELINE_ATTR]
+    assert set(METRICS) <= set(baseline)
+    assert baseline["sparsity"] == 0 and baseline["memory_budget_mb"] == ctx.budget_mb
+    assert attrs[ENV_ATTR]["torch"] and attrs[ENV_ATTR]["device"] == "cpu"
+    for t in reopened.get_trials(deepcopy=False):
+        assert set(METRICS) <= set(t.user_attrs["metrics"])
+        assert MEMORY_CONSTRAINT in t.constraints
+        assert (t.constraints[MEMORY_CONSTRAINT] <= 0) == (
+            t.user_attrs["metrics"]["memory_mb"] <= ctx.budget_mb + 1e-9)
+        # The stored params rebuild the trial's config (export relies on it).
+        config = ctx.space.sample(optuna.trial.FixedTrial(t.params))
+        assert config.prune.method == t.params["prune.method"]
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [({"objectives": ("accuracy:max", "size_mb:min")}, "objectives"),
+     ({"seed": 1}, "seed"),
+     ({"constraints": ("accuracy_drop<=0.01",)}, "constraints"),
+     ({"memory_budget_mb": 0.5}, "memory_budget_mb"),
+     ({"space": "serving"}, "space")],
+    ids=["objectives", "seed", "constraints", "budget", "space"],
+)
+def test_resume_with_a_different_spec_is_refused_naming_the_field(finished, ctx, change, field):
+    backend, study = finished
+    if "space" in change:
+        change = {**change, "space_toml": build_spec(
+            workload="digits-cnn", space="serving", objectives=DEFAULT_OBJECTIVES,
+            constraints=(), sampler="tpe", seed=SEED, device="cpu", trials=TRIALS,
+            timeout=None, memory_budget_mb=None, artifacts=None).space_toml}
+    before = dict(study.user_attrs[SPEC_ATTR])
+    n_before = len(study.trials)
+    with pytest.raises(SpecError) as info:
+        create_or_resume(backend.storage, study.study_name, _spec(**change), ctx)
+    assert field in str(info.value)
+    assert study.study_name in str(info.value)
+    after = optuna.load_study(study_name=study.study_name, storage=backend.storage)
+    assert after.user_attrs[SPEC_ATTR] == before
+    assert len(after.trials) == n_before
+
+
+def test_resume_may_change_budget_device_and_timeout(finished, ctx):
+    backend, study = finished
+    spec = dataclasses.replace(ctx.spec, timeout=600.0, trials=len(study.trials))
+    resumed, created = create_or_resume(backend.storage, study.study_name, spec, None)
+    assert not created
+    assert StudySpec.from_dict(resumed.user_attrs[SPEC_ATTR]).timeout == 600.0
+
+
+def test_a_missing_study_is_not_created_without_a_context(backend):
+    from search.errors import StudyNotFound
+
+    name = f"missing-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(StudyNotFound, match=name):
+        create_or_resume(backend.storage, name, _spec(), None)
+    assert name not in {s.study_name for s in backend.storage.get_all_studies()}
