@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 __all__ = [
+    "INHERIT",
+    "PER_GROUP_FIELDS",
+    "split_name",
     "PRUNE_METHODS",
     "QUANT_METHODS",
     "PruneConfig",
@@ -22,6 +25,19 @@ __all__ = [
 
 PRUNE_METHODS = ("none", "magnitude", "global", "structured")
 QUANT_METHODS = ("none", "int8_dynamic", "int8_weight_only", "int8_dynamic_activation", "lowbit")
+# A per-group `quant.method[g]` of "inherit" follows the global `quant.method`.
+INHERIT = "inherit"
+# Parameters that may be set per layer group, as `quant.bits[ffn_out]`.
+PER_GROUP_FIELDS = ("prune.threshold", "prune.amount", "quant.method", "quant.bits",
+                    "quant.group_size")
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """`quant.bits[qkv]` -> (`quant.bits`, `qkv`); `quant.bits` -> (`quant.bits`, None)."""
+    if name.endswith("]") and "[" in name:
+        base, _, group = name[:-1].partition("[")
+        return base, group
+    return name, None
 
 
 @dataclass(frozen=True)
@@ -71,29 +87,70 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    # Per-layer-group overrides: ((group, ((dotted field, value), ...)), ...), sorted.
+    groups: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> "Config":
-        """Build from dotted names (`{"prune.amount": 0.5}`); missing names keep defaults."""
+        """Build from dotted names (`{"prune.amount": 0.5, "quant.bits[qkv]": 4}`);
+        missing names keep defaults, a group left out follows the global values."""
         parts: dict[str, dict[str, Any]] = {}
+        per_group: dict[str, dict[str, Any]] = {}
         for name, value in values.items():
-            section, _, key = name.partition(".")
+            base, group = split_name(name)
+            if group is not None:
+                per_group.setdefault(group, {})[base] = value
+                continue
+            section, _, key = base.partition(".")
             parts.setdefault(section, {})[key] = value
-        base = cls()
-        return cls(**{s: replace(getattr(base, s), **kv) for s, kv in parts.items()})
+        base_cfg = cls()
+        kw: dict[str, Any] = {s: replace(getattr(base_cfg, s), **kv) for s, kv in parts.items()}
+        kw["groups"] = tuple(
+            (g, tuple(sorted(over.items()))) for g, over in sorted(per_group.items())
+        )
+        return cls(**kw)
 
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for section in fields(self):
+            if section.name == "groups":
+                continue
             sub = getattr(self, section.name)
             for f in fields(sub):
                 out[f"{section.name}.{f.name}"] = getattr(sub, f.name)
+        for group, over in self.groups:
+            for name, value in over:
+                out[f"{name}[{group}]"] = value
         return out
+
+    def overrides(self, group: str | None) -> dict[str, Any]:
+        for g, over in self.groups:
+            if g == group:
+                return dict(over)
+        return {}
+
+    def for_group(self, group: str | None) -> "Config":
+        """The config a layer of `group` is compressed with (global values + overrides)."""
+        over = self.overrides(group)
+        if not over:
+            return self
+        prune, quant = self.prune, self.quant
+        for name, value in over.items():
+            section, _, key = name.partition(".")
+            if name == "quant.method" and value == INHERIT:
+                continue
+            if section == "prune":
+                prune = replace(prune, **{key: value})
+            elif section == "quant":
+                quant = replace(quant, **{key: value})
+        return replace(self, prune=prune, quant=quant, groups=())
 
 
 def _param_fields() -> dict[str, type]:
     types: dict[str, type] = {}
     for section in fields(Config):
+        if section.name == "groups":
+            continue
         cls = section.default_factory  # type: ignore[misc]
         for f in fields(cls):
             types[f"{section.name}.{f.name}"] = type(getattr(cls(), f.name))

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import PARAM_FIELDS, PRUNE_METHODS, QUANT_METHODS, Config
+from .config import (
+    INHERIT,
+    PARAM_FIELDS,
+    PER_GROUP_FIELDS,
+    PRUNE_METHODS,
+    QUANT_METHODS,
+    Config,
+    split_name,
+)
 from .errors import SpaceError
 
 if TYPE_CHECKING:  # optuna is only needed by callers that sample
@@ -42,6 +50,25 @@ _BOUNDS: dict[str, tuple[float, float] | tuple[str, ...]] = {
     "serve.memory_ratio": (1e-6, 1.0),
 }
 _KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
+TEMPLATE = "*"  # `quant.bits[*]`: one parameter per layer group of the workload
+
+
+def _base_and_bounds(name: str, bad: Any) -> tuple[str, Any]:
+    """Validate a (possibly per-group) parameter name; return its base name and bounds."""
+    base, group = split_name(name)
+    if base not in PARAM_FIELDS:
+        raise bad(f"unknown parameter; valid: {', '.join(PARAM_FIELDS)} "
+                  f"(and {', '.join(f + '[GROUP]' for f in PER_GROUP_FIELDS)})")
+    if group is None:
+        return base, _BOUNDS[base]
+    if base not in PER_GROUP_FIELDS:
+        raise bad(f"{base!r} cannot be set per layer group; per-group parameters: "
+                  f"{', '.join(PER_GROUP_FIELDS)}")
+    if not group or not (group == TEMPLATE or group.replace("_", "").replace("-", "").isalnum()):
+        raise bad(f"group name {group!r} must be letters, digits, '_' or '-', or '*'")
+    if base == "quant.method":
+        return base, QUANT_METHODS + (INHERIT,)
+    return base, _BOUNDS[base]
 
 
 @dataclass(frozen=True)
@@ -92,6 +119,40 @@ class Space:
 
     def names(self) -> list[str]:
         return [p.name for p in self.params]
+
+    def groups(self) -> set[str]:
+        """Layer groups named by concrete per-group parameters (templates excluded)."""
+        out = set()
+        for p in self.params:
+            group = split_name(p.name)[1]
+            if group is not None and group != TEMPLATE:
+                out.add(group)
+        return out
+
+    def has_templates(self) -> bool:
+        return any(split_name(p.name)[1] == TEMPLATE for p in self.params)
+
+    def expand(self, groups: list[str]) -> "Space":
+        """Replace each `name[*]` template by one parameter per layer group, in place;
+        conditions on `other[*]` refer to the same group. A concrete parameter already in
+        the space wins over its template."""
+        concrete = {p.name for p in self.params}
+        out: list[Param] = []
+        for p in self.params:
+            base, group = split_name(p.name)
+            if group != TEMPLATE:
+                out.append(p)
+                continue
+            for g in groups:
+                name = f"{base}[{g}]"
+                if name in concrete:
+                    continue
+                when = tuple(
+                    (c.replace(f"[{TEMPLATE}]", f"[{g}]"), allowed) for c, allowed in p.when
+                )
+                out.append(replace(p, name=name, when=when))
+        built = tuple(out)
+        return Space(self.name, built, "\n".join(_param_toml(p) for p in built))
 
 
 def builtin_spaces() -> dict[str, Path]:
@@ -188,27 +249,23 @@ def _param(name: str, spec: dict[str, Any], where: str) -> Param:
     def bad(msg: str) -> SpaceError:
         return SpaceError(f"space {where}: parameter {name!r}: {msg}")
 
-    if name not in PARAM_FIELDS:
-        raise SpaceError(
-            f"space {where}: unknown parameter {name!r}; valid: {', '.join(PARAM_FIELDS)}"
-        )
+    base, bounds = _base_and_bounds(name, bad)
     extra = set(spec) - _KEYS
     if extra:
         raise bad(f"unknown key(s) {sorted(extra)}; valid: {', '.join(sorted(_KEYS))}")
-    bounds = _BOUNDS[name]
     when = _when(spec.get("when", {}), bad)
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise bad("'choices' must be a non-empty list")
-        want = PARAM_FIELDS[name]
+        want = PARAM_FIELDS[base]
         for c in choices:
             _check_value(name, c, want, bounds, bad)
         return Param(name, "categorical", choices=tuple(choices), when=when)
-    kind = spec.get("type", "float" if PARAM_FIELDS[name] is float else "int")
+    kind = spec.get("type", "float" if PARAM_FIELDS[base] is float else "int")
     if kind not in ("float", "int"):
         raise bad(f"type {kind!r} is not valid; use 'float', 'int', or give 'choices'")
-    if PARAM_FIELDS[name] is str:
+    if PARAM_FIELDS[base] is str:
         raise bad("takes 'choices' (a list of names)")
     if "low" not in spec or "high" not in spec:
         raise bad("needs 'low' and 'high' (or 'choices')")
@@ -253,11 +310,11 @@ def _when(raw: Any, bad: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         raise bad("'when' must be a table like { \"prune.method\" = \"magnitude\" }")
     out = []
     for cond, allowed in raw.items():
-        if cond not in PARAM_FIELDS:
-            raise bad(f"'when' refers to unknown parameter {cond!r}")
+        cbase, cbounds = _base_and_bounds(
+            cond, lambda msg: bad(f"'when' refers to unknown parameter {cond!r}: {msg}"))
         allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
         for value in allowed:  # a typo here would switch the parameter off for good
-            _check_value(cond, value, PARAM_FIELDS[cond], _BOUNDS[cond],
+            _check_value(cond, value, PARAM_FIELDS[cbase], cbounds,
                          lambda msg: bad(f"'when' on {cond!r}: {msg}"))
         out.append((cond, allowed))
     return tuple(out)
