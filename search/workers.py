@@ -50,8 +50,12 @@ def join_study(
     worker_index: int | None = None,
     timeout: float | None = None,
     on_trial: Callable[[Study, FrozenTrial], None] | None = None,
+    workload: str | None = None,
 ) -> int:
-    """Run trials of an existing study from its stored spec; return how many ran."""
+    """Run trials of an existing study from its stored spec; return how many ran.
+
+    `workload` is the plugin reference the operator named; a stored plugin reference is
+    not imported without it (built-in names and entry points need nothing)."""
     storage = open_storage(url, create=False)
     study = load_study(storage, study_name)
     spec = stored_spec(study)
@@ -59,7 +63,7 @@ def join_study(
         from dataclasses import replace
 
         spec = replace(spec, timeout=timeout)
-    ctx = load_context(spec, device=device)
+    ctx = load_context(spec, device=device, stored=True, workload=workload)
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in old:
         signal.signal(s, _raise_interrupt)
@@ -87,25 +91,28 @@ def _mark_interrupted(study: Study, reason: str) -> None:
     _requeue_interrupted(study)
 
 
-def _child(study_name: str, url: str, index: int, device: str | None) -> None:
+def _child(study_name: str, url: str, index: int, device: str | None,
+           workload: str | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore")
     try:
-        join_study(study_name, url, device=device, worker_index=index)
+        join_study(study_name, url, device=device, worker_index=index, workload=workload)
     except CsearchError as e:
         raise SystemExit(f"worker {index}: {e}") from None
     except KeyboardInterrupt:
         pass
 
 
-def run_local_workers(study_name: str, url: str, n: int, device: str | None = None) -> list[int]:
+def run_local_workers(study_name: str, url: str, n: int, device: str | None = None,
+                      workload: str | None = None) -> list[int]:
     """Start `n` spawned worker processes on this machine and wait for them.
 
     Returns their exit codes. Each process opens its own engine (never share one across
     fork) and builds its own workload.
     """
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(study_name, url, i, device), daemon=False)
+    procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload),
+                         daemon=False)
              for i in range(n)]
     for p in procs:
         p.start()
