@@ -191,9 +191,9 @@ def make_minilm_workload() -> Workload:
     eval_batches = _batches_by_length(eval_ids, EVAL_BATCH, pad_id)
     train_inputs = _batches_by_length(train_ids, TRAIN_BATCH, pad_id)
 
-    # fp32 teacher embeddings, once per process (the training ones on first use).
+    # fp32 teacher embeddings, once per process (those of a training batch on its first use).
     teacher_eval = _embed(model, eval_batches)
-    train: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+    teacher_train: dict[int, torch.Tensor] = {}
 
     def fidelity(got: list[torch.Tensor]) -> float:
         cos = torch.cat([
@@ -209,10 +209,11 @@ def make_minilm_workload() -> Workload:
         return fidelity(_embed(m, eval_batches))
 
     def train_batches() -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        if not train:
-            train.extend(zip(train_inputs, _embed(model, train_inputs)))
-        order = torch.randperm(len(train)).tolist()[:EPOCH_BATCHES]  # seeded by the pipeline
-        return [train[i] for i in order]
+        order = torch.randperm(len(train_inputs)).tolist()[:EPOCH_BATCHES]  # seeded by the pipeline
+        for i in order:
+            if i not in teacher_train:
+                teacher_train[i] = _embed(model, [train_inputs[i]])[0]
+        return [(train_inputs[i], teacher_train[i]) for i in order]
 
     def collate(items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return pad_batch(items, pad_id)
