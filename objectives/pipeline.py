@@ -80,8 +80,17 @@ def _example(workload: Workload, device: torch.device) -> object:
     return x
 
 
-def _packed_size(model: nn.Module, config: Config, masks: dict[str, torch.Tensor]) -> int:
-    """Packed bytes of the weights as they would be without fine-tuning (the cheap check)."""
+def _packed_size(model: nn.Module, config: Config, masks: dict[str, torch.Tensor],
+                 budget_bytes: int | None = None) -> int:
+    """Packed bytes of the weights as they would be without fine-tuning (the cheap check).
+
+    Packing never stores a tensor in more bytes than its dense form (plus a small
+    header), so when the dense state already fits `budget_bytes` that bound is
+    returned without packing (a large model need not be packed twice)."""
+    state = model.state_dict()
+    dense = sum(t.numel() * t.element_size() for t in state.values()) + 4096 + 512 * len(state)
+    if budget_bytes is not None and dense <= budget_bytes:
+        return dense
     probe = copy.deepcopy(model)
     quantized = quantize_weights(probe, config.quant)
     sparse = {f"{n}.weight" for n in masks}
@@ -118,7 +127,7 @@ def evaluate(
     apply_masks(model, masks)
 
     # Cheap check first: weights that cannot fit the budget are not worth training.
-    est = _packed_size(model, config, masks)
+    est = _packed_size(model, config, masks, budget_bytes)
     rejected = est > budget_bytes
     if rejected:
         reporter.attr("rejected", f"packed weights {est / 1e6:.3f} MB exceed the budget")

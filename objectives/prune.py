@@ -81,12 +81,53 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         w.mul_(mask.to(w.device, w.dtype))
 
 
+def _attention_heads(model: nn.Module) -> dict[nn.Module, nn.Module]:
+    """Hugging Face BERT-style self-attention blocks: `query`/`key`/`value` Linear children
+    and a `num_attention_heads` attribute. Returns {attention module: itself}."""
+    out = {}
+    for m in model.modules():
+        if hasattr(m, "num_attention_heads") and all(
+            isinstance(getattr(m, p, None), nn.Linear) for p in ("query", "key", "value")
+        ):
+            out[m] = m
+    return out
+
+
+def _update_hf_shapes(model: nn.Module, attention: dict[nn.Module, nn.Module]) -> None:
+    """After pruning, make the attention blocks' bookkeeping and the HF config match."""
+    heads = set()
+    for m in attention:
+        head_dim = int(m.attention_head_size)
+        m.num_attention_heads = m.query.out_features // head_dim
+        m.all_head_size = m.num_attention_heads * head_dim
+        heads.add(m.num_attention_heads)
+    widths = {
+        m.dense.out_features
+        for name, m in model.named_modules()
+        if name.endswith("intermediate") and isinstance(getattr(m, "dense", None), nn.Linear)
+    }
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is None or not hasattr(cfg, "num_attention_heads"):
+            continue
+        if len(heads) == 1:
+            cfg.num_attention_heads = next(iter(heads))
+        if len(widths) == 1 and hasattr(cfg, "intermediate_size"):
+            cfg.intermediate_size = next(iter(widths))
+
+
 def structured_prune(model: nn.Module, ratio: float, example_inputs: Any) -> nn.Module:
     """Physically remove `ratio` of the channels of every prunable layer but the output layer.
 
     Uses Torch-Pruning's dependency graph, so coupled layers (conv -> linear, residuals,
     attention projections) stay consistent and the model really gets smaller and faster.
+    In Hugging Face BERT-style transformers this removes whole attention heads (`ratio`
+    of each layer's heads, query/key/value rows and output-projection columns together)
+    and MLP neurons; the residual width stays, because the output layer is kept whole
+    and it shares its channels with the residual stream. The attention blocks' head
+    counts and the HF config are updated so the model still runs.
     The result depends only on the weights, so `export.load` can repeat it exactly.
+    `example_inputs` is a tensor, a tuple, or a dict of keyword inputs.
     """
     if ratio <= 0:
         return model
@@ -95,6 +136,15 @@ def structured_prune(model: nn.Module, ratio: float, example_inputs: Any) -> nn.
     layers = prunable_layers(model)
     # Keep the final classifier/projection whole: its outputs are the model's outputs.
     output_layer = list(layers.values())[-1]
+    attention = _attention_heads(model)
+    num_heads = {}
+    for m in attention:
+        for proj in (m.query, m.key, m.value):
+            num_heads[proj] = int(m.num_attention_heads)
+    head_args: dict[str, Any] = {}
+    if num_heads:
+        head_args = dict(num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+                         head_pruning_ratio=ratio)
     pruner = tp.pruner.MagnitudePruner(
         model,
         example_inputs,
@@ -102,6 +152,9 @@ def structured_prune(model: nn.Module, ratio: float, example_inputs: Any) -> nn.
         pruning_ratio=ratio,
         ignored_layers=[output_layer],
         global_pruning=False,
+        **head_args,
     )
     pruner.step()
+    if attention:
+        _update_hf_shapes(model, attention)
     return model

@@ -5,6 +5,11 @@ the packed artifact stores exactly what the model computes with. Then `apply_run
 swaps in a real low-precision kernel where one exists on the device (dynamic int8 on
 CPU, torchao's int8 tensor subclasses). `lowbit` (2..8 bits) has no kernel here and
 runs with the dequantized weights: it buys size, not speed.
+
+Embedding tables (`nn.Embedding`, e.g. a transformer's vocabulary, often half of its
+bytes) are quantized too whenever `quant.method` is not `none`: int8 codes with one fp16
+scale per row (per token), whatever `quant.bits` is; they are never pruned. The runtime
+keeps them as dequantized fp32 tables, so the model computes with what is stored.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ __all__ = [
     "fake_quantize",
     "dequantize",
     "quantize_weights",
+    "embedding_layers",
     "apply_runtime",
     "FakeQuant",
     "attach_fake_quant",
     "detach_fake_quant",
 ]
+
+EMBEDDING_BITS = 8
 
 # Smallest scale stored: fp16's smallest normal number, so scales round-trip exactly.
 _MIN_SCALE = 2.0**-14
@@ -98,16 +106,24 @@ def dequantize(qw: QuantizedWeight) -> torch.Tensor:
     return w.reshape(shape)
 
 
+def embedding_layers(model: nn.Module) -> dict[str, nn.Embedding]:
+    """Embedding tables: quantized per row, never pruned."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+
+
 @torch.no_grad()
 def quantize_weights(model: nn.Module, cfg: QuantConfig) -> dict[str, QuantizedWeight]:
-    """Round every prunable layer's weight to its grid in place; return the codes."""
+    """Round every prunable layer's weight (and every embedding table, int8 per row) to
+    its grid in place; return the codes."""
     bits = weight_bits(cfg)
     if bits is None:
         return {}
     group = cfg.group_size if cfg.method == "lowbit" else 0
     out: dict[str, QuantizedWeight] = {}
-    for name, layer in prunable_layers(model).items():
-        qw = fake_quantize(layer.weight, bits, group)
+    targets = [(name, layer, bits, group) for name, layer in prunable_layers(model).items()]
+    targets += [(name, emb, EMBEDDING_BITS, 0) for name, emb in embedding_layers(model).items()]
+    for name, layer, b, g in targets:
+        qw = fake_quantize(layer.weight, b, g)
         layer.weight.copy_(dequantize(qw).to(layer.weight.device, layer.weight.dtype))
         out[name] = qw
     return out

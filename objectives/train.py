@@ -64,6 +64,7 @@ def finetune(
     if workload.train_batches is None or cfg.epochs <= 0:
         return
     loss_fn = workload.loss_fn or F.cross_entropy
+    kd_fn = workload.distill_loss or distillation_loss
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     for epoch in range(cfg.epochs):
         model.train()
@@ -72,7 +73,7 @@ def finetune(
             loss = loss_fn(out, _to(targets, device))
             if cfg.kd_alpha > 0:
                 teacher = _teacher_outputs(workload, inputs, device)
-                kd = distillation_loss(out, teacher, cfg.kd_temperature)
+                kd = kd_fn(out, teacher, cfg.kd_temperature)
                 loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd
             if not math.isfinite(float(loss.detach())):
                 raise EvaluationError(f"fine-tuning diverged (loss {float(loss.detach())}) at lr={cfg.lr:g}")

@@ -20,7 +20,8 @@ class Workload:
     called on any device, so it should move its inputs to the model's device.
     `request_inputs` are distinct requests for the serve replay: a tensor `[N, ...]` or a
     list combined with `collate`. Without `train_batches` the `train.*` parameters are
-    inactive.
+    inactive. `distill_loss` replaces the logit KD term of recovery training for models
+    whose outputs are not logits (e.g. sentence embeddings).
     """
 
     name: str
@@ -37,6 +38,10 @@ class Workload:
     concurrency: int = 64
     # Extra state a workload wants to keep alive (datasets, tokenizers); not used by csearch.
     extras: dict[str, Any] = field(default_factory=dict)
+    # Optional distillation term `(student_out, teacher_out, temperature) -> loss` used by
+    # recovery training when `train.kd_alpha > 0`. Default: Hinton's KD on logits (softmax
+    # KL at `kd_temperature`), right for classifiers; embedding models supply their own.
+    distill_loss: Callable[[Any, Any, float], torch.Tensor] | None = None
 
     def batch(self, items: list[Any]) -> Any:
         """Combine request inputs into one model input."""

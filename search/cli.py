@@ -245,7 +245,8 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
                        err=True)
         poller = progress.poll_in_background(study)  # the workers report to the database
         try:
-            codes = run_local_workers(study.study_name, url, workers, device=p["device"])
+            codes = run_local_workers(study.study_name, url, workers, device=p["device"],
+                                      workload=p["workload"])
         finally:
             poller.stop()
             progress.close()
@@ -296,8 +297,11 @@ def create(**p: Any) -> None:
 @click.option("--quiet", "-q", is_flag=True,
               help="No per-trial lines and no progress bar (also off when stdout is not a "
                    "terminal).")
+@click.option("--workload", default=None, metavar="package.module:factory",
+              help="Confirm the study's plugin workload: a module:factory reference read "
+                   "from the database is imported only when named here.")
 def worker(study_name: str, storage: str | None, device: str | None, timeout: float | None,
-           quiet: bool) -> None:
+           quiet: bool, workload: str | None) -> None:
     """Join an existing study from its stored spec and run trials until its budget."""
     from .storage import open_storage, resolve_url
     from .study import load_study, resolve_device, stored_spec
@@ -318,7 +322,7 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
     progress = _Progress(spec, st, quiet or not sys.stdout.isatty())
     try:
         n = join_study(study_name, url, device=device, worker_index=None, timeout=timeout,
-                       on_trial=progress)
+                       on_trial=progress, workload=workload)
     finally:
         progress.close()
     _info(f"worker ran {n} trial(s)", quiet)
@@ -434,12 +438,16 @@ def spaces(fmt: str) -> None:
 @click.option("--trial", "number", type=int, required=True, help="Trial number to export.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Directory to write model.safetensors and csearch.json into.")
-def export(study_name: str, storage: str | None, number: int, output: str) -> None:
+@click.option("--workload", default=None, metavar="package.module:factory",
+              help="Confirm the study's plugin workload, needed only when the trial has no "
+                   "stored artifact and must be re-evaluated.")
+def export(study_name: str, storage: str | None, number: int, output: str,
+           workload: str | None) -> None:
     """Write a trial's packed model and metadata; `search.export.load(DIR)` reloads it."""
     from .export import export_trial
 
     study = _open(storage, study_name)
-    meta = export_trial(study, number, output)
+    meta = export_trial(study, number, output, workload=workload)
     click.echo(f"wrote {output}/model.safetensors ({meta['model_bytes']} bytes, "
                f"from {meta['model_source']}) and {output}/csearch.json")
 

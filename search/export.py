@@ -22,6 +22,7 @@ from optuna.trial import FixedTrial, TrialState
 from torch import nn
 
 from objectives import build_structure, evaluate, load_workload, unpack_state
+from objectives.workloads import allow as allow_workload
 from objectives.quantize import apply_runtime
 from spaces import parse_space
 
@@ -35,9 +36,9 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "csearch.json"
 
 
-def _artifact_bytes(ctx: Context, trial: optuna.trial.FrozenTrial) -> bytes | None:
+def _artifact_bytes(spec: Any, trial: optuna.trial.FrozenTrial) -> bytes | None:
     artifact_id = trial.user_attrs.get("artifact_id")
-    store_dir = ctx.spec.artifacts
+    store_dir = spec.artifacts
     if not artifact_id or not store_dir or not os.path.isdir(store_dir):
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,8 +54,11 @@ def _artifact_bytes(ctx: Context, trial: optuna.trial.FrozenTrial) -> bytes | No
 
 
 def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
-                 device: str = "cpu") -> dict[str, Any]:
-    """Write the trial's model and metadata to `out_dir`; return the metadata."""
+                 device: str = "cpu", workload: str | None = None) -> dict[str, Any]:
+    """Write the trial's model and metadata to `out_dir`; return the metadata.
+
+    The workload is built only when the trial has no stored artifact (then it is
+    re-evaluated); a plugin workload must then be named by `workload`."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise UsageError(
@@ -65,10 +69,10 @@ def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
     if trial.state != TrialState.COMPLETE:
         raise UsageError(f"trial {number} is {trial.state.name}, only COMPLETE trials export")
     spec = stored_spec(study)
-    ctx = load_context(spec, device=device)
-    data = _artifact_bytes(ctx, trial)
+    data = _artifact_bytes(spec, trial)
     source = "artifact"
     if data is None:
+        ctx: Context = load_context(spec, device=device, stored=True, workload=workload)
         # No stored artifact (artifacts off): repeat the trial's evaluation with its seed.
         config = ctx.space.sample(FixedTrial(trial.params, trial.number))
         data = evaluate(ctx.workload, config, budget_mb=ctx.budget_mb, device=ctx.device,
@@ -94,15 +98,27 @@ def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
     return meta
 
 
-def load(path: str | Path, device: str = "cpu") -> nn.Module:
-    """Rebuild a working `nn.Module` from an export directory (no pickle)."""
+def load(path: str | Path, device: str = "cpu", *, workload: str | None = None) -> nn.Module:
+    """Rebuild a working `nn.Module` from an export directory (no pickle).
+
+    A built-in or entry-point workload needs nothing more. A plugin (`module:factory`)
+    workload is imported only when the caller names it: `workload="pkg.mod:factory"`
+    (it must equal the exported reference), or when it was already named in this
+    process (e.g. by `csearch run --workload` in the same interpreter).
+    """
     path = Path(path)
     meta = json.loads((path / META_FILE).read_text())
-    workload = load_workload(meta["workload"])
+    if workload is not None:
+        if workload != meta["workload"]:
+            raise UsageError(
+                f"workload {workload!r} differs from the exported workload {meta['workload']!r}"
+            )
+        allow_workload(workload)
+    workload_obj = load_workload(meta["workload"], stored=True)
     space = parse_space(meta["space_toml"], name="export")
     config = space.sample(FixedTrial(meta["params"]))
     dev = resolve_device(device)
-    model = build_structure(workload, config, dev)
+    model = build_structure(workload_obj, config, dev)
     state = unpack_state((path / MODEL_FILE).read_bytes())
     model.load_state_dict({k: v.to(dev) for k, v in state.items()})
     model.eval()

@@ -14,6 +14,7 @@ import torch
 from optuna.storages import BaseStorage
 
 from objectives import Workload, evaluate, load_workload
+from objectives.workloads import allow as allow_workload
 from spaces import Config, Space, TrainConfig, load_space, parse_space
 
 from .errors import SpecError, StudyNotFound, UsageError
@@ -103,11 +104,21 @@ def _default_budget(workload: Workload) -> float:
     return 2 * fp32 / 1e6
 
 
-def load_context(spec: StudySpec, device: str | None = None) -> Context:
-    workload = load_workload(spec.workload)
+def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = False,
+                 workload: str | None = None) -> Context:
+    """Build a worker's context. `stored=True`: the spec was read from storage, so a plugin
+    workload reference is imported only if the operator names it (`workload`)."""
+    if workload is not None:
+        if workload != spec.workload:
+            raise SpecError(
+                f"--workload {workload!r} differs from the study's stored workload "
+                f"{spec.workload!r}"
+            )
+        allow_workload(workload)
+    workload_obj = load_workload(spec.workload, stored=stored)
     space = parse_space(spec.space_toml, name=spec.space)
-    budget = spec.memory_budget_mb or _default_budget(workload)
-    return Context(spec, workload, space, resolve_device(device or spec.device), budget)
+    budget = spec.memory_budget_mb or _default_budget(workload_obj)
+    return Context(spec, workload_obj, space, resolve_device(device or spec.device), budget)
 
 
 def baseline_config() -> Config:

@@ -59,14 +59,18 @@ def join_study(
     worker_index: int | None = None,
     timeout: float | None = None,
     on_trial: Callable[[Study, FrozenTrial], None] | None = None,
+    workload: str | None = None,
 ) -> int:
-    """Run trials of an existing study from its stored spec; return how many ran."""
+    """Run trials of an existing study from its stored spec; return how many ran.
+
+    `workload` is the plugin reference the operator named; a stored plugin reference is
+    not imported without it (built-in names and entry points need nothing)."""
     storage = open_storage(url, create=False)
     study = load_study(storage, study_name)
     spec = stored_spec(study)
     if timeout is not None:
         spec = replace(spec, timeout=timeout)
-    ctx = load_context(spec, device=device)
+    ctx = load_context(spec, device=device, stored=True, workload=workload)
     return run_until_budget(study, ctx, on_trial=on_trial, worker_index=worker_index)
 
 
@@ -115,26 +119,29 @@ def run_until_budget(
                 signal.signal(s, h)
 
 
-def _child(study_name: str, url: str, index: int, device: str | None) -> None:
+def _child(study_name: str, url: str, index: int, device: str | None,
+           workload: str | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        join_study(study_name, url, device=device, worker_index=index)
+        join_study(study_name, url, device=device, worker_index=index, workload=workload)
     except CsearchError as e:
         raise SystemExit(f"worker {index}: {e}") from None
     except KeyboardInterrupt:
         pass
 
 
-def run_local_workers(study_name: str, url: str, n: int, device: str | None = None) -> list[int]:
+def run_local_workers(study_name: str, url: str, n: int, device: str | None = None,
+                      workload: str | None = None) -> list[int]:
     """Start `n` spawned worker processes on this machine and wait for them.
 
     Returns their exit codes. Each process opens its own engine (never share one across
     fork) and builds its own workload. SIGINT/SIGTERM here are passed on to the workers.
     """
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(study_name, url, i, device), daemon=False)
+    procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload),
+                         daemon=False)
              for i in range(n)]
     for p in procs:
         p.start()

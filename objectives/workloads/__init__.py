@@ -2,7 +2,9 @@
 
 A reference is only ever imported because the operator named it on the command line or
 installed it as an entry point (group `csearch.workloads`); a spec read from a database
-is re-resolved through the same function, never imported blindly beyond that.
+is re-resolved through the same function with `stored=True`, which resolves built-in
+names and installed entry points but refuses a `module:factory` reference that the
+operator has not named in this process (`allow`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from importlib.metadata import entry_points
 from ..errors import WorkloadError
 from ..workload import Workload
 
-__all__ = ["BUILTIN_WORKLOADS", "list_workloads", "resolve_factory", "load_workload"]
+__all__ = ["BUILTIN_WORKLOADS", "list_workloads", "resolve_factory", "load_workload", "allow",
+           "is_plugin_ref"]
 
 ENTRY_POINT_GROUP = "csearch.workloads"
 
@@ -33,6 +36,24 @@ BUILTIN_WORKLOADS: dict[str, tuple[str, str]] = {
 }
 
 _loaded: dict[str, Workload] = {}
+_allowed: set[str] = set()
+
+
+def allow(ref: str) -> None:
+    """Record that the operator named `ref` (command line, API call) in this process."""
+    _allowed.add(ref)
+
+
+def _entry_point(ref: str) -> str | None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == ref:
+            return ep.value
+    return None
+
+
+def is_plugin_ref(ref: str) -> bool:
+    """A `module:factory` reference that is neither built in nor an installed entry point."""
+    return ref not in BUILTIN_WORKLOADS and _entry_point(ref) is None
 
 
 def list_workloads() -> dict[str, str]:
@@ -43,15 +64,23 @@ def list_workloads() -> dict[str, str]:
     return out
 
 
-def resolve_factory(ref: str) -> Callable[[], Workload]:
-    """Turn a name or `package.module:factory` into a zero-argument factory."""
+def resolve_factory(ref: str, *, stored: bool = False) -> Callable[[], Workload]:
+    """Turn a name or `package.module:factory` into a zero-argument factory.
+
+    `stored=True` is for references read from a database or an export: a plugin
+    reference is then imported only if the operator named it in this process (`allow`).
+    """
     if ref in BUILTIN_WORKLOADS:
         ref = BUILTIN_WORKLOADS[ref][0]
-    else:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == ref:
-                ref = ep.value
-                break
+    elif (value := _entry_point(ref)) is not None:
+        ref = value
+    elif stored and ":" in ref and ref not in _allowed:
+        raise WorkloadError(
+            f"the study's workload {ref!r} is a plugin reference read from storage; csearch "
+            f"imports a plugin only when you name it: pass --workload {ref} (in Python: "
+            "workload=...), or install it as an entry point in group "
+            f"{ENTRY_POINT_GROUP!r}"
+        )
     if ":" not in ref:
         known = ", ".join(list_workloads())
         raise WorkloadError(
@@ -90,11 +119,14 @@ def resolve_factory(ref: str) -> Callable[[], Workload]:
     return factory  # type: ignore[return-value]
 
 
-def load_workload(ref: str) -> Workload:
-    """Build a workload once per process; later calls return the same object."""
-    if ref in _loaded:
+def load_workload(ref: str, *, stored: bool = False) -> Workload:
+    """Build a workload once per process; later calls return the same object.
+
+    `stored=True`: `ref` was read from storage, see `resolve_factory`.
+    """
+    if ref in _loaded and (not stored or not is_plugin_ref(ref) or ref in _allowed):
         return _loaded[ref]
-    factory = resolve_factory(ref)
+    factory = resolve_factory(ref, stored=stored)
     try:
         workload = factory()
     except WorkloadError:
@@ -110,4 +142,6 @@ def load_workload(ref: str) -> Workload:
         )
     workload.model.eval()
     _loaded[ref] = workload
+    if not stored:
+        allow(ref)
     return workload
