@@ -20,4 +20,4 @@ METRICS = (
     "eval_seconds",
 )
 # Also measured on every trial, and usable in objectives and constraints.
-EXTRA_METRICS = ("max_batch",)
+EXTRA_METRICS = ("max_batch", "effective_bits")

@@ -24,7 +24,8 @@ from safetensors.torch import save as st_save
 
 from .quantize import QuantizedWeight, dequantize
 
-__all__ = ["pack_bits", "unpack_bits", "pack_state", "unpack_state", "FORMAT"]
+__all__ = ["pack_bits", "unpack_bits", "pack_state", "unpack_state", "tensor_bytes",
+           "effective_bits", "FORMAT"]
 
 FORMAT = "csearch-packed-1"
 
@@ -203,3 +204,23 @@ def unpack_state(data: bytes) -> dict[str, torch.Tensor]:
                 full_f[:] = vals
             out[name] = torch.from_numpy(full_f).reshape(shape)
     return out
+
+
+def tensor_bytes(data: bytes) -> dict[str, int]:
+    """Bytes each stored tensor takes in a safetensors file (from its header)."""
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    return {k: v["data_offsets"][1] - v["data_offsets"][0]
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def effective_bits(data: bytes, weight_names: list[str], n_weights: int) -> float:
+    """Bits stored per weight of the base model, averaged over all weight matrices:
+    values, positions and scales of each weight count; pruned weights cost only their
+    share of the positions (ModelOpt's effective-bits budget)."""
+    if n_weights <= 0:
+        return 0.0
+    sizes = tensor_bytes(data)
+    total = sum(n for key, n in sizes.items()
+                for w in weight_names if key == w or key.startswith(w + "."))
+    return 8.0 * total / n_weights

@@ -14,13 +14,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from spaces import Config
+from spaces import Config, QuantConfig
 
 from .errors import EarlyStopped, EvaluationError
 from .metrics import METRICS
 from .pack import pack_state
 from .prune import apply_masks, masks_for, prunable_layers, structured_prune
-from .quantize import apply_runtime, attach_fake_quant, detach_fake_quant, quantize_weights
+from .groups import layer_plans
+from .pack import effective_bits
+from .quantize import (
+    apply_runtime,
+    attach_fake_quant,
+    detach_fake_quant,
+    embedding_layers,
+    quantize_weights,
+)
 from .serve import activation_bytes_per_sample, replay
 from .train import finetune
 from .workload import Workload
@@ -80,8 +88,18 @@ def _example(workload: Workload, device: torch.device) -> object:
     return x
 
 
+def _weight_names(model: nn.Module) -> list[str]:
+    return [f"{n}.weight" for n in {**prunable_layers(model), **embedding_layers(model)}]
+
+
+def _weight_count(model: nn.Module) -> int:
+    layers = {**prunable_layers(model), **embedding_layers(model)}
+    return sum(m.weight.numel() for m in layers.values())
+
+
 def _packed_size(model: nn.Module, config: Config, masks: dict[str, torch.Tensor],
-                 budget_bytes: int | None = None) -> int:
+                 budget_bytes: int | None = None,
+                 quant_plan: dict[str, QuantConfig] | None = None) -> int:
     """Packed bytes of the weights as they would be without fine-tuning (the cheap check).
 
     Packing never stores a tensor in more bytes than its dense form (plus a small
@@ -92,7 +110,7 @@ def _packed_size(model: nn.Module, config: Config, masks: dict[str, torch.Tensor
     if budget_bytes is not None and dense <= budget_bytes:
         return dense
     probe = copy.deepcopy(model)
-    quantized = quantize_weights(probe, config.quant)
+    quantized = quantize_weights(probe, config.quant, quant_plan)
     sparse = {f"{n}.weight" for n in masks}
     return len(pack_state(probe.state_dict(), quantized, sparse))
 
@@ -123,11 +141,12 @@ def evaluate(
 
     reporter.stage("prune")
     model = build_structure(workload, config, device)
-    masks = masks_for(model, config.prune)
+    prune_plan, quant_plan = layer_plans(workload, model, config)
+    masks = masks_for(model, config.prune, prune_plan)
     apply_masks(model, masks)
 
     # Cheap check first: weights that cannot fit the budget are not worth training.
-    est = _packed_size(model, config, masks, budget_bytes)
+    est = _packed_size(model, config, masks, budget_bytes, quant_plan)
     rejected = est > budget_bytes
     if rejected:
         reporter.attr("rejected", f"packed weights {est / 1e6:.3f} MB exceed the budget")
@@ -150,7 +169,8 @@ def evaluate(
                 )
 
         # Quantization-aware: the fine-tune sees the weights it will be served with.
-        fq_layers = attach_fake_quant(model, config.quant, masks) if config.train.epochs else []
+        fq_layers = (attach_fake_quant(model, config.quant, masks, quant_plan)
+                     if config.train.epochs else [])
         try:
             finetune(model, workload, config.train, masks, device, after_epoch)
         finally:
@@ -158,11 +178,12 @@ def evaluate(
             apply_masks(model, masks)
 
     reporter.stage("quantize")
-    quantized = quantize_weights(model, config.quant)
+    quantized = quantize_weights(model, config.quant, quant_plan)
     artifact = pack_state(model.state_dict(), quantized, {f"{n}.weight" for n in masks})
     nonzero = sum(int((m.weight != 0).sum()) for m in prunable_layers(model).values())
+    eff_bits = effective_bits(artifact, _weight_names(model), _weight_count(workload.model))
     act_bytes = activation_bytes_per_sample(model, workload.example_inputs(), device)
-    model = apply_runtime(model, config.quant, device)
+    model = apply_runtime(model, config.quant, device, quant_plan)
 
     reporter.stage("measure")
     acc = float(workload.evaluate(model))
@@ -186,6 +207,7 @@ def evaluate(
         **{k: v for k, v in served.metrics.items()},
         "size_mb": len(artifact) / 1e6,
         "sparsity": 1.0 - nonzero / base_count,
+        "effective_bits": eff_bits,
         "rejected_early": float(rejected),
     }
     metrics["eval_seconds"] = time.perf_counter() - t_start

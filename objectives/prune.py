@@ -62,14 +62,29 @@ def global_magnitude_masks(
     return out
 
 
-def masks_for(model: nn.Module, cfg: PruneConfig) -> dict[str, torch.Tensor]:
-    """Unstructured masks for a config (empty for `none` and `structured`)."""
+def masks_for(
+    model: nn.Module, cfg: PruneConfig, per_layer: Mapping[str, PruneConfig] | None = None
+) -> dict[str, torch.Tensor]:
+    """Unstructured masks for a config (empty for `none` and `structured`).
+
+    `per_layer` overrides the threshold or amount of named layers (layer groups): with
+    `global`, layers sharing an amount are ranked together, so a group with its own
+    `prune.amount[g]` reaches exactly that sparsity and the rest share the global one.
+    """
+    per_layer = per_layer or {}
     layers = prunable_layers(model)
     weights = {name: m.weight.detach() for name, m in layers.items()}
     if cfg.method == "magnitude":
-        return {name: threshold_mask(w, cfg.threshold) for name, w in weights.items()}
+        return {name: threshold_mask(w, per_layer.get(name, cfg).threshold)
+                for name, w in weights.items()}
     if cfg.method == "global":
-        return global_magnitude_masks(weights, cfg.amount)
+        pools: dict[float, dict[str, torch.Tensor]] = {}
+        for name, w in weights.items():
+            pools.setdefault(per_layer.get(name, cfg).amount, {})[name] = w
+        masks: dict[str, torch.Tensor] = {}
+        for amount, pool in pools.items():
+            masks.update(global_magnitude_masks(pool, amount))
+        return {name: masks[name] for name in weights}
     return {}
 
 

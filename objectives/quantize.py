@@ -15,7 +15,8 @@ keeps them as dequantized fp32 tables, so the model computes with what is stored
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from typing import Any
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -112,16 +113,26 @@ def embedding_layers(model: nn.Module) -> dict[str, nn.Embedding]:
 
 
 @torch.no_grad()
-def quantize_weights(model: nn.Module, cfg: QuantConfig) -> dict[str, QuantizedWeight]:
-    """Round every prunable layer's weight (and every embedding table, int8 per row) to
-    its grid in place; return the codes."""
-    bits = weight_bits(cfg)
-    if bits is None:
-        return {}
-    group = cfg.group_size if cfg.method == "lowbit" else 0
+def quantize_weights(
+    model: nn.Module, cfg: QuantConfig, per_layer: Mapping[str, QuantConfig] | None = None
+) -> dict[str, QuantizedWeight]:
+    """Round every prunable layer's weight (and every embedding table, per row) to its
+    grid in place; return the codes. `per_layer` overrides `cfg` for named layers (layer
+    groups); an embedding table is int8 unless its group says otherwise."""
+    per_layer = per_layer or {}
     out: dict[str, QuantizedWeight] = {}
-    targets = [(name, layer, bits, group) for name, layer in prunable_layers(model).items()]
-    targets += [(name, emb, EMBEDDING_BITS, 0) for name, emb in embedding_layers(model).items()]
+    targets = []
+    for name, layer in prunable_layers(model).items():
+        c = per_layer.get(name, cfg)
+        bits = weight_bits(c)
+        if bits is not None:
+            targets.append((name, layer, bits, c.group_size if c.method == "lowbit" else 0))
+    for name, emb in embedding_layers(model).items():
+        c = per_layer.get(name, cfg)
+        bits = weight_bits(c)
+        if bits is not None:
+            explicit = name in per_layer and c.method == "lowbit"
+            targets.append((name, emb, bits if explicit else EMBEDDING_BITS, 0))
     for name, layer, b, g in targets:
         qw = fake_quantize(layer.weight, b, g)
         layer.weight.copy_(dequantize(qw).to(layer.weight.device, layer.weight.dtype))
@@ -129,40 +140,61 @@ def quantize_weights(model: nn.Module, cfg: QuantConfig) -> dict[str, QuantizedW
     return out
 
 
-def _int8_dynamic(model: nn.Module, device: torch.device) -> nn.Module:
+def _int8_dynamic(model: nn.Module, device: torch.device, names: list[str] | None) -> nn.Module:
     if device.type != "cpu":  # fbgemm/qnnpack kernels are CPU-only
         return model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        spec: Any = {nn.Linear: per_channel_dynamic_qconfig}
+        if names is not None:
+            linear = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+            spec = {n: per_channel_dynamic_qconfig for n in names if n in linear}
+            if not spec:
+                return model
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
-def _torchao(config_name: str) -> Callable[[nn.Module, torch.device], nn.Module]:
-    def apply(model: nn.Module, device: torch.device) -> nn.Module:
+def _torchao(config_name: str) -> Callable[[nn.Module, torch.device, list[str] | None], nn.Module]:
+    def apply(model: nn.Module, device: torch.device, names: list[str] | None) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import torchao.quantization as tq
 
-            tq.quantize_(model, getattr(tq, config_name)())
+            def pick(m: nn.Module, fqn: str) -> bool:
+                return isinstance(m, nn.Linear) and (names is None or fqn in names)
+
+            tq.quantize_(model, getattr(tq, config_name)(), filter_fn=pick)
         return model
 
     return apply
 
 
-_RUNTIME: dict[str, Callable[[nn.Module, torch.device], nn.Module]] = {
-    "none": lambda m, d: m,
-    "lowbit": lambda m, d: m,
+_RUNTIME: dict[str, Callable[[nn.Module, torch.device, list[str] | None], nn.Module]] = {
+    "none": lambda m, d, n: m,
+    "lowbit": lambda m, d, n: m,
     "int8_dynamic": _int8_dynamic,
     "int8_weight_only": _torchao("Int8WeightOnlyConfig"),
     "int8_dynamic_activation": _torchao("Int8DynamicActivationInt8WeightConfig"),
 }
 
 
-def apply_runtime(model: nn.Module, cfg: QuantConfig, device: torch.device) -> nn.Module:
-    """Swap in the method's low-precision kernels (after `quantize_weights`)."""
-    return _RUNTIME[cfg.method](model, device)
+def apply_runtime(
+    model: nn.Module,
+    cfg: QuantConfig,
+    device: torch.device,
+    per_layer: Mapping[str, QuantConfig] | None = None,
+) -> nn.Module:
+    """Swap in each layer's low-precision kernels (after `quantize_weights`)."""
+    if not per_layer:
+        return _RUNTIME[cfg.method](model, device, None)
+    methods: dict[str, list[str]] = {}
+    for name in prunable_layers(model):
+        methods.setdefault(per_layer.get(name, cfg).method, []).append(name)
+    for method, names in methods.items():
+        model = _RUNTIME[method](model, device, names)
+    return model
 
 
 class FakeQuant(nn.Module):
@@ -182,17 +214,21 @@ class FakeQuant(nn.Module):
 
 
 def attach_fake_quant(
-    model: nn.Module, cfg: QuantConfig, masks: dict[str, torch.Tensor]
+    model: nn.Module,
+    cfg: QuantConfig,
+    masks: dict[str, torch.Tensor],
+    per_layer: Mapping[str, QuantConfig] | None = None,
 ) -> list[nn.Module]:
     """Make prunable layers train against their quantized weights; returns the layers."""
     from torch.nn.utils import parametrize
 
-    bits = weight_bits(cfg)
-    if bits is None:
-        return []
-    group = cfg.group_size if cfg.method == "lowbit" else 0
     layers = []
     for name, layer in prunable_layers(model).items():
+        c = (per_layer or {}).get(name, cfg)
+        bits = weight_bits(c)
+        if bits is None:
+            continue
+        group = c.group_size if c.method == "lowbit" else 0
         mask = masks.get(name)
         fq = FakeQuant(bits, group, None if mask is None else mask.to(layer.weight.device))
         parametrize.register_parametrization(layer, "weight", fq)

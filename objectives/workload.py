@@ -42,6 +42,10 @@ class Workload:
     # recovery training when `train.kd_alpha > 0`. Default: Hinton's KD on logits (softmax
     # KL at `kd_temperature`), right for classifiers; embedding models supply their own.
     distill_loss: Callable[[Any, Any, float], torch.Tensor] | None = None
+    # Optional layer groups for per-group parameters (`quant.bits[qkv]`): group name ->
+    # fnmatch patterns over module names; a layer joins the first group that matches.
+    # Default: one group per module type (linear, conv, embedding).
+    groups: dict[str, list[str]] | None = None
 
     def batch(self, items: list[Any]) -> Any:
         """Combine request inputs into one model input."""

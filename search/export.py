@@ -23,12 +23,13 @@ from torch import nn
 
 from objectives import build_structure, evaluate, load_workload, unpack_state
 from objectives.workloads import allow as allow_workload
+from objectives.groups import layer_plans
 from objectives.quantize import apply_runtime
 from spaces import parse_space
 
 from .errors import UsageError
 from .spec import BASELINE_ATTR, VERSION
-from .study import Context, load_context, resolve_device, stored_spec
+from .study import Context, load_context, resolve_device, resolve_space, stored_spec
 
 __all__ = ["export_trial", "load", "MODEL_FILE", "META_FILE"]
 
@@ -115,13 +116,14 @@ def load(path: str | Path, device: str = "cpu", *, workload: str | None = None) 
             )
         allow_workload(workload)
     workload_obj = load_workload(meta["workload"], stored=True)
-    space = parse_space(meta["space_toml"], name="export")
+    space = resolve_space(parse_space(meta["space_toml"], name="export"), workload_obj)
     config = space.sample(FixedTrial(meta["params"]))
     dev = resolve_device(device)
     model = build_structure(workload_obj, config, dev)
     state = unpack_state((path / MODEL_FILE).read_bytes())
     model.load_state_dict({k: v.to(dev) for k, v in state.items()})
     model.eval()
-    return apply_runtime(model, config.quant, dev)
+    _, quant_plan = layer_plans(workload_obj, model, config)
+    return apply_runtime(model, config.quant, dev, quant_plan)
 
 

@@ -19,6 +19,10 @@ __all__ = ["SEED_LADDER", "seed_params", "enqueue_seeds"]
 
 # Each entry: dotted params; "max"/"mid" mean the space's upper bound / geometric middle.
 SEED_LADDER: tuple[dict[str, Any], ...] = (
+    # The safest compression first: 8-bit weights, nothing pruned, no fine-tuning. It keeps
+    # a pretrained transformer intact, where aggressive recipes need careful training.
+    {"prune.method": "none", "quant.method": "lowbit", "quant.bits": 8, "quant.group_size": 0,
+     "train.epochs": 0},
     {"prune.method": "global", "prune.amount": 0.9, "quant.method": "lowbit", "quant.bits": 3,
      "quant.group_size": 0, "train.epochs": "max", "train.lr": 1e-3},
     {"prune.method": "global", "prune.amount": 0.8, "quant.method": "lowbit", "quant.bits": 4,
@@ -57,6 +61,10 @@ def seed_params(space: Space) -> list[dict[str, Any]]:
                 ok = False
                 break
             params[name] = fitted
+        # Per-group quantizers follow the global recipe in a seed.
+        for p in space.params:
+            if p.name.startswith("quant.method[") and "inherit" in p.choices:
+                params[p.name] = "inherit"
         # Only useful if it pins a pruning or quantization choice of this space.
         if ok and any(k.startswith(("prune.", "quant.")) for k in params) and params not in out:
             out.append(params)

@@ -31,6 +31,7 @@ __all__ = [
     "stored_spec",
     "create_or_resume",
     "baseline_config",
+    "resolve_space",
     "environment",
 ]
 
@@ -116,9 +117,24 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
             )
         allow_workload(workload)
     workload_obj = load_workload(spec.workload, stored=stored)
-    space = parse_space(spec.space_toml, name=spec.space)
+    space = resolve_space(parse_space(spec.space_toml, name=spec.space), workload_obj)
     budget = spec.memory_budget_mb or _default_budget(workload_obj)
     return Context(spec, workload_obj, space, resolve_device(device or spec.device), budget)
+
+
+def resolve_space(space: Space, workload: Workload) -> Space:
+    """Expand `name[*]` templates to the workload's layer groups, and refuse per-group
+    parameters that name a group the workload does not have."""
+    from objectives.groups import group_names
+
+    groups = group_names(workload)
+    unknown = sorted(space.groups() - set(groups))
+    if unknown:
+        raise SpecError(
+            f"space {space.name!r} sets parameters for layer group(s) {', '.join(unknown)}, "
+            f"which workload {workload.name!r} does not have; its groups: {', '.join(groups)}"
+        )
+    return space.expand(groups) if space.has_templates() else space
 
 
 def baseline_config() -> Config:
@@ -180,5 +196,5 @@ def create_or_resume(
     from .seeds import enqueue_seeds
 
     # At most a tenth of the budget goes to the warm start; the sampler does the rest.
-    enqueue_seeds(study, ctx.space, (spec.trials or 40) // 10)
+    enqueue_seeds(study, ctx.space, max(1, (spec.trials or 40) // 10))
     return study, True

@@ -102,4 +102,5 @@ def make_digits_workload(seed: int = 0) -> Workload:
         zipf_skew=1.1,
         n_requests=2000,
         concurrency=64,
+        groups={"conv1": ["conv1"], "conv2": ["conv2"], "fc1": ["fc1"], "fc2": ["fc2"]},
     )

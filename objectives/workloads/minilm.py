@@ -233,5 +233,12 @@ def make_minilm_workload() -> Workload:
         n_requests=160,
         concurrency=16,
         distill_loss=similarity_distillation,
+        groups={
+            "embeddings": ["*embeddings.*"],
+            "qkv": ["*.attention.self.query", "*.attention.self.key", "*.attention.self.value"],
+            "attn_out": ["*.attention.output.dense"],
+            "ffn_in": ["*.intermediate.dense"],
+            "ffn_out": ["*.output.dense"],
+        },
         extras={"tokenizer": tokenizer, "sentences_source": data["source"]},
     )
