@@ -161,6 +161,18 @@ def reap_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def _seed_once(study: optuna.Study, ctx: Context) -> None:
+    """Queue the warm-start configurations when the study's first worker starts (not at
+    `create`, which stores a study without trials)."""
+    from .seeds import enqueue_seeds
+
+    if study.user_attrs.get("seeded") or study.get_trials(deepcopy=False):
+        return
+    study.set_user_attr("seeded", True)
+    # At least one, at most a tenth of the budget; the sampler does the rest.
+    enqueue_seeds(study, ctx.space, max(1, (ctx.spec.trials or 40) // 10))
+
+
 def _is_db_error(e: BaseException | None) -> bool:
     """A database error, or an error raised while handling one (Optuna's tell path can
     turn a lost connection into an UnboundLocalError)."""
@@ -240,6 +252,7 @@ def run_trials(
         callbacks.append(MaxTrialsCallback(spec.trials, states=FINISHED))
     try:
         spool.flush(study)
+        _seed_once(study, ctx)
         while True:
             remaining = remaining_budget(study, spec.trials)
             if remaining == 0:

@@ -193,8 +193,4 @@ def create_or_resume(
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr(BASELINE_ATTR, {**base.metrics, "memory_budget_mb": ctx.budget_mb})
     study.set_user_attr(ENV_ATTR, environment(ctx.device))
-    from .seeds import enqueue_seeds
-
-    # At most a tenth of the budget goes to the warm start; the sampler does the rest.
-    enqueue_seeds(study, ctx.space, max(1, (spec.trials or 40) // 10))
     return study, True
