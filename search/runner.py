@@ -166,11 +166,18 @@ def _seed_once(study: optuna.Study, ctx: Context) -> None:
     `create`, which stores a study without trials)."""
     from .seeds import enqueue_seeds
 
+    from .sensitivity import sensitivity_seed
+
     if study.user_attrs.get("seeded") or study.get_trials(deepcopy=False):
         return
     study.set_user_attr("seeded", True)
     # At least one, at most a tenth of the budget; the sampler does the rest.
-    enqueue_seeds(study, ctx.space, max(1, (ctx.spec.trials or 40) // 10))
+    limit = max(1, (ctx.spec.trials or 40) // 10)
+    seed = sensitivity_seed(ctx.space, study.user_attrs.get("sensitivity"))
+    if seed is not None:
+        study.enqueue_trial(seed, user_attrs={"seeded": "sensitivity"})
+        limit -= 1
+    enqueue_seeds(study, ctx.space, limit)
 
 
 def _is_db_error(e: BaseException | None) -> bool:
@@ -228,7 +235,11 @@ def run_trials(
     from .samplers import make_sampler
     from .storage import redact
 
+    from .sensitivity import narrow
+
     spec = ctx.spec
+    # Groups the sensitivity pass found too fragile stay fp32 for every worker.
+    ctx.space = narrow(ctx.space, study.user_attrs.get("sensitivity"))
     url = getattr(study._storage, "url", "") or ""
     spool = Spool(study.study_name, redact(str(url)))
     objective = objective or TrialObjective(ctx)

@@ -193,4 +193,9 @@ def create_or_resume(
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr(BASELINE_ATTR, {**base.metrics, "memory_budget_mb": ctx.budget_mb})
     study.set_user_attr(ENV_ATTR, environment(ctx.device))
+    from .sensitivity import SENSITIVITY_ATTR, measure
+
+    sens = measure(ctx)  # once per study, before any worker starts
+    if sens is not None:
+        study.set_user_attr(SENSITIVITY_ATTR, sens)
     return study, True

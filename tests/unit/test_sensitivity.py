@@ -1,0 +1,66 @@
+"""The sensitivity pass: measured once per study, stored, and used to narrow and seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+import objectives.sensitivity as sensitivity_mod
+from search.runner import run_trials
+from search.sensitivity import narrow, pinned_groups, sensitivity_seed
+from search.study import build_spec, create_or_resume, load_context
+
+EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "per_group.toml")
+
+
+def _spec(trials: int):
+    return build_spec(workload="digits-cnn", space=EXAMPLE, objectives=("accuracy:max",
+                      "size_mb:min"), constraints=("accuracy_drop<=0.01",), sampler="tpe",
+                      seed=2, device="cpu", trials=trials, timeout=None,
+                      memory_budget_mb=None, artifacts=None)
+
+
+def test_sensitivity_runs_once_per_study_not_per_worker_or_trial(monkeypatch):
+    calls = []
+    real = sensitivity_mod.group_sensitivity
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sensitivity_mod, "group_sensitivity", counting)
+    storage = optuna.storages.InMemoryStorage()
+    spec = _spec(3)
+    study, created = create_or_resume(storage, "s", spec, load_context(spec))
+    assert created and len(calls) == 1
+    sens = study.user_attrs["sensitivity"]
+    assert set(sens["drops"]) == {"conv1", "conv2", "fc1", "fc2"}
+    assert set(sens["drops"]["fc1"]) == {"int8_dynamic", "lowbit4"}
+    # Two "workers" and a resume: none of them measures again.
+    for _ in range(2):
+        run_trials(study, load_context(spec))
+    create_or_resume(storage, "s", spec, load_context(spec))
+    assert len(calls) == 1
+    assert len([t for t in study.trials if t.state.is_finished()]) == 3
+    seeded = [t for t in study.trials if t.user_attrs.get("seeded") == "sensitivity"]
+    assert seeded, "the first worker queues a sensitivity-guided seed"
+
+
+def test_a_group_that_breaks_the_guard_is_pinned_to_fp32(digits):
+    space_ctx = load_context(_spec(1))
+    sens = {"guard": 0.01, "probes": {}, "drops": {
+        "conv1": {"int8_dynamic": 0.5, "lowbit4": 0.6},  # fragile
+        "conv2": {"int8_dynamic": 0.0, "lowbit4": 0.001},
+        "fc1": {"int8_dynamic": 0.0, "lowbit4": 0.0},
+        "fc2": {"int8_dynamic": 0.002, "lowbit4": 0.02},
+    }}
+    assert pinned_groups(sens) == ["conv1"]
+    narrowed = narrow(space_ctx.space, sens)
+    by_name = {p.name: p for p in narrowed.params}
+    assert by_name["quant.method[conv1]"].choices == ("none",)
+    assert "lowbit" in by_name["quant.method[fc1]"].choices
+    seed = sensitivity_seed(space_ctx.space, sens)
+    assert seed["quant.method[conv1]"] == "none"
+    assert seed["quant.method[fc1]"] == "lowbit" and seed["quant.bits[fc1]"] == 4
+    assert seed["quant.method[fc2]"] == "int8_dynamic"
