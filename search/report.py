@@ -32,6 +32,9 @@ from .spec import BASELINE_ATTR, ENV_ATTR, SPEC_ATTR
 from .storage import redact
 
 __all__ = [
+    "SensitivityData",
+    "collect_sensitivity",
+    "plot_sensitivity",
     "ParetoData",
     "HypervolumeData",
     "ImportanceData",
@@ -457,6 +460,43 @@ def collect_context(study: optuna.Study, trials: Trials | None = None,
 
 # --- drawing -------------------------------------------------------------------------
 
+@dataclass
+class SensitivityData:
+    """Accuracy drop of each layer group compressed alone (the study's sensitivity pass)."""
+
+    groups: list[str] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)
+    drops: list[list[float]] = field(default_factory=list)  # [group][probe]
+    guard: float | None = None
+    pinned: list[str] = field(default_factory=list)
+
+
+def collect_sensitivity(study: optuna.Study, trials: Trials | None = None) -> SensitivityData:
+    from .sensitivity import SENSITIVITY_ATTR, pinned_groups
+
+    sens = study.user_attrs.get(SENSITIVITY_ATTR)
+    if not sens:
+        return SensitivityData()
+    groups = list(sens["drops"])
+    probes = sorted({p for d in sens["drops"].values() for p in d})
+    drops = [[float(sens["drops"][g].get(p, float("nan"))) for p in probes] for g in groups]
+    return SensitivityData(groups, probes, drops, sens.get("guard"), pinned_groups(sens))
+
+
+def plot_sensitivity(data: SensitivityData) -> Any:
+    go = _go()
+    fig = go.Figure()
+    for j, probe in enumerate(data.probes):
+        fig.add_bar(name=probe, x=data.groups, y=[row[j] for row in data.drops])
+    if data.guard is not None:
+        fig.add_hline(y=data.guard, line_dash="dash", annotation_text="accuracy guard")
+    fig.update_layout(title="Sensitivity: accuracy drop with one group compressed alone"
+                      + (f" (pinned to fp32: {', '.join(data.pinned)})" if data.pinned else ""),
+                      barmode="group", xaxis_title="layer group",
+                      yaxis_title="accuracy drop", height=420)
+    return fig
+
+
 def _go() -> Any:
     import plotly.graph_objects as go
 
@@ -706,6 +746,7 @@ class Report:
     timeline: TimelineData
     serving: ServingData
     table: TableData
+    sensitivity: SensitivityData = field(default_factory=SensitivityData)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -732,6 +773,7 @@ def build_report(study: optuna.Study, storage_url: str | None = None) -> Report:
         timeline=timed("timeline", collect_timeline, study, trials),
         serving=timed("serving", collect_serving, study, trials),
         table=timed("table", collect_pareto_table, study, trials, storage_url, pareto),
+        sensitivity=timed("sensitivity", collect_sensitivity, study, trials),
         timings=timings,
     )
 
@@ -777,6 +819,9 @@ def render_html(rep: Report) -> str:
     if rep.serving.numbers:
         section("Cache and throughput against the memory split",
                 _figure_div(plot_serving(rep.serving), "fig-serving"))
+    if rep.sensitivity.groups:
+        section("Layer-group sensitivity", _figure_div(plot_sensitivity(rep.sensitivity),
+                                                       "fig-sensitivity"))
     env = dict(ctx.environment)
     section("Baseline and environment",
             '<div class="grid"><div><h3>Baseline (uncompressed model)</h3>'

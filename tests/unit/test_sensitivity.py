@@ -64,3 +64,14 @@ def test_a_group_that_breaks_the_guard_is_pinned_to_fp32(digits):
     assert seed["quant.method[conv1]"] == "none"
     assert seed["quant.method[fc1]"] == "lowbit" and seed["quant.bits[fc1]"] == 4
     assert seed["quant.method[fc2]"] == "int8_dynamic"
+
+
+def test_report_collects_the_sensitivity_table():
+    from search.report import collect_sensitivity
+
+    study = optuna.create_study()
+    study.set_user_attr("sensitivity", {"guard": 0.01, "probes": {}, "drops": {
+        "a": {"int8_dynamic": 0.2}, "b": {"int8_dynamic": 0.001}}})
+    data = collect_sensitivity(study)
+    assert data.groups == ["a", "b"] and data.probes == ["int8_dynamic"]
+    assert data.drops == [[0.2], [0.001]] and data.pinned == ["a"]
