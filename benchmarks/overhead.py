@@ -1,0 +1,149 @@
+"""Overhead of csearch around the evaluation, on digits, measured in one run.
+
+    python benchmarks/overhead.py              # 20-trial `csearch run`, then a profiled one
+    python benchmarks/overhead.py --quick      # 8 trials, 5 profiled
+    python benchmarks/overhead.py --no-profile
+
+1. A real `csearch run --trials N` (default workload digits-cnn, space joint, SQLite in a
+   temporary directory, artifacts on) as a subprocess; the clock is the subprocess's wall
+   time. From the stored study:
+   - per-trial overhead = (datetime_complete - datetime_start) - metrics.eval_seconds,
+     i.e. everything in a trial that is not `objectives.evaluate` (sampling, user attrs,
+     constraints, artifact upload, storage writes), as a fraction of the trial's wall time:
+     median over trials, and in aggregate (sum over sum). Goal <= 5%.
+   - share of the command inside trials = sum of trial wall times / command wall time.
+     Goal >= 90%.
+2. The same command under pyinstrument (`python -m pyinstrument -r json`), with the time
+   split into: imports, workload build, baseline evaluation, trial evaluations, sampler,
+   storage (Optuna storage calls outside the sampler), artifact upload, Pareto printout
+   and the rest. Each sample is counted once, in the outermost category on its stack.
+
+Trials on digits take ~1-60 s here (recovery fine-tuning dominates, and the 2 cores are
+shared), so the absolute overhead in seconds is printed too: a short trial makes the
+same overhead a larger fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import optuna
+
+from _common import CLI, env, machine, now
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def study_stats(url: str, name: str) -> tuple[list[float], list[float]]:
+    st = optuna.load_study(study_name=name, storage=url)
+    walls, evals = [], []
+    for t in st.trials:
+        e = t.user_attrs.get("metrics", {}).get("eval_seconds")
+        if t.state.is_finished() and e is not None and t.datetime_complete is not None:
+            walls.append((t.datetime_complete - t.datetime_start).total_seconds())
+            evals.append(float(e))
+    return walls, evals
+
+
+def measure(trials: int, tmp: str) -> None:
+    url = f"sqlite:///{tmp}/o.db"
+    args = ["run", "--storage", url, "--study", "o", "--trials", str(trials), "--seed", "0",
+            "--device", "cpu", "--quiet"]
+    t0 = now()
+    r = subprocess.run([*CLI, *args], env=env(PYTHONPATH=ROOT), cwd=tmp,
+                       capture_output=True, text=True)
+    wall = now() - t0
+    if r.returncode:
+        raise SystemExit(f"csearch run failed: {r.stderr}")
+    walls, evals = study_stats(url, "o")
+    over = [w - e for w, e in zip(walls, evals)]
+    frac = [o / w for o, w in zip(over, walls)]
+    print(f"command: csearch {' '.join(args)}")
+    print(f"  command wall {wall:.1f}s, {len(walls)} trials, trial wall total {sum(walls):.1f}s, "
+          f"eval total {sum(evals):.1f}s")
+    print(f"  per-trial overhead: median {statistics.median(over) * 1e3:.0f} ms "
+          f"(min {min(over) * 1e3:.0f}, max {max(over) * 1e3:.0f}); "
+          f"fraction median {statistics.median(frac):.1%}, aggregate "
+          f"{sum(over) / sum(walls):.1%} (goal <= 5%)")
+    print(f"  trial eval_seconds: median {statistics.median(evals):.2f}s "
+          f"(min {min(evals):.2f}, max {max(evals):.2f})")
+    print(f"  share of the command inside trials: {sum(walls) / wall:.1%} (goal >= 90%); "
+          f"outside trials {wall - sum(walls):.1f}s")
+
+
+# (category, function name, path fragment); the first match on a stack, outermost, wins.
+CATEGORIES = [
+    ("workload build", "load_context", "search/study.py"),
+    ("baseline evaluation", "create_or_resume", "search/study.py"),
+    ("artifact upload", "_upload", "search/runner.py"),
+    ("trial evaluations", "evaluate", "objectives/pipeline.py"),
+    ("sampler", "sample_relative", "optuna/samplers"),
+    ("sampler", "sample_independent", "optuna/samplers"),
+    ("sampler", "infer_relative_search_space", "optuna/samplers"),
+    ("sampler", "before_trial", "optuna/samplers"),
+    ("sampler", "after_trial", "optuna/samplers"),
+    ("storage", "", "optuna/storages"),
+    ("Pareto printout", "pareto_rows", "search/results.py"),
+    ("imports", "_find_and_load", "<frozen importlib._bootstrap>"),
+]
+
+
+def categorize(frame: dict, acc: dict[str, float]) -> None:
+    fn, path = frame.get("function", ""), frame.get("file_path", "") or ""
+    for cat, name, frag in CATEGORIES:
+        if frag in path and (not name or fn == name):
+            acc[cat] = acc.get(cat, 0.0) + frame["time"]
+            return
+    for c in frame.get("children", []):
+        categorize(c, acc)
+
+
+def profile(trials: int, tmp: str) -> None:
+    url = f"sqlite:///{tmp}/p.db"
+    out = os.path.join(tmp, "profile.json")
+    args = ["run", "--storage", url, "--study", "p", "--trials", str(trials), "--seed", "1",
+            "--device", "cpu", "--quiet"]
+    t0 = now()
+    r = subprocess.run([sys.executable, "-m", "pyinstrument", "-r", "json", "-o", out,
+                        "-m", "search.cli", *args], env=env(PYTHONPATH=ROOT), cwd=tmp,
+                       capture_output=True, text=True)
+    wall = now() - t0
+    if r.returncode:
+        raise SystemExit(f"profiled run failed: {r.stderr[-2000:]}")
+    data = json.load(open(out))
+    root = data["root_frame"]
+    total = root["time"]
+    acc: dict[str, float] = {}
+    categorize(root, acc)
+    acc["rest (interpreter, click, other)"] = total - sum(acc.values())
+    walls, _ = study_stats(url, "p")
+    print(f"profiled: csearch {' '.join(args)} (wall {wall:.1f}s, profiled {total:.1f}s, "
+          f"{len(walls)} trials)")
+    for cat, t in sorted(acc.items(), key=lambda kv: -kv[1]):
+        print(f"  {cat:34s} {t:7.2f}s {t / total:6.1%}  ({t / max(len(walls), 1) * 1e3:.0f} ms/trial)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--profile-trials", type=int, default=10)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-profile", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.trials, a.profile_trials = 8, 5
+    print(f"machine: {machine()}, optuna {optuna.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(a.trials, tmp)
+        if not a.no_profile:
+            profile(a.profile_trials, tmp)
+
+
+if __name__ == "__main__":
+    main()
