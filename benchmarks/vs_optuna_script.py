@@ -156,7 +156,13 @@ def main() -> None:
               "minimisation form 1-acc, latency_ms, size_mb):")
         for name, (t0, wall, url, study) in res.items():
             hv, n = hv_at(url, study, t0, t_cut)
-            print(f"  {name:14s} {n:3d} trials done by T, hypervolume {hv:.4f}")
+            import optuna
+
+            st = optuna.load_study(study_name=study, storage=url)
+            seq = [(t.params.get("prune.method"), t.params.get("quant.method"),
+                    t.params.get("train.epochs")) for t in st.trials]
+            print(f"  {name:14s} {n:3d} trials done by T, hypervolume {hv:.4f}; "
+                  f"final {hv_at(url, study, t0, 1e9)[0]:.4f}; configs {seq}")
         c = res["csearch"][1]
         for name in ("plain-same", "plain-default"):
             print(f"csearch trials/min / {name} trials/min = {res[name][1] / c:.3f} "
