@@ -314,8 +314,7 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
 # --- listings ------------------------------------------------------------------------
 
 def _open(storage: str | None, study_name: str | None = None) -> Any:
-    from .storage import open_storage, resolve_url
-    from .study import load_study
+    from .storage import load_study, open_storage, resolve_url
 
     st = open_storage(resolve_url(storage), create=False)
     if study_name is None:

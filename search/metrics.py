@@ -6,14 +6,27 @@ import math
 import re
 from dataclasses import dataclass
 
-from objectives import METRICS
+from typing import Any
 
 from .errors import UsageError
 
 __all__ = ["Objective", "Constraint", "parse_objective", "parse_constraint", "KNOWN_METRICS"]
 
-# Every metric a study may optimise or constrain: the contract plus diagnostics.
-KNOWN_METRICS = METRICS + ("max_batch",)
+
+
+def _known_metrics() -> tuple[str, ...]:
+    """Every metric a study may optimise or constrain: the contract plus diagnostics.
+    Imported on first use: `objectives` pulls in torch, which read-only commands skip."""
+    from objectives import METRICS
+
+    return METRICS + ("max_batch",)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KNOWN_METRICS":
+        return _known_metrics()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 _DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 
 
@@ -42,9 +55,10 @@ class Constraint:
 
 
 def _metric(name: str, what: str) -> str:
-    if name not in KNOWN_METRICS:
+    known = _known_metrics()
+    if name not in known:
         raise UsageError(
-            f"unknown metric {name!r} in {what}; valid: {', '.join(KNOWN_METRICS)}"
+            f"unknown metric {name!r} in {what}; valid: {', '.join(known)}"
         )
     return name
 

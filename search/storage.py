@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 
-from .errors import StorageError
+from .errors import StorageError, StudyNotFound
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -28,6 +28,7 @@ __all__ = [
     "backend_of",
     "open_storage",
     "artifact_dir_for",
+    "load_study",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
@@ -246,3 +247,13 @@ def artifact_dir_for(url: str) -> Path:
         if path is not None:
             return path.parent / f"{path.stem}-artifacts"
     return Path("csearch-artifacts").resolve()
+
+
+def load_study(storage: BaseStorage, name: str) -> optuna.Study:
+    """The named study, or StudyNotFound naming the studies that exist. Here, not in
+    study.py, so read-only commands (pareto, trials, studies) never import torch."""
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        hint = f"; studies here: {', '.join(names)}" if names else "; this storage has no studies"
+        raise StudyNotFound(f"no study named {name!r}{hint}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -18,6 +18,7 @@ from spaces import Config, Space, TrainConfig, load_space, parse_space
 
 from .errors import SpecError, StudyNotFound, UsageError
 from .spec import BASELINE_ATTR, ENV_ATTR, SPEC_ATTR, VERSION, StudySpec
+from .storage import load_study  # noqa: F401 - public here too; lives in storage (no torch)
 
 __all__ = [
     "Context",
@@ -106,14 +107,6 @@ def load_context(spec: StudySpec, device: str | None = None) -> Context:
     space = parse_space(spec.space_toml, name=spec.space)
     budget = spec.memory_budget_mb or _default_budget(workload)
     return Context(spec, workload, space, resolve_device(device or spec.device), budget)
-
-
-def load_study(storage: BaseStorage, name: str) -> optuna.Study:
-    names = [s.study_name for s in storage.get_all_studies()]
-    if name not in names:
-        hint = f"; studies here: {', '.join(names)}" if names else "; this storage has no studies"
-        raise StudyNotFound(f"no study named {name!r}{hint}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def stored_spec(study: optuna.Study) -> StudySpec:
