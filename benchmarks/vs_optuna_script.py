@@ -161,6 +161,13 @@ def main() -> None:
             st = optuna.load_study(study_name=study, storage=url)
             seq = [(t.params.get("prune.method"), t.params.get("quant.method"),
                     t.params.get("train.epochs")) for t in st.trials]
+            first = min(t.datetime_start.timestamp() for t in st.trials) - t0
+            in_trials = sum((t.datetime_complete - t.datetime_start).total_seconds()
+                            for t in st.trials if t.datetime_complete)
+            evals = sum(t.user_attrs.get("metrics", {}).get("eval_seconds", 0.0)
+                        for t in st.trials)
+            print(f"  {name:14s} start-up to first trial {first:.1f}s, inside trials "
+                  f"{in_trials:.1f}s of which evaluate {evals:.1f}s, after {wall - first - in_trials:.1f}s")
             print(f"  {name:14s} {n:3d} trials done by T, hypervolume {hv:.4f}; "
                   f"final {hv_at(url, study, t0, 1e9)[0]:.4f}; configs {seq}")
         c = res["csearch"][1]
