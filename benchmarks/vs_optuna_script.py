@@ -1,0 +1,180 @@
+"""csearch against the same digits search written by hand with plain Optuna, in one run.
+
+    python benchmarks/vs_optuna_script.py            # 20 trials per side
+    python benchmarks/vs_optuna_script.py --quick    # 8 trials per side
+    python benchmarks/vs_optuna_script.py --plain-only --trials 5   # (used internally)
+
+Sides (each a fresh subprocess with its own SQLite file, run back to back, in the order
+csearch, plain-same, plain-default, and the clock is the subprocess's wall time, so every
+side pays its own imports and start-up):
+- csearch: `csearch run --trials N --seed 0 --device cpu` (digits-cnn, joint space,
+  default tpe sampler, artifacts uploaded, baseline evaluated: everything csearch does).
+- plain-same: the script a careful user writes (`plain_study` below): the digits data and
+  base model loaded once, one `trial.suggest_*` per parameter of the joint space written
+  out by hand, the same `objectives.evaluate` call (prune -> QAT fine-tune -> quantize ->
+  pack -> measure -> serve), metrics and feasibility stored as user attrs, SQLite storage,
+  and the same sampler settings as csearch (multivariate grouped TPE, constant liar, seed
+  0). Same parameters in the same order with the same sampler and seed give the same
+  configs, so the difference to csearch is pure framework overhead.
+- plain-default: the same script with Optuna's default sampler (`TPESampler(seed=0)`,
+  independent), which is what a user who does not tune the sampler gets.
+
+Reported: trials per minute of each side, csearch / plain ratio (goal >= 1.0, "not
+slower"), and the hypervolume (same fixed reference point as search_efficiency.py) of
+the feasible trials each side had finished at equal wall time T = the shortest side's
+wall time, measured from each subprocess's start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REF = np.array([0.05, 12.0, 0.6])  # 1 - accuracy, latency_ms, size_mb (as search_efficiency)
+
+
+def plain_study(url: str, trials: int, sampler_kind: str) -> None:
+    """What a careful user writes with plain Optuna (run in its own process)."""
+    import optuna
+
+    from objectives import evaluate, load_workload
+    from spaces import Config
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    workload = load_workload("digits-cnn")  # data + base model, once
+    if sampler_kind == "same":
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
+                                             seed=0)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=0)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        p: dict = {}
+        p["prune.method"] = trial.suggest_categorical(
+            "prune.method", ["none", "magnitude", "global", "structured"])
+        if p["prune.method"] == "magnitude":
+            p["prune.threshold"] = trial.suggest_float("prune.threshold", 0.001, 0.2, log=True)
+        if p["prune.method"] == "global":
+            p["prune.amount"] = trial.suggest_float("prune.amount", 0.3, 0.97)
+        if p["prune.method"] == "structured":
+            p["prune.structured_ratio"] = trial.suggest_float("prune.structured_ratio", 0.1, 0.7)
+        p["quant.method"] = trial.suggest_categorical(
+            "quant.method", ["none", "int8_dynamic", "lowbit"])
+        if p["quant.method"] == "lowbit":
+            p["quant.bits"] = trial.suggest_int("quant.bits", 2, 8)
+            p["quant.group_size"] = trial.suggest_categorical("quant.group_size", [0, 16, 64])
+        p["train.lr"] = trial.suggest_float("train.lr", 1e-4, 1e-2, log=True)
+        p["train.epochs"] = trial.suggest_int("train.epochs", 0, 4)
+        p["train.kd_alpha"] = trial.suggest_float("train.kd_alpha", 0.0, 1.0)
+        p["train.kd_temperature"] = trial.suggest_float("train.kd_temperature", 1.0, 8.0)
+        p["serve.batch_size"] = trial.suggest_categorical("serve.batch_size", [1, 4, 16, 64])
+        p["serve.threads"] = trial.suggest_int("serve.threads", 1, 2)
+        p["serve.cache_ratio"] = trial.suggest_float("serve.cache_ratio", 0.0, 0.6)
+        p["serve.memory_ratio"] = trial.suggest_float("serve.memory_ratio", 0.02, 0.4)
+        ev = evaluate(workload, Config.from_flat(p), budget_mb=1.0, seed=trial.number)
+        trial.set_user_attr("metrics", ev.metrics)
+        trial.set_user_attr("memory_margin_mb", ev.memory_margin_mb)
+        m = ev.metrics
+        return m["accuracy"], m["latency_ms"], m["size_mb"]
+
+    study = optuna.create_study(study_name="plain", storage=url, sampler=sampler,
+                                directions=["maximize", "minimize", "minimize"])
+    study.optimize(objective, n_trials=trials)
+
+
+def hv_at(url: str, name: str, t_start: float, t_cut: float) -> tuple[float, int]:
+    """Hypervolume of feasible trials completed within t_cut s of the process start."""
+    import optuna
+    from optuna._hypervolume import compute_hypervolume
+
+    st = optuna.load_study(study_name=name, storage=url)
+    pts, n = [], 0
+    for t in st.trials:
+        if t.state.name != "COMPLETE" or t.datetime_complete.timestamp() - t_start > t_cut:
+            continue
+        n += 1
+        m = t.user_attrs["metrics"]
+        margin = t.user_attrs.get("memory_margin_mb")
+        if margin is None:
+            margin = max(t.constraints.values()) if t.constraints else 0.0
+        if margin > 0:
+            continue
+        p = np.array([1 - m["accuracy"], m["latency_ms"], m["size_mb"]]) / REF
+        if np.all(p < 1):
+            pts.append(p)
+    hv = float(compute_hypervolume(np.array(pts), np.ones(3))) if pts else 0.0
+    return hv, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--plain-only", metavar="URL")
+    ap.add_argument("--sampler", default="same", choices=["same", "default"])
+    a = ap.parse_args()
+    if a.plain_only:
+        sys.path.insert(0, ROOT)
+        plain_study(a.plain_only, a.trials, a.sampler)
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import CLI, env, machine
+
+    trials = 8 if a.quick else a.trials
+    print(f"machine: {machine()}; {trials} trials per side")
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = {
+            "csearch": ([*CLI, "run", "--storage", f"sqlite:///{tmp}/c.db", "--study", "c",
+                         "--trials", str(trials), "--seed", "0", "--device", "cpu", "--quiet"],
+                        f"sqlite:///{tmp}/c.db", "c"),
+            "plain-same": ([sys.executable, __file__, "--plain-only", f"sqlite:///{tmp}/p.db",
+                            "--trials", str(trials), "--sampler", "same"],
+                           f"sqlite:///{tmp}/p.db", "plain"),
+            "plain-default": ([sys.executable, __file__, "--plain-only",
+                               f"sqlite:///{tmp}/d.db", "--trials", str(trials),
+                               "--sampler", "default"], f"sqlite:///{tmp}/d.db", "plain"),
+        }
+        for name, (cmd, url, study) in sides.items():
+            t0 = time.time()
+            r = subprocess.run(cmd, env=env(PYTHONPATH=ROOT), cwd=tmp, capture_output=True,
+                               text=True)
+            wall = time.time() - t0
+            if r.returncode:
+                raise SystemExit(f"{name} failed: {r.stderr[-2000:]}")
+            res[name] = (t0, wall, url, study)
+            print(f"{name:14s} wall {wall:6.1f}s  {trials / wall * 60:5.2f} trials/min", flush=True)
+        t_cut = min(w for _, w, _, _ in res.values())
+        print(f"hypervolume at equal wall time T = {t_cut:.1f}s (ref {REF.tolist()}, "
+              "minimisation form 1-acc, latency_ms, size_mb):")
+        for name, (t0, wall, url, study) in res.items():
+            hv, n = hv_at(url, study, t0, t_cut)
+            import optuna
+
+            st = optuna.load_study(study_name=study, storage=url)
+            seq = [(t.params.get("prune.method"), t.params.get("quant.method"),
+                    t.params.get("train.epochs")) for t in st.trials]
+            first = min(t.datetime_start.timestamp() for t in st.trials) - t0
+            in_trials = sum((t.datetime_complete - t.datetime_start).total_seconds()
+                            for t in st.trials if t.datetime_complete)
+            evals = sum(t.user_attrs.get("metrics", {}).get("eval_seconds", 0.0)
+                        for t in st.trials)
+            print(f"  {name:14s} start-up to first trial {first:.1f}s, inside trials "
+                  f"{in_trials:.1f}s of which evaluate {evals:.1f}s, after {wall - first - in_trials:.1f}s")
+            print(f"  {name:14s} {n:3d} trials done by T, hypervolume {hv:.4f}; "
+                  f"final {hv_at(url, study, t0, 1e9)[0]:.4f}; configs {seq}")
+        c = res["csearch"][1]
+        for name in ("plain-same", "plain-default"):
+            print(f"csearch trials/min / {name} trials/min = {res[name][1] / c:.3f} "
+                  "(>= 1: csearch not slower)")
+
+
+if __name__ == "__main__":
+    main()
