@@ -30,8 +30,8 @@ def csearch(*args: str, check: bool = True, **extra: str) -> subprocess.Complete
     return r
 
 
-def worker(study: str, url: str, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, "worker", "--study", study, "--storage", url, "--quiet"],
+def worker(study: str, url: str, *args: str, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "worker", "--study", study, "--storage", url, "--quiet", *args],
                             env=env(**extra), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 

@@ -12,6 +12,7 @@ workload build from the disk cache). Connections are sampled from pg_stat_activi
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,8 @@ def sample_connections(dsn: str, stop: threading.Event, peak: Counter) -> None:
                 "WHERE application_name LIKE 'csearch-%' GROUP BY application_name"
             ).fetchall()
             for app, n in rows:
-                peak[app] = max(peak[app], n)
+                if app != f"csearch-{os.getpid()}":  # not this script's own reads
+                    peak[app] = max(peak[app], n)
             time.sleep(0.2)
 
 
@@ -43,7 +45,9 @@ def run(url: str, n_workers: int, trials: int) -> tuple[float, int, list[int]]:
     sampler = threading.Thread(target=sample_connections, args=(dsn, stop, peak), daemon=True)
     sampler.start()
     t0 = now()
-    procs = [worker(name, url) for _ in range(n_workers)]
+    # Each worker gets its share of the cores (csearch run --workers does the same).
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    procs = [worker(name, url, "--threads", str(threads)) for _ in range(n_workers)]
     for p in procs:
         p.wait()
     elapsed = now() - t0

@@ -300,8 +300,11 @@ def create(**p: Any) -> None:
 @click.option("--workload", default=None, metavar="package.module:factory",
               help="Confirm the study's plugin workload: a module:factory reference read "
                    "from the database is imported only when named here.")
+@click.option("--threads", type=int, default=None,
+              help="Intra-op CPU threads for evaluation (default: all cores). With several "
+                   "workers on one machine, give each cores/workers.")
 def worker(study_name: str, storage: str | None, device: str | None, timeout: float | None,
-           quiet: bool, workload: str | None) -> None:
+           quiet: bool, workload: str | None, threads: int | None) -> None:
     """Join an existing study from its stored spec and run trials until its budget."""
     from .storage import open_storage, resolve_url
     from .study import load_study, resolve_device, stored_spec
@@ -310,6 +313,14 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
     url = resolve_url(storage)
     if device is not None:
         resolve_device(device)
+    if threads is not None:
+        if threads < 1:
+            from .errors import UsageError
+
+            raise UsageError(f"--threads must be 1 or more, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     st = load_study(open_storage(url, create=False), study_name)
     spec = stored_spec(st)
     from .storage import backend_of

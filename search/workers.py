@@ -120,8 +120,12 @@ def run_until_budget(
 
 
 def _child(study_name: str, url: str, index: int, device: str | None,
-           workload: str | None = None) -> None:
+           workload: str | None = None, threads: int | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -140,7 +144,11 @@ def run_local_workers(study_name: str, url: str, n: int, device: str | None = No
     fork) and builds its own workload. SIGINT/SIGTERM here are passed on to the workers.
     """
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload),
+    # N workers each using every core would oversubscribe the CPU (measured on 2 cores:
+    # 2 workers at 2 threads each ran 0.51x the trials/min of 1 worker; at 1 thread each,
+    # 1.63x). Each local worker gets its share of the cores.
+    threads = max(1, (os.cpu_count() or 1) // n)
+    procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload, threads),
                          daemon=False)
              for i in range(n)]
     for p in procs:
