@@ -238,8 +238,6 @@ def run_trials(
     from .sensitivity import narrow
 
     spec = ctx.spec
-    # Groups the sensitivity pass found too fragile stay fp32 for every worker.
-    ctx.space = narrow(ctx.space, study.user_attrs.get("sensitivity"))
     url = getattr(study._storage, "url", "") or ""
     spool = Spool(study.study_name, redact(str(url)))
     objective = objective or TrialObjective(ctx)
@@ -262,18 +260,27 @@ def run_trials(
     if spec.trials is not None:
         callbacks.append(MaxTrialsCallback(spec.trials, states=FINISHED))
     try:
-        spool.flush(study)
-        _seed_once(study, ctx)
-        while True:
-            remaining = remaining_budget(study, spec.trials)
-            if remaining == 0:
-                break
-            timeout = None
-            if spec.timeout is not None:
-                timeout = spec.timeout - (time.monotonic() - start)
-                if timeout <= 0:
-                    break
+        while True:  # start-up reads and writes, retried if the database is restarting
             try:
+                # Groups the sensitivity pass found too fragile stay fp32 for every worker.
+                ctx.space = narrow(ctx.space, study.user_attrs.get("sensitivity"))
+                spool.flush(study)
+                _seed_once(study, ctx)
+                break
+            except Exception as e:
+                if not _is_db_error(e):
+                    raise
+                _wait_for_database(study, time.monotonic() + outage_seconds)
+        while True:
+            try:
+                remaining = remaining_budget(study, spec.trials)
+                if remaining == 0:
+                    break
+                timeout = None
+                if spec.timeout is not None:
+                    timeout = spec.timeout - (time.monotonic() - start)
+                    if timeout <= 0:
+                        break
                 study.optimize(objective, n_trials=remaining, timeout=timeout,
                                catch=(Exception,), callbacks=callbacks)
                 break
