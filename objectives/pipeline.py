@@ -16,6 +16,7 @@ from torch import nn
 
 from spaces import Config, QuantConfig
 
+from ._device import to_device
 from .errors import EarlyStopped, EvaluationError
 from .metrics import METRICS
 from .pack import pack_state
@@ -74,18 +75,9 @@ def build_structure(workload: Workload, config: Config, device: torch.device) ->
     model = copy.deepcopy(workload.model).to(device)
     if config.prune.method == "structured" and config.prune.structured_ratio > 0:
         model = structured_prune(
-            model, config.prune.structured_ratio, _example(workload, device)
+            model, config.prune.structured_ratio, to_device(workload.example_inputs(), device)
         )
     return model
-
-
-def _example(workload: Workload, device: torch.device) -> object:
-    x = workload.example_inputs()
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
-    return x
 
 
 def _weight_names(model: nn.Module) -> list[str]:

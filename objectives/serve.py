@@ -28,6 +28,7 @@ from torch import nn
 
 from spaces import ServeConfig
 
+from ._device import to_device
 from .workload import Workload
 
 __all__ = [
@@ -88,14 +89,6 @@ def _nbytes(x: Any) -> int:
     return 0
 
 
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x
-
-
 def _tensor_out(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
@@ -116,7 +109,7 @@ def activation_bytes_per_sample(model: nn.Module, example: Any, device: torch.de
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        model(_to(example, device))
+        model(to_device(example, device))
     finally:
         for h in handles:
             h.remove()
@@ -185,7 +178,7 @@ def replay(
             model.eval()
             warm = workload.batch([workload.request(int(i)) for i in trace[:mb]])
             for _ in range(2):
-                model(_to(warm, device))
+                model(to_device(warm, device))
             _sync(device)
             result = _run(model, workload, trace, keys, cache, mb, device)
     finally:
@@ -241,7 +234,7 @@ def _run(
         for start in range(0, len(misses), max_batch):
             chunk = misses[start : start + max_batch]
             items = [workload.request(int(trace[p])) for _, p, _ in chunk]
-            x = _to(workload.batch(items), device)
+            x = to_device(workload.batch(items), device)
             t0 = time.perf_counter()
             out = _tensor_out(model(x))
             _sync(device)

@@ -13,6 +13,7 @@ from spaces import TrainConfig
 
 from .errors import EvaluationError
 from .prune import apply_masks
+from ._device import to_device
 from .workload import Workload
 
 __all__ = ["distillation_loss", "finetune"]
@@ -26,16 +27,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     ) * (t * t)
 
 
-def _to(x: object, device: torch.device) -> object:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
-    return x
-
-
 def _teacher_outputs(workload: Workload, inputs: object, device: torch.device) -> torch.Tensor:
     """fp32 teacher outputs, computed once per process for each distinct batch object."""
     cache: dict[int, tuple[object, torch.Tensor]] = workload.extras.setdefault("_teacher", {})
@@ -44,7 +35,7 @@ def _teacher_outputs(workload: Workload, inputs: object, device: torch.device) -
         return hit[1].to(device)
     teacher = workload.model
     with torch.inference_mode():
-        out = teacher(_to(inputs, next(teacher.parameters()).device)).detach().cpu()
+        out = teacher(to_device(inputs, next(teacher.parameters()).device)).detach().cpu()
     cache[id(inputs)] = (inputs, out)
     return out.to(device)
 
@@ -69,8 +60,8 @@ def finetune(
     for epoch in range(cfg.epochs):
         model.train()
         for inputs, targets in workload.train_batches():
-            out = model(_to(inputs, device))
-            loss = loss_fn(out, _to(targets, device))
+            out = model(to_device(inputs, device))
+            loss = loss_fn(out, to_device(targets, device))
             if cfg.kd_alpha > 0:
                 teacher = _teacher_outputs(workload, inputs, device)
                 kd = kd_fn(out, teacher, cfg.kd_temperature)
