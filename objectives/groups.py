@@ -17,7 +17,8 @@ from .prune import prunable_layers
 from .quantize import embedding_layers
 from .workload import Workload
 
-__all__ = ["default_groups", "group_patterns", "group_names", "layer_groups", "layer_plans"]
+__all__ = ["default_groups", "group_patterns", "group_names", "layer_groups", "layer_plans",
+           "prunable_groups"]
 
 
 def default_groups(model: nn.Module) -> dict[str, list[str]]:
@@ -48,6 +49,13 @@ def layer_groups(workload: Workload, model: nn.Module | None = None) -> dict[str
                 out[name] = group
                 break
     return out
+
+
+def prunable_groups(workload: Workload) -> list[str]:
+    """Groups with a prunable layer (a group of embedding tables has none)."""
+    prunable = prunable_layers(workload.model)
+    found = {g for name, g in layer_groups(workload).items() if name in prunable}
+    return [g for g in group_names(workload) if g in found]
 
 
 def layer_plans(

@@ -46,6 +46,11 @@ class Workload:
     # fnmatch patterns over module names; a layer joins the first group that matches.
     # Default: one group per module type (linear, conv, embedding).
     groups: dict[str, list[str]] | None = None
+    # Optional ranges this model needs for parameters a space declares, as the space
+    # format's parameter tables: `{"train.lr": {"low": 1e-5, "high": 1e-4, "log": True}}`.
+    # A pretrained model fine-tunes at rates that would barely move one trained from
+    # scratch, so the built-in spaces take the workload's word for them.
+    param_ranges: dict[str, dict[str, Any]] | None = None
 
     def batch(self, items: list[Any]) -> Any:
         """Combine request inputs into one model input."""

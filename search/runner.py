@@ -166,16 +166,15 @@ def _seed_once(study: optuna.Study, ctx: Context) -> None:
     `create`, which stores a study without trials)."""
     from .seeds import enqueue_seeds
 
-    from .sensitivity import sensitivity_seed
+    from .sensitivity import sensitivity_seeds
 
     if study.user_attrs.get("seeded") or study.get_trials(deepcopy=False):
         return
     study.set_user_attr("seeded", True)
     # At least one, at most a tenth of the budget; the sampler does the rest.
     limit = max(1, (ctx.spec.trials or 40) // 10)
-    seed = sensitivity_seed(ctx.space, study.user_attrs.get("sensitivity"))
-    if seed is not None:
-        study.enqueue_trial(seed, user_attrs={"seeded": "sensitivity"})
+    for params in sensitivity_seeds(ctx.space, study.user_attrs.get("sensitivity"))[:limit]:
+        study.enqueue_trial(params, user_attrs={"seeded": "sensitivity"})
         limit -= 1
     enqueue_seeds(study, ctx.space, limit)
 

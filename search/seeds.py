@@ -4,7 +4,8 @@ takes over, so a small budget does not spend itself rediscovering them.
 The ladder follows Deep Compression (Han et al., 2016): high global magnitude sparsity
 with low-bit weights and masked, quantization-aware fine-tuning, plus a structured +
 dynamic-int8 point for speed. Only values the study's space allows are queued; the
-remaining parameters are sampled as usual. Queued trials carry `seeded=True`.
+remaining parameters are sampled as usual; a recipe outside the space's ranges is
+skipped. Layer groups follow the global recipe. Queued trials carry `seeded=True`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 import optuna
 
-from spaces import Param, Space
+from spaces import INHERIT, Param, Space, split_name
 
-__all__ = ["SEED_LADDER", "seed_params", "enqueue_seeds"]
+__all__ = ["SEED_LADDER", "fit_value", "seed_params", "follow_global", "enqueue_seeds"]
 
 # Each entry: dotted params; "max"/"mid" mean the space's upper bound / geometric middle.
 SEED_LADDER: tuple[dict[str, Any], ...] = (
@@ -34,16 +35,36 @@ SEED_LADDER: tuple[dict[str, Any], ...] = (
 )
 
 
-def _fit(p: Param, value: Any) -> Any | None:
-    """The value if the parameter's distribution allows it (bounds clip numbers)."""
+def fit_value(p: Param, value: Any) -> Any | None:
+    """The value if the parameter's distribution allows it, else None: a recipe the
+    space cannot express (90% sparsity where a workload allows 50%) is not queued in a
+    distorted form."""
     if p.type == "categorical":
         return value if value in p.choices else None
     if value == "max":
         value = p.high
     elif value == "mid":
         value = (p.low * p.high) ** 0.5 if p.log else (p.low + p.high) / 2
-    value = min(max(value, p.low), p.high)
+    elif not p.low <= value <= p.high:
+        return None
     return int(round(value)) if p.type == "int" else float(value)
+
+
+def follow_global(space: Space, params: dict[str, Any]) -> dict[str, Any]:
+    """Make every layer group follow the global recipe: `quant.method[g]` = inherit and
+    `prune.amount[g]` = the global amount."""
+    out = dict(params)
+    for p in space.params:
+        base, group = split_name(p.name)
+        if group is None:
+            continue
+        if base == "quant.method" and INHERIT in p.choices:
+            out[p.name] = INHERIT
+        elif base == "prune.amount" and "prune.amount" in params:
+            fitted = fit_value(p, params["prune.amount"])
+            if fitted is not None:
+                out[p.name] = fitted
+    return out
 
 
 def seed_params(space: Space) -> list[dict[str, Any]]:
@@ -56,15 +77,12 @@ def seed_params(space: Space) -> list[dict[str, Any]]:
             p = by_name.get(name)
             if p is None:
                 continue
-            fitted = _fit(p, value)
+            fitted = fit_value(p, value)
             if fitted is None:
                 ok = False
                 break
             params[name] = fitted
-        # Per-group quantizers follow the global recipe in a seed.
-        for p in space.params:
-            if p.name.startswith("quant.method[") and "inherit" in p.choices:
-                params[p.name] = "inherit"
+        params = follow_global(space, params)
         # Only useful if it pins a pruning or quantization choice of this space.
         if ok and any(k.startswith(("prune.", "quant.")) for k in params) and params not in out:
             out.append(params)

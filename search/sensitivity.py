@@ -4,8 +4,7 @@ Run once, when a study whose space has per-group quantizers is created; stored i
 study's user attr `sensitivity`, so every worker and the report read the same result:
   * groups that break the accuracy guard even at dynamic int8 are pinned to fp32
     (`quant.method[g]` can only be "none");
-  * one seed trial uses, per group, the cheapest probe that stays within its share of
-    the guard.
+  * seed trials choose each group's quantizer from its probes (`sensitivity_seeds`).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import optuna
 from spaces import Space
 
 __all__ = ["SENSITIVITY_ATTR", "probes_for", "measure", "pinned_groups", "narrow",
-           "sensitivity_seed"]
+           "sensitivity_seeds", "store"]
 
 SENSITIVITY_ATTR = "sensitivity"
 DEFAULT_GUARD = 0.01
@@ -81,32 +80,56 @@ def narrow(space: Space, sens: dict[str, Any] | None) -> Space:
     return replace(space, params=tuple(params))
 
 
-def sensitivity_seed(space: Space, sens: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Per group, the most compressive probe within the group's share of the guard."""
+def _group_choice(group: str, drops: dict[str, float], methods: tuple[Any, ...], share: float,
+                  low_bits: int) -> dict[str, Any]:
+    """The most compressive quantizer for one group that its probes say stays within
+    `share` of the guard: low-bit weights at `low_bits`, else dynamic int8, else fp32."""
+    ok = {k for k, v in drops.items() if not k.startswith("prune") and v <= share}
+    if "lowbit4" in ok and "lowbit" in methods:
+        return {f"quant.method[{group}]": "lowbit", f"quant.bits[{group}]": low_bits}
+    if "int8_dynamic" in ok and "int8_dynamic" in methods:
+        return {f"quant.method[{group}]": "int8_dynamic"}
+    if "none" in methods:
+        return {f"quant.method[{group}]": "none"}
+    return {}
+
+
+def sensitivity_seeds(space: Space, sens: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Starting trials chosen per group from the probes (HAQ-style mixed precision):
+      1. no pruning, no training: each group's cheapest quantizer within its share of
+         the guard (4-bit weights, else dynamic int8, else fp32);
+      2. Deep Compression's 90% sparsity with recovery training, where the space allows
+         it: robust groups at 3 bits, fragile ones at 8."""
+    from .seeds import SEED_LADDER, fit_value, follow_global
+
     if not sens:
-        return None
+        return []
     methods = _per_group_methods(space)
     share = sens["guard"] / max(1, len(sens["drops"]))
-    params: dict[str, Any] = {}
-    for group, drops in sens["drops"].items():
-        if group not in methods:
-            continue
-        ok = {k: v for k, v in drops.items() if not k.startswith("prune") and v <= share}
-        if "lowbit4" in ok and "lowbit" in methods[group]:
-            params[f"quant.method[{group}]"] = "lowbit"
-            params[f"quant.bits[{group}]"] = 4
-        elif "int8_dynamic" in ok and "int8_dynamic" in methods[group]:
-            params[f"quant.method[{group}]"] = "int8_dynamic"
-        elif "none" in methods[group]:
-            params[f"quant.method[{group}]"] = "none"
     names = set(space.names())
-    if "quant.method" in names:
-        params["quant.method"] = "none"
-    if "prune.method" in names:
-        params["prune.method"] = "none"
-    if "train.epochs" in names:
-        params["train.epochs"] = 0
-    return params
+    plain: dict[str, Any] = {}
+    for group, drops in sens["drops"].items():
+        if group in methods:
+            plain.update(_group_choice(group, drops, methods[group], share, 4))
+    for name, value in (("quant.method", "none"), ("prune.method", "none"),
+                        ("train.epochs", 0)):
+        if name in names:
+            plain[name] = value
+    seeds = [plain]
+
+    by_name = {p.name: p for p in space.params}
+    recipe = {k: fit_value(by_name[k], v) for k, v in SEED_LADDER[1].items() if k in by_name}
+    if recipe and None not in recipe.values():
+        mixed = follow_global(space, recipe)
+        for group, drops in sens["drops"].items():
+            if group not in methods:
+                continue
+            robust = any(v <= share for k, v in drops.items() if k == "lowbit4")
+            if "lowbit" in methods[group]:
+                mixed[f"quant.method[{group}]"] = "lowbit"
+                mixed[f"quant.bits[{group}]"] = 3 if robust else 8
+        seeds.append(mixed)
+    return seeds
 
 
 def store(study: optuna.Study, sens: dict[str, Any] | None) -> None:

@@ -123,9 +123,11 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
 
 
 def resolve_space(space: Space, workload: Workload) -> Space:
-    """Expand `name[*]` templates to the workload's layer groups, and refuse per-group
-    parameters that name a group the workload does not have."""
-    from objectives.groups import group_names
+    """The space as this workload searches it: `name[*]` templates expanded to the
+    workload's layer groups (pruning ones only where something can be pruned), and the
+    workload's own parameter ranges applied. Refuses per-group parameters that name a
+    group the workload does not have."""
+    from objectives.groups import group_names, prunable_groups
 
     groups = group_names(workload)
     unknown = sorted(space.groups() - set(groups))
@@ -134,7 +136,12 @@ def resolve_space(space: Space, workload: Workload) -> Space:
             f"space {space.name!r} sets parameters for layer group(s) {', '.join(unknown)}, "
             f"which workload {workload.name!r} does not have; its groups: {', '.join(groups)}"
         )
-    return space.expand(groups) if space.has_templates() else space
+    if space.has_templates():
+        prunable = prunable_groups(workload)
+        space = space.expand(groups, {"prune.amount": prunable, "prune.threshold": prunable})
+    if workload.param_ranges:
+        space = space.with_ranges(workload.param_ranges, f"of workload {workload.name!r}")
+    return space
 
 
 def baseline_config() -> Config:

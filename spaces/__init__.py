@@ -4,7 +4,9 @@ This package imports no torch; `search` and `objectives` build on it.
 """
 
 from .config import (
+    INHERIT,
     PARAM_FIELDS,
+    PER_GROUP_FIELDS,
     PRUNE_METHODS,
     QUANT_METHODS,
     Config,
@@ -12,12 +14,15 @@ from .config import (
     QuantConfig,
     ServeConfig,
     TrainConfig,
+    split_name,
 )
 from .errors import CsearchError, SpaceError
 from .space import Param, Space, builtin_spaces, load_space, parse_space
 
 __all__ = [
+    "INHERIT",
     "PARAM_FIELDS",
+    "PER_GROUP_FIELDS",
     "PRUNE_METHODS",
     "QUANT_METHODS",
     "Config",
@@ -25,6 +30,7 @@ __all__ = [
     "QuantConfig",
     "ServeConfig",
     "TrainConfig",
+    "split_name",
     "CsearchError",
     "SpaceError",
     "Param",

@@ -11,6 +11,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .config import (
@@ -132,10 +133,11 @@ class Space:
     def has_templates(self) -> bool:
         return any(split_name(p.name)[1] == TEMPLATE for p in self.params)
 
-    def expand(self, groups: list[str]) -> "Space":
+    def expand(self, groups: list[str], only: Mapping[str, list[str]] | None = None) -> "Space":
         """Replace each `name[*]` template by one parameter per layer group, in place;
         conditions on `other[*]` refer to the same group. A concrete parameter already in
-        the space wins over its template."""
+        the space wins over its template. `only` limits a field's templates to the groups
+        it can act on (`prune.amount` skips groups with nothing prunable)."""
         concrete = {p.name for p in self.params}
         out: list[Param] = []
         for p in self.params:
@@ -143,7 +145,7 @@ class Space:
             if group != TEMPLATE:
                 out.append(p)
                 continue
-            for g in groups:
+            for g in (only or {}).get(base, groups):
                 name = f"{base}[{g}]"
                 if name in concrete:
                     continue
@@ -151,8 +153,26 @@ class Space:
                     (c.replace(f"[{TEMPLATE}]", f"[{g}]"), allowed) for c, allowed in p.when
                 )
                 out.append(replace(p, name=name, when=when))
-        built = tuple(out)
-        return Space(self.name, built, "\n".join(_param_toml(p) for p in built))
+        return _rebuilt(self.name, out)
+
+    def with_ranges(self, tables: Mapping[str, Mapping[str, Any]], where: str) -> "Space":
+        """Replace the range of parameters this space declares with a workload's own (a
+        pretrained transformer fine-tunes at 1e-5, not 1e-3). A table for `prune.amount`
+        also applies to `prune.amount[g]`; conditions stay the space's; a parameter the
+        space does not declare is not added."""
+        out: list[Param] = []
+        for p in self.params:
+            table = tables.get(p.name) or tables.get(split_name(p.name)[0])
+            if table is not None:
+                new = _param(p.name, {k: v for k, v in table.items() if k != "when"}, where)
+                p = replace(new, when=p.when)
+            out.append(p)
+        return _rebuilt(self.name, out)
+
+
+def _rebuilt(name: str, params: list[Param]) -> Space:
+    built = tuple(params)
+    return Space(name, built, "\n".join(_param_toml(p) for p in built))
 
 
 def builtin_spaces() -> dict[str, Path]:

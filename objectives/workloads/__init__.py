@@ -27,11 +27,13 @@ ENTRY_POINT_GROUP = "csearch.workloads"
 BUILTIN_WORKLOADS: dict[str, tuple[str, str]] = {
     "digits-cnn": (
         "objectives.workloads.digits:make_digits_workload",
-        "scikit-learn 8x8 digits, 138k-parameter CNN; trains in seconds on CPU",
+        "scikit-learn 8x8 digits, 138k-parameter CNN; trains in seconds on CPU; "
+        "layer groups: conv1, conv2, fc1, fc2",
     ),
     "minilm": (
         "objectives.workloads.minilm:make_minilm_workload",
-        "all-MiniLM-L6-v2 sentence embeddings (22.7M parameters); accuracy = fidelity to fp32",
+        "all-MiniLM-L6-v2 sentence embeddings (22.7M parameters); accuracy = fidelity to fp32; "
+        "layer groups: embeddings, qkv, attn_out, ffn_in, ffn_out",
     ),
 }
 

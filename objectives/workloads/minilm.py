@@ -240,5 +240,13 @@ def make_minilm_workload() -> Workload:
             "ffn_in": ["*.intermediate.dense"],
             "ffn_out": ["*.output.dense"],
         },
+        # A pretrained transformer: fine-tuning rates, light pruning (sparsity that
+        # 640 sentences of recovery can repair), whatever the space says.
+        param_ranges={
+            "train.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True},
+            "prune.threshold": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
+            "prune.amount": {"type": "float", "low": 0.05, "high": 0.5},
+            "prune.structured_ratio": {"type": "float", "low": 0.05, "high": 0.3},
+        },
         extras={"tokenizer": tokenizer, "sentences_source": data["source"]},
     )

@@ -4,9 +4,11 @@ setting really reaches the packed artifact."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
+import torch
+from pathlib import Path
+from torch import nn
 import pytest
 
 from objectives import evaluate
@@ -16,7 +18,7 @@ from search.errors import SpecError
 from search.study import resolve_space
 from spaces import Config, SpaceError, load_space, parse_space
 
-EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "per_group.toml")
+EXAMPLE = "compression"  # the built-in space has per-group templates
 
 
 def _layout(artifact: bytes) -> dict:
@@ -105,3 +107,39 @@ def test_effective_bits_counts_stored_weight_bytes(digits):
                                        digits.model.fc1, digits.model.fc2))
     names = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
     assert effective_bits(low.artifact, names, n) == pytest.approx(low.metrics["effective_bits"])
+
+
+def _embedding_workload():
+    from objectives import Workload
+
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(8 * 4, 3))
+    return Workload(
+        name="emb", model=model, evaluate=lambda m: 1.0,
+        request_inputs=torch.randint(0, 50, (10, 4)),
+        groups={"emb": ["0"], "head": ["2"]},
+        param_ranges={"prune.amount": {"low": 0.1, "high": 0.4},
+                      "train.lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True},
+                      "serve.threads": {"type": "int", "low": 1, "high": 8}},
+    )
+
+
+def test_built_in_space_expands_pruning_only_where_something_is_prunable():
+    space = resolve_space(load_space("compression"), _embedding_workload())
+    names = space.names()
+    assert "quant.method[emb]" in names and "quant.method[head]" in names
+    assert "prune.amount[head]" in names
+    assert "prune.amount[emb]" not in names  # embedding tables are never pruned
+
+
+def test_workload_ranges_replace_the_space_ranges_but_keep_conditions():
+    space = resolve_space(load_space("compression"), _embedding_workload())
+    by_name = {p.name: p for p in space.params}
+    lr = by_name["train.lr"]
+    assert (lr.low, lr.high, lr.log) == (1e-5, 1e-4, True)
+    for name in ("prune.amount", "prune.amount[head]"):
+        p = by_name[name]
+        assert (p.low, p.high) == (0.1, 0.4)
+        assert p.when == (("prune.method", ("global",)),)
+    assert "serve.threads" not in by_name  # a range never adds a parameter
+    assert parse_space(space.source).params == space.params  # stored as it is searched
+

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import optuna
 
 import objectives.sensitivity as sensitivity_mod
 from search.runner import run_trials
-from search.sensitivity import narrow, pinned_groups, sensitivity_seed
+from search.sensitivity import narrow, pinned_groups, sensitivity_seeds
 from search.study import build_spec, create_or_resume, load_context
 
-EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "per_group.toml")
+EXAMPLE = "compression"  # the built-in space has per-group templates
 
 
 def _spec(trials: int):
@@ -36,7 +34,7 @@ def test_sensitivity_runs_once_per_study_not_per_worker_or_trial(monkeypatch):
     assert created and len(calls) == 1
     sens = study.user_attrs["sensitivity"]
     assert set(sens["drops"]) == {"conv1", "conv2", "fc1", "fc2"}
-    assert set(sens["drops"]["fc1"]) == {"int8_dynamic", "lowbit4"}
+    assert set(sens["drops"]["fc1"]) == {"int8_dynamic", "lowbit4", "prune50"}
     # Two "workers" and a resume: none of them measures again.
     for _ in range(2):
         run_trials(study, load_context(spec))
@@ -60,10 +58,20 @@ def test_a_group_that_breaks_the_guard_is_pinned_to_fp32(digits):
     by_name = {p.name: p for p in narrowed.params}
     assert by_name["quant.method[conv1]"].choices == ("none",)
     assert "lowbit" in by_name["quant.method[fc1]"].choices
-    seed = sensitivity_seed(space_ctx.space, sens)
-    assert seed["quant.method[conv1]"] == "none"
-    assert seed["quant.method[fc1]"] == "lowbit" and seed["quant.bits[fc1]"] == 4
-    assert seed["quant.method[fc2]"] == "int8_dynamic"
+    plain, mixed = sensitivity_seeds(space_ctx.space, sens)
+    assert plain["quant.method[conv1]"] == "none"
+    assert plain["quant.method[fc1]"] == "lowbit" and plain["quant.bits[fc1]"] == 4
+    assert plain["quant.method[fc2]"] == "int8_dynamic"
+    assert plain["prune.method"] == "none" and plain["train.epochs"] == 0
+    # Deep Compression's recipe with per-group widths: robust groups 3 bits, fragile 8.
+    assert mixed["prune.method"] == "global" and mixed["prune.amount[fc1]"] == 0.9
+    assert mixed["quant.bits[fc1]"] == 3 and mixed["quant.bits[fc2]"] == 8
+    study = optuna.create_study()
+    for params in (plain, mixed):  # every seeded value is one the space can take
+        study.enqueue_trial(params)
+        trial = study.ask()
+        space_ctx.space.sample(trial)
+        assert {k: trial.params.get(k) for k in params} == params
 
 
 def test_report_collects_the_sensitivity_table():
