@@ -18,7 +18,7 @@ from .quantize import embedding_layers
 from .workload import Workload
 
 __all__ = ["default_groups", "group_patterns", "group_names", "layer_groups", "layer_plans",
-           "prunable_groups"]
+           "group_weights", "prunable_groups"]
 
 
 def default_groups(model: nn.Module) -> dict[str, list[str]]:
@@ -48,6 +48,15 @@ def layer_groups(workload: Workload, model: nn.Module | None = None) -> dict[str
             if any(fnmatchcase(name, p) for p in pats):
                 out[name] = group
                 break
+    return out
+
+
+def group_weights(workload: Workload) -> dict[str, int]:
+    """Weights per group (what a group's bit width multiplies)."""
+    layers = {**prunable_layers(workload.model), **embedding_layers(workload.model)}
+    out = {g: 0 for g in group_names(workload)}
+    for name, group in layer_groups(workload).items():
+        out[group] += layers[name].weight.numel()
     return out
 
 

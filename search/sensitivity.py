@@ -17,7 +17,7 @@ import optuna
 from spaces import Space
 
 __all__ = ["SENSITIVITY_ATTR", "probes_for", "measure", "pinned_groups", "narrow",
-           "sensitivity_seeds", "store"]
+           "budgeted_choice", "sensitivity_seeds", "store"]
 
 SENSITIVITY_ATTR = "sensitivity"
 DEFAULT_GUARD = 0.01
@@ -48,10 +48,12 @@ def measure(ctx: Any) -> dict[str, Any] | None:
     probes = probes_for(ctx.space)
     if not probes:
         return None
+    from objectives.groups import group_weights
+
     guard = ctx.spec.accuracy_guard()
     table = group_sensitivity(ctx.workload, probes, ctx.device)
     return {"guard": guard if guard is not None else DEFAULT_GUARD, "probes": probes,
-            "drops": table}
+            "drops": table, "weights": group_weights(ctx.workload)}
 
 
 def pinned_groups(sens: dict[str, Any] | None) -> list[str]:
@@ -80,37 +82,68 @@ def narrow(space: Space, sens: dict[str, Any] | None) -> Space:
     return replace(space, params=tuple(params))
 
 
-def _group_choice(group: str, drops: dict[str, float], methods: tuple[Any, ...], share: float,
-                  low_bits: int) -> dict[str, Any]:
-    """The most compressive quantizer for one group that its probes say stays within
-    `share` of the guard: low-bit weights at `low_bits`, else dynamic int8, else fp32."""
-    ok = {k for k, v in drops.items() if not k.startswith("prune") and v <= share}
-    if "lowbit4" in ok and "lowbit" in methods:
-        return {f"quant.method[{group}]": "lowbit", f"quant.bits[{group}]": low_bits}
-    if "int8_dynamic" in ok and "int8_dynamic" in methods:
-        return {f"quant.method[{group}]": "int8_dynamic"}
-    if "none" in methods:
-        return {f"quant.method[{group}]": "none"}
-    return {}
+# Per-group quantizer options a seed can pick: (probe label, params, bits per weight).
+_OPTIONS = (
+    ("int8_dynamic", {"quant.method": "int8_dynamic"}, 8),
+    ("lowbit4", {"quant.method": "lowbit", "quant.bits": 4}, 4),
+)
+_PARAMS = {label: params for label, params, _ in _OPTIONS}
+# Share of the guard a seed may spend: drops measured one group at a time add up only
+# roughly, and a seed that lands just past the guard is a wasted trial.
+SEED_MARGIN = 0.8
+
+
+def budgeted_choice(sens: dict[str, Any], methods: dict[str, tuple[Any, ...]]
+                    ) -> dict[str, str]:
+    """Each group's quantizer probe (or "none") for a starting trial: greedily take the
+    step that saves the most weight bits per unit of measured accuracy drop, while the
+    summed drops stay within SEED_MARGIN x guard (a knapsack over the probes, as in
+    HAWQ-V3's bit allocation). Groups weigh by their weight counts."""
+    budget = SEED_MARGIN * sens["guard"]
+    weights = sens.get("weights") or {}
+    choice = {g: "none" for g in sens["drops"] if g in methods}
+    bits = {"none": 32, **{label: b for label, _, b in _OPTIONS}}
+    spent = 0.0
+    while True:
+        best: tuple[float, str, str, float] | None = None
+        for group, current in choice.items():
+            drops = sens["drops"][group]
+            had = drops.get(current, 0.0) if current != "none" else 0.0
+            for label, params, b in _OPTIONS:
+                if (label not in drops or params["quant.method"] not in methods[group]
+                        or b >= bits[current]):
+                    continue
+                extra = max(drops[label] - had, 0.0)
+                if spent + extra > budget:
+                    continue
+                saved = weights.get(group, 1) * (bits[current] - b)
+                ratio = extra / saved
+                if best is None or ratio < best[0]:
+                    best = (ratio, group, label, extra)
+        if best is None:
+            return choice
+        _, group, label, extra = best
+        choice[group] = label
+        spent += extra
 
 
 def sensitivity_seeds(space: Space, sens: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Starting trials chosen per group from the probes (HAQ-style mixed precision):
-      1. no pruning, no training: each group's cheapest quantizer within its share of
-         the guard (4-bit weights, else dynamic int8, else fp32);
+      1. no pruning, no training: the quantizer per group of `budgeted_choice`;
       2. Deep Compression's 90% sparsity with recovery training, where the space allows
-         it: robust groups at 3 bits, fragile ones at 8."""
+         it: the groups that took 4-bit weights in 1 at 3 bits, the others at 8."""
     from .seeds import SEED_LADDER, fit_value, follow_global
 
     if not sens:
         return []
     methods = _per_group_methods(space)
-    share = sens["guard"] / max(1, len(sens["drops"]))
+    choice = budgeted_choice(sens, methods)
     names = set(space.names())
     plain: dict[str, Any] = {}
-    for group, drops in sens["drops"].items():
-        if group in methods:
-            plain.update(_group_choice(group, drops, methods[group], share, 4))
+    for group, label in choice.items():
+        params = _PARAMS.get(label, {"quant.method": "none"})
+        if "none" in methods[group] or label != "none":
+            plain.update({f"{k}[{group}]": v for k, v in params.items()})
     for name, value in (("quant.method", "none"), ("prune.method", "none"),
                         ("train.epochs", 0)):
         if name in names:
@@ -121,13 +154,10 @@ def sensitivity_seeds(space: Space, sens: dict[str, Any] | None) -> list[dict[st
     recipe = {k: fit_value(by_name[k], v) for k, v in SEED_LADDER[1].items() if k in by_name}
     if recipe and None not in recipe.values():
         mixed = follow_global(space, recipe)
-        for group, drops in sens["drops"].items():
-            if group not in methods:
-                continue
-            robust = any(v <= share for k, v in drops.items() if k == "lowbit4")
+        for group, label in choice.items():
             if "lowbit" in methods[group]:
                 mixed[f"quant.method[{group}]"] = "lowbit"
-                mixed[f"quant.bits[{group}]"] = 3 if robust else 8
+                mixed[f"quant.bits[{group}]"] = 3 if label == "lowbit4" else 8
         seeds.append(mixed)
     return seeds
 

@@ -74,6 +74,24 @@ def test_a_group_that_breaks_the_guard_is_pinned_to_fp32(digits):
         assert {k: trial.params.get(k) for k in params} == params
 
 
+def test_seed_spends_the_guard_where_it_saves_the_most_bits():
+    from search.sensitivity import SEED_MARGIN, budgeted_choice
+
+    methods = {g: ("inherit", "none", "int8_dynamic", "lowbit") for g in "abc"}
+    sens = {"guard": 0.01, "weights": {"a": 1_000_000, "b": 1_000, "c": 500_000},
+            "drops": {"a": {"int8_dynamic": 0.006, "lowbit4": 0.03},
+                      "b": {"int8_dynamic": 0.001, "lowbit4": 0.002},
+                      "c": {"int8_dynamic": 0.004, "lowbit4": 0.05}}}
+    choice = budgeted_choice(sens, methods)
+    # a (the biggest group) and b fit the 0.008 budget; c would break it.
+    assert choice == {"a": "int8_dynamic", "b": "lowbit4", "c": "none"}
+    spent = sum(sens["drops"][g][label] for g, label in choice.items() if label != "none")
+    assert spent <= SEED_MARGIN * sens["guard"]
+    # Without int8 in a group's choices, that group never takes it.
+    methods["a"] = ("inherit", "none", "lowbit")
+    assert budgeted_choice(sens, methods)["a"] == "none"
+
+
 def test_report_collects_the_sensitivity_table():
     from search.report import collect_sensitivity
 
