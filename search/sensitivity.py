@@ -127,13 +127,21 @@ def budgeted_choice(sens: dict[str, Any], methods: dict[str, tuple[Any, ...]]
         spent += extra
 
 
+# Deep Compression's per-layer rates (Han et al. 2016: fully connected layers ~90-96%,
+# convolutions ~35-65%): the bytes are in the largest groups, so they are pruned and
+# narrowed hard while small groups, which weigh little in the artifact, keep accuracy.
+DOMINANT_SHARE = 0.5
+LARGE_GROUP = {"prune.amount": 0.95, "bits": 2}
+SMALL_GROUP = {"prune.amount": 0.6, "bits": 4}
+
+
 def sensitivity_seeds(space: Space, sens: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Starting trials chosen per group from the probes (HAQ-style mixed precision):
       1. no pruning, no training: the quantizer per group of `budgeted_choice`;
-      2. Deep Compression's 90% sparsity with recovery training, where the space allows
-         it: the groups that took 4-bit weights in 1 at 3 bits, the others at 8."""
-    from .seeds import SEED_LADDER, fit_value, follow_global
-
+      2. where the space allows it, global pruning with recovery training at Deep
+         Compression's per-layer rates: groups holding at least half of the weights
+         at 95% sparsity and 2 bits, the others at 60% and 4 bits (8 bits for a group
+         whose 4-bit probe broke its share of the guard)."""
     if not sens:
         return []
     methods = _per_group_methods(space)
@@ -149,17 +157,36 @@ def sensitivity_seeds(space: Space, sens: dict[str, Any] | None) -> list[dict[st
         if name in names:
             plain[name] = value
     seeds = [plain]
+    layered = _layered_seed(space, sens, methods)
+    if layered is not None:
+        seeds.append(layered)
+    return seeds
+
+
+def _layered_seed(space: Space, sens: dict[str, Any], methods: dict[str, tuple[Any, ...]]
+                  ) -> dict[str, Any] | None:
+    from .seeds import SEED_LADDER, fit_value
 
     by_name = {p.name: p for p in space.params}
-    recipe = {k: fit_value(by_name[k], v) for k, v in SEED_LADDER[1].items() if k in by_name}
-    if recipe and None not in recipe.values():
-        mixed = follow_global(space, recipe)
-        for group, label in choice.items():
-            if "lowbit" in methods[group]:
-                mixed[f"quant.method[{group}]"] = "lowbit"
-                mixed[f"quant.bits[{group}]"] = 3 if label == "lowbit4" else 8
-        seeds.append(mixed)
-    return seeds
+    weights = sens.get("weights") or {}
+    total = sum(weights.values()) or 1
+    share = sens["guard"] / max(1, len(sens["drops"]))
+    recipe = {k: v for k, v in SEED_LADDER[1].items()
+              if k in by_name and not k.startswith("quant.")}
+    wanted: dict[str, Any] = dict(recipe)
+    for group, drops in sens["drops"].items():
+        large = weights.get(group, 0) / total >= DOMINANT_SHARE
+        rates = LARGE_GROUP if large else SMALL_GROUP
+        robust = drops.get("lowbit4", 1.0) <= share
+        if f"prune.amount[{group}]" in by_name:
+            wanted[f"prune.amount[{group}]"] = rates["prune.amount"]
+        if group in methods and "lowbit" in methods[group]:
+            wanted[f"quant.method[{group}]"] = "lowbit"
+            wanted[f"quant.bits[{group}]"] = rates["bits"] if robust else 8
+    out = {k: fit_value(by_name[k], v) for k, v in wanted.items() if k in by_name}
+    if not any(k.startswith("prune.amount[") for k in out) or None in out.values():
+        return None  # the space has no per-group sparsity, or cannot take these rates
+    return out
 
 
 def store(study: optuna.Study, sens: dict[str, Any] | None) -> None:

@@ -52,7 +52,7 @@ def test_a_group_that_breaks_the_guard_is_pinned_to_fp32(digits):
         "conv2": {"int8_dynamic": 0.0, "lowbit4": 0.001},
         "fc1": {"int8_dynamic": 0.0, "lowbit4": 0.0},
         "fc2": {"int8_dynamic": 0.002, "lowbit4": 0.02},
-    }}
+    }, "weights": {"conv1": 144, "conv2": 4608, "fc1": 131072, "fc2": 2560}}
     assert pinned_groups(sens) == ["conv1"]
     narrowed = narrow(space_ctx.space, sens)
     by_name = {p.name: p for p in narrowed.params}
@@ -63,9 +63,12 @@ def test_a_group_that_breaks_the_guard_is_pinned_to_fp32(digits):
     assert plain["quant.method[fc1]"] == "lowbit" and plain["quant.bits[fc1]"] == 4
     assert plain["quant.method[fc2]"] == "int8_dynamic"
     assert plain["prune.method"] == "none" and plain["train.epochs"] == 0
-    # Deep Compression's recipe with per-group widths: robust groups 3 bits, fragile 8.
-    assert mixed["prune.method"] == "global" and mixed["prune.amount[fc1]"] == 0.9
-    assert mixed["quant.bits[fc1]"] == 3 and mixed["quant.bits[fc2]"] == 8
+    # Deep Compression's per-layer rates: the group holding most weights is pruned and
+    # narrowed hardest; small groups keep more, and a fragile one keeps 8 bits.
+    assert mixed["prune.method"] == "global" and mixed["train.epochs"] == 4
+    assert (mixed["prune.amount[fc1]"], mixed["quant.bits[fc1]"]) == (0.95, 2)
+    assert (mixed["prune.amount[conv2]"], mixed["quant.bits[conv2]"]) == (0.6, 4)
+    assert (mixed["prune.amount[fc2]"], mixed["quant.bits[fc2]"]) == (0.6, 8)
     study = optuna.create_study()
     for params in (plain, mixed):  # every seeded value is one the space can take
         study.enqueue_trial(params)
