@@ -28,8 +28,8 @@ How:
   on an in-memory study holding N trials (ask + `Space.sample`), median of 5 (3 at 10k);
   and on the SQLite study (median of 3 after one warm-up ask, as in a running worker
   whose storage cache holds the finished trials).
-- A digits trial's time is measured in the same run (3 real evaluations of random
-  configs, median) so the sampler's share of a trial is a same-run ratio. Goal: < 5% at
+- A digits trial's time is measured in the same run (6 real evaluations of random
+  configs, median; each is printed) so the sampler's share of a trial is a same-run ratio. Goal: < 5% at
   1,000 trials.
 - `csearch pareto --format json` (goal <= 5 s) and `csearch report` (goal <= 30 s) on the
   full study, each a fresh subprocess (cold start included), `--repeat` times, median;
@@ -62,7 +62,7 @@ from _common import CLI, bulk_add_trials, check_same_trials, env, machine, now  
 from search.runner import LEGACY_CONSTRAINTS_ATTR, MEMORY_CONSTRAINT  # noqa: E402
 from search.samplers import make_sampler  # noqa: E402
 from search.spec import StudySpec, stored_spec  # noqa: E402
-from search.storage import open_storage  # noqa: E402
+from search.storage import open_storage, redact  # noqa: E402
 from spaces import load_space  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +154,9 @@ def sampler_time(study: optuna.Study, space: object, reps: int) -> float:
     return statistics.median(times)
 
 
-def digits_trial_seconds(n: int) -> float:
+def digits_trial_seconds(n: int) -> list[float]:
+    """Seconds of `n` real digits evaluations of random joint configs (they range from
+    about 1 s, one fine-tune epoch, to 4 s, three or four, on an idle core)."""
     from objectives import evaluate, load_workload
     from search.study import baseline_config  # noqa: F401
 
@@ -169,7 +171,7 @@ def digits_trial_seconds(n: int) -> float:
         evaluate(w, cfg, budget_mb=1.0, seed=t.number)
         times.append(now() - t0)
         st.tell(t, 0.0)
-    return statistics.median(times)
+    return times
 
 
 def rss_child(url: str, name: str) -> str:
@@ -254,12 +256,15 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10000)
     ap.add_argument("--checkpoints", default="1000,5000,10000")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--digits-trials", type=int, default=3)
+    ap.add_argument("--digits-trials", type=int, default=6)
     ap.add_argument("--db", default=None,
-                    help="keep the study in this SQLite file (default: a temporary one); "
-                         "an existing file with the study is reused and only read")
+                    help="keep the study in this SQLite file (default: a temporary one)")
+    ap.add_argument("--storage", default=None, metavar="URL",
+                    help="the study's storage instead of SQLite, e.g. postgresql://...")
+    ap.add_argument("--study", default="scale")
     ap.add_argument("--fill-only", action="store_true",
-                    help="only create and fill the study (with --db, for profiling)")
+                    help="only create and fill the study (with --db or --storage, to keep "
+                         "it); a later run that finds the study only times the reads")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each read command per tree (median reported)")
     ap.add_argument("--baseline-tree", default=None, metavar="DIR",
@@ -276,9 +281,10 @@ def main() -> None:
         trees["baseline " + a.baseline_tree] = os.path.abspath(a.baseline_tree)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.abspath(a.db) if a.db else f"{tmp}/scale.db"
-        url, name = f"sqlite:///{path}", "scale"
-        if os.path.exists(path):
-            print(f"reusing the study in {path}; only the read commands are timed")
+        url, name = a.storage or f"sqlite:///{path}", a.study
+        if (a.storage or os.path.exists(path)) and name in {
+                s.study_name for s in open_storage(url, create=True).get_all_studies()}:
+            print(f"reusing study {name!r} in {redact(url)}; only the read commands are timed")
             read_commands(url, name, tmp, trees, a.repeat)
             return
         build_and_measure(a, checkpoints, url, name, tmp)
@@ -305,9 +311,11 @@ def build_and_measure(a: argparse.Namespace, checkpoints: list[int], url: str, n
     mem = optuna.create_study(directions=disk.directions)
     digits = 0.0
     if not a.fill_only:
-        digits = digits_trial_seconds(a.digits_trials)
-        print(f"digits trial (median of {a.digits_trials} random joint configs): {digits:.2f}s")
-    copied = 0  # trials of `mem` already copied to the SQLite study
+        each = digits_trial_seconds(a.digits_trials)
+        digits = statistics.median(each)
+        print(f"digits trial (median of {a.digits_trials} random joint configs): {digits:.2f}s "
+              f"({', '.join(f'{t:.2f}' for t in each)})")
+    copied = 0  # trials of `mem` already copied to the stored study
     for n in checkpoints:
         t0 = now()
         fill(mem, space, spec, max(0, n - len(mem.get_trials(deepcopy=False))), seed=n)
@@ -320,7 +328,7 @@ def build_and_measure(a: argparse.Namespace, checkpoints: list[int], url: str, n
             check_same_trials(new, disk.get_trials(deepcopy=False))
         copied += len(new)
         print(f"N={n}: filled +{len(new)} via ask/tell in memory {t_fill:.1f}s, "
-              f"copied to SQLite {t_add:.1f}s")
+              f"copied to the study's storage {t_add:.1f}s")
         if a.fill_only:
             continue
         s_mem = sampler_time(mem, space, 3 if n >= 10000 else 5)
