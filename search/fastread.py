@@ -47,7 +47,9 @@ def _chunks(ids: list[int]) -> Iterator[list[int]]:
 
 
 class _Reader:
-    """One connection and one snapshot for all the selects of a read."""
+    """One connection for all the selects of a read, one snapshot on PostgreSQL and MySQL.
+    (On SQLite each select sees the latest commit; rows of trials that the first select
+    did not return are ignored, so a trial written meanwhile is simply not listed.)"""
 
     def __init__(self, storage: optuna.storages.RDBStorage):
         self.storage = storage
