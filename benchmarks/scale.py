@@ -1,31 +1,40 @@
-"""Scale: `csearch pareto` on a 10,000-trial study, per-trial storage and sampler
-overhead at 1,000 / 5,000 / 10,000 trials, and resident memory per worker per 10,000
-trials; all in one run.
+"""Scale: `csearch pareto` and `csearch report` on a 10,000-trial study, per-trial storage
+and sampler overhead at 1,000 / 5,000 / 10,000 trials, and resident memory per worker per
+10,000 trials; all in one run.
 
     python benchmarks/scale.py            # 10,000 trials, checkpoints 1k/5k/10k
     python benchmarks/scale.py --quick    # 2,000 trials, checkpoints 500/1k/2k
+    python benchmarks/scale.py --baseline-tree ../main   # also time main's pareto/report
+    python benchmarks/scale.py --db /tmp/s10k.db --fill-only   # keep a study to profile
+    python benchmarks/scale.py --db /tmp/s10k.db --baseline-tree ../main  # reread it
 
 How:
-- The study is created by `csearch create` (digits, joint space, so it has a real spec and
-  baseline) in a SQLite file, then filled through ask/tell: parameters are sampled by
-  csearch's `Space.sample` with a RandomSampler (in memory, fast), metrics are synthetic
-  but shaped like digits results (accuracy falls with sparsity and few bits, size follows
-  sparsity and bits, latency with batch and cache), with the memory-budget constraint and
-  the same user attrs a real trial stores. Finished trials are written to the SQLite
-  study with `add_trials`.
+- The study is created by `csearch create` (digits, joint space, constraint
+  accuracy_drop<=0.01, so it has a real spec and baseline) in a SQLite file, then filled
+  through ask/tell on an in-memory study: parameters are sampled by csearch's
+  `Space.sample` with a RandomSampler, metrics are synthetic but shaped like digits
+  results (accuracy falls with sparsity and few bits, size follows sparsity and bits,
+  latency with batch and cache), and each trial stores what `TrialObjective` stores
+  (eval_seed/worker/metrics user attrs, one `set_constraint` per constraint plus the
+  memory budget, the legacy `constraints` list); ~2 % are pruned and ~0.5 % failed, with
+  their reasons. The finished trials are copied into the SQLite study in one transaction
+  with Optuna's ORM models (`_common.bulk_add_trials`, ~2 ms per trial against 30-130 ms
+  for `add_trials`), and the first copy is read back and compared field by field.
 - Storage overhead per trial at N: on the SQLite study holding N trials, the bookkeeping
-  csearch does per trial (ask, eval_seed/worker/metrics user attrs, constraint, legacy
+  csearch does per trial (ask, eval_seed/worker/metrics user attrs, constraints, legacy
   constraints attr, tell) with a RandomSampler, median of 20.
 - Sampler overhead at N: the default sampler (`search.samplers.make_sampler("tpe")`,
   multivariate grouped TPE with constant liar) suggesting one full joint-space config
   on an in-memory study holding N trials (ask + `Space.sample`), median of 5 (3 at 10k);
   and on the SQLite study (median of 3 after one warm-up ask, as in a running worker
   whose storage cache holds the finished trials).
-- A digits trial's time is measured in the same run (3 real evaluations of random
-  configs, median) so the sampler's share of a trial is a same-run ratio. Goal: < 5% at
+- A digits trial's time is measured in the same run (6 real evaluations of random
+  configs, median; each is printed) so the sampler's share of a trial is a same-run ratio. Goal: < 5% at
   1,000 trials.
-- `csearch pareto --format json` on the full study as a subprocess (goal <= 5 s), and
-  `csearch report` if this tree has `search/report.py` (goal <= 30 s).
+- `csearch pareto --format json` (goal <= 5 s) and `csearch report` (goal <= 30 s) on the
+  full study, each a fresh subprocess (cold start included), `--repeat` times, median;
+  with `--baseline-tree` the same commands of another checkout alternate with this one's
+  and their outputs are compared.
 - Memory: VmRSS of a fresh process before and after loading the 10k study and asking the
   default sampler for one trial.
 """
@@ -36,11 +45,11 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 
 import optuna
@@ -48,11 +57,12 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import CLI, env, machine, now  # noqa: E402
+from _common import CLI, bulk_add_trials, check_same_trials, env, machine, now  # noqa: E402
 
 from search.runner import LEGACY_CONSTRAINTS_ATTR, MEMORY_CONSTRAINT  # noqa: E402
 from search.samplers import make_sampler  # noqa: E402
-from search.storage import open_storage  # noqa: E402
+from search.spec import StudySpec, stored_spec  # noqa: E402
+from search.storage import open_storage, redact  # noqa: E402
 from spaces import load_space  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +71,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def fake_metrics(p: dict, rng: random.Random) -> tuple[dict, float]:
+    """Metrics shaped like digits results, and the memory-budget margin (<= 0 fits)."""
     sparsity = {"none": 0.0, "magnitude": min(0.95, p.get("prune.threshold", 0) * 5),
                 "global": p.get("prune.amount", 0),
                 "structured": p.get("prune.structured_ratio", 0)}[p["prune.method"]]
@@ -75,42 +86,57 @@ def fake_metrics(p: dict, rng: random.Random) -> tuple[dict, float]:
     m = {"accuracy": acc, "accuracy_drop": 0.988 - acc, "latency_ms": lat,
          "latency_p99_ms": lat * 20 + 5, "throughput_rps": 5000 * (1 + hit),
          "cache_hit_rate": hit, "memory_mb": memory, "max_batch": float(p["serve.batch_size"]),
-         "size_mb": size, "sparsity": sparsity, "rejected_early": 0.0,
-         "eval_seconds": 2 + rng.random() * 10}
+         "size_mb": size, "sparsity": sparsity, "effective_bits": bits * (1 - sparsity) + 1.0,
+         "rejected_early": 0.0, "eval_seconds": 2 + rng.random() * 10}
     return m, memory - 1.0
 
 
-def fill(mem: optuna.Study, space: object, n: int, seed: int) -> None:
+def record(study: optuna.Study, space: object, spec: StudySpec, rng: random.Random,
+           complete: bool = False) -> None:
+    """One trial with what `TrialObjective` stores: eval_seed and worker user attrs; then
+    either metrics, one constraint per spec constraint plus the memory budget and the
+    legacy `constraints` list (COMPLETE), or a pruned/failed trial's reason (as digits
+    studies have a few: about 2 % pruned by the accuracy guard, 0.5 % failed)."""
+    t = study.ask()
+    space.sample(t)
+    m, margin = fake_metrics(t.params, rng)
+    t.set_user_attr("eval_seed", spec.seed + t.number)
+    t.set_user_attr("worker", "bench:0")
+    fate = 1.0 if complete else rng.random()
+    if fate < 0.02:
+        t.set_user_attr("pruned_reason", "accuracy 0.41 after epoch 1, far below the guard")
+        t.set_user_attr("partial_metrics", {"accuracy": 0.41, "epoch": 1.0})
+        study.tell(t, state=TrialState.PRUNED)
+        return
+    if fate < 0.025:
+        t.set_user_attr("fail_reason", "RuntimeError: synthetic failure")
+        study.tell(t, state=TrialState.FAIL)
+        return
+    constraints = {str(c): c.value(m) for c in spec.parsed_constraints()}
+    constraints[MEMORY_CONSTRAINT] = margin
+    t.set_user_attr("metrics", m)
+    for name, value in constraints.items():
+        t.set_constraint(name, value)
+    t.storage.set_trial_system_attr(t._trial_id, LEGACY_CONSTRAINTS_ATTR,
+                                    list(constraints.values()))
+    study.tell(t, [m[k] for k in spec.metric_names])
+
+
+def fill(mem: optuna.Study, space: object, spec: StudySpec, n: int, seed: int) -> None:
     rng = random.Random(seed)
     mem.sampler = optuna.samplers.RandomSampler(seed=seed)
     for _ in range(n):
-        t = mem.ask()
-        cfg_params = space.sample(t)  # noqa: F841 - suggests every active parameter
-        m, margin = fake_metrics(t.params, rng)
-        t.set_user_attr("eval_seed", t.number)
-        t.set_user_attr("worker", "bench:0")
-        t.set_user_attr("metrics", m)
-        t.set_constraint(MEMORY_CONSTRAINT, margin)
-        t.storage.set_trial_system_attr(t._trial_id, LEGACY_CONSTRAINTS_ATTR, [margin])
-        mem.tell(t, [m["accuracy"], m["latency_ms"], m["size_mb"]])
+        record(mem, space, spec, rng)
 
 
-def bookkeeping(study: optuna.Study, space: object, reps: int) -> float:
+def bookkeeping(study: optuna.Study, space: object, spec: StudySpec, reps: int) -> float:
     """Median seconds of one trial's csearch storage writes (random sampler)."""
     rng = random.Random(1)
     study.sampler = optuna.samplers.RandomSampler(seed=1)
     times = []
     for _ in range(reps):
         t0 = now()
-        t = study.ask()
-        space.sample(t)
-        m, margin = fake_metrics(t.params, rng)
-        t.set_user_attr("eval_seed", t.number)
-        t.set_user_attr("worker", "bench:0")
-        t.set_user_attr("metrics", m)
-        t.set_constraint(MEMORY_CONSTRAINT, margin)
-        t.storage.set_trial_system_attr(t._trial_id, LEGACY_CONSTRAINTS_ATTR, [margin])
-        study.tell(t, [m["accuracy"], m["latency_ms"], m["size_mb"]])
+        record(study, space, spec, rng, complete=True)
         times.append(now() - t0)
     return statistics.median(times)
 
@@ -128,7 +154,9 @@ def sampler_time(study: optuna.Study, space: object, reps: int) -> float:
     return statistics.median(times)
 
 
-def digits_trial_seconds(n: int) -> float:
+def digits_trial_seconds(n: int) -> list[float]:
+    """Seconds of `n` real digits evaluations of random joint configs (they range from
+    about 1 s, one fine-tune epoch, to 4 s, three or four, on an idle core)."""
     from objectives import evaluate, load_workload
     from search.study import baseline_config  # noqa: F401
 
@@ -143,7 +171,7 @@ def digits_trial_seconds(n: int) -> float:
         evaluate(w, cfg, budget_mb=1.0, seed=t.number)
         times.append(now() - t0)
         st.tell(t, 0.0)
-    return statistics.median(times)
+    return times
 
 
 def rss_child(url: str, name: str) -> str:
@@ -164,68 +192,152 @@ def rss_child(url: str, name: str) -> str:
     return (r.stdout or r.stderr).strip()
 
 
+def timed_cli(tree: str, cwd: str, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    """Seconds for one `csearch` command run end to end (cold start) with `tree` first on
+    the path, and its result."""
+    t0 = now()
+    r = subprocess.run([*CLI, *args], env=env(PYTHONPATH=tree), cwd=cwd, capture_output=True,
+                       text=True)
+    return now() - t0, r
+
+
+def _page(path: str) -> str:
+    """A report page without what differs between two runs (generation time, timings)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    text = re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d", "generated -", text)
+    return re.sub(r'(id="csearch-timings">)[^<]*', r"\1", text)
+
+
+def read_commands(url: str, name: str, tmp: str, trees: dict[str, str], repeat: int) -> None:
+    """`csearch pareto --format json` and `csearch report` on the study, `repeat` times per
+    tree (this one, and a baseline checkout when given; alternating, so load drifts hit
+    both alike), checking that every tree prints the same front and the same report."""
+    from search.fastread import read_trials
+
+    total = len(read_trials(optuna.load_study(study_name=name, storage=open_storage(
+        url, heartbeat=False))))
+    times: dict[tuple[str, str], list[float]] = {}
+    outputs: dict[tuple[str, str], set[str]] = {}
+    for _ in range(repeat):
+        for i, (label, tree) in enumerate(trees.items()):
+            t_p, r = timed_cli(tree, tmp, "pareto", "--storage", url, "--study", name,
+                               "--format", "json")
+            if r.returncode:
+                raise SystemExit(f"[{label}] pareto failed: {r.stderr.strip()[-500:]}")
+            times.setdefault((label, "pareto"), []).append(t_p)
+            outputs.setdefault(("pareto", label), set()).add(r.stdout)
+            out = f"{tmp}/report-{i}.html"
+            t_r, r = timed_cli(tree, tmp, "report", "--storage", url, "--study", name,
+                               "-o", out)
+            if r.returncode:
+                raise SystemExit(f"[{label}] report failed: {r.stderr.strip()[-500:]}")
+            times.setdefault((label, "report"), []).append(t_r)
+            outputs.setdefault(("report", label), set()).add(_page(out))
+    for (label, cmd), ts in times.items():
+        goal = 5 if cmd == "pareto" else 30
+        print(f"[{label}] csearch {cmd} on {total} trials: median {statistics.median(ts):.2f}s "
+              f"of {len(ts)} ({', '.join(f'{t:.2f}' for t in ts)}; goal <= {goal} s)")
+    rows = len(json.loads(next(iter(outputs[("pareto", "this tree")]))))
+    print(f"pareto front: {rows} trials")
+    if len(trees) > 1:
+        for cmd in ("pareto", "report"):
+            seen = set().union(*(v for (c, _), v in outputs.items() if c == cmd))
+            print(f"{cmd} output identical across trees and runs: {len(seen) == 1}")
+        for cmd in ("pareto", "report"):
+            base = [statistics.median(ts) for (lab, c), ts in times.items()
+                    if c == cmd and lab != "this tree"][0]
+            print(f"{cmd}: this tree {base / statistics.median(times[('this tree', cmd)]):.1f}x "
+                  "faster than the baseline tree (medians, same run)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=10000)
     ap.add_argument("--checkpoints", default="1000,5000,10000")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--digits-trials", type=int, default=3)
+    ap.add_argument("--digits-trials", type=int, default=6)
+    ap.add_argument("--db", default=None,
+                    help="keep the study in this SQLite file (default: a temporary one)")
+    ap.add_argument("--storage", default=None, metavar="URL",
+                    help="the study's storage instead of SQLite, e.g. postgresql://...")
+    ap.add_argument("--study", default="scale")
+    ap.add_argument("--fill-only", action="store_true",
+                    help="only create and fill the study (with --db or --storage, to keep "
+                         "it); a later run that finds the study only times the reads")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each read command per tree (median reported)")
+    ap.add_argument("--baseline-tree", default=None, metavar="DIR",
+                    help="also time pareto/report with this checkout first on the path "
+                         "(e.g. the main branch), on the same study in the same run")
     a = ap.parse_args()
     if a.quick:
         a.trials, a.checkpoints = 2000, "500,1000,2000"
     checkpoints = [int(c) for c in a.checkpoints.split(",")]
-    print(f"machine: {machine()}, optuna {optuna.__version__}")
-    space = load_space("joint")
+    print(f"machine: {machine()}, optuna {optuna.__version__}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    trees = {"this tree": ROOT}
+    if a.baseline_tree:
+        trees["baseline " + a.baseline_tree] = os.path.abspath(a.baseline_tree)
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/scale.db"
-        name = "scale"
-        r = subprocess.run([*CLI, "create", "--storage", url, "--study", name, "--trials",
-                            str(a.trials * 2), "--artifacts", "none", "--device", "cpu"],
-                           env=env(PYTHONPATH=ROOT), cwd=tmp, capture_output=True, text=True)
-        if r.returncode:
-            raise SystemExit(r.stderr)
-        storage = open_storage(url, heartbeat=False)
-        disk = optuna.load_study(study_name=name, storage=storage)
-        mem = optuna.create_study(directions=disk.directions)
-        digits = digits_trial_seconds(a.digits_trials)
-        print(f"digits trial (median of {a.digits_trials} random joint configs): {digits:.2f}s")
-        copied = 0  # trials of `mem` already copied to the SQLite study
-        for n in checkpoints:
-            t0 = now()
-            fill(mem, space, max(0, n - len(mem.get_trials(deepcopy=False))), seed=n)
-            t_fill = now() - t0
-            new = mem.get_trials(deepcopy=False)[copied:]
-            t0 = now()
-            disk.add_trials(new)
-            t_add = now() - t0
-            copied += len(new)
-            print(f"N={n}: filled +{len(new)} via ask/tell in memory {t_fill:.1f}s, "
-                  f"add_trials to SQLite {t_add:.1f}s")
-            s_mem = sampler_time(mem, space, 3 if n >= 10000 else 5)
-            sampler_time(disk, space, 1)  # first ask after add_trials fills the trial cache
-            s_disk = sampler_time(disk, space, 3)  # warm, as in a worker that runs on
-            book = bookkeeping(disk, space, 20)
-            print(f"  default TPE suggest: {s_mem * 1e3:.0f} ms in memory, {s_disk * 1e3:.0f} ms "
-                  f"on SQLite = {s_disk / digits:.1%} of a digits trial; "
-                  f"storage bookkeeping per trial {book * 1e3:.0f} ms = {book / digits:.1%}")
-        total = len(disk.get_trials(deepcopy=False))
+        path = os.path.abspath(a.db) if a.db else f"{tmp}/scale.db"
+        url, name = a.storage or f"sqlite:///{path}", a.study
+        if (a.storage or os.path.exists(path)) and name in {
+                s.study_name for s in open_storage(url, create=True).get_all_studies()}:
+            print(f"reusing study {name!r} in {redact(url)}; only the read commands are timed")
+            read_commands(url, name, tmp, trees, a.repeat)
+            return
+        build_and_measure(a, checkpoints, url, name, tmp)
+        if not a.fill_only:
+            read_commands(url, name, tmp, trees, a.repeat)
+            print("memory per worker:", rss_child(url, name))
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def build_and_measure(a: argparse.Namespace, checkpoints: list[int], url: str, name: str,
+                      tmp: str) -> None:
+    """Create the study, fill it checkpoint by checkpoint, and at each checkpoint time the
+    sampler and the storage bookkeeping (unless --fill-only)."""
+    r = subprocess.run([*CLI, "create", "--storage", url, "--study", name, "--trials",
+                        str(a.trials * 2), "--artifacts", "none", "--device", "cpu",
+                        "--constraint", "accuracy_drop<=0.01"],
+                       env=env(PYTHONPATH=ROOT), cwd=tmp, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    space = load_space("joint")
+    storage = open_storage(url, heartbeat=False)
+    disk = optuna.load_study(study_name=name, storage=storage)
+    spec = stored_spec(disk)
+    mem = optuna.create_study(directions=disk.directions)
+    digits = 0.0
+    if not a.fill_only:
+        each = digits_trial_seconds(a.digits_trials)
+        digits = statistics.median(each)
+        print(f"digits trial (median of {a.digits_trials} random joint configs): {digits:.2f}s "
+              f"({', '.join(f'{t:.2f}' for t in each)})")
+    copied = 0  # trials of `mem` already copied to the stored study
+    for n in checkpoints:
         t0 = now()
-        r = subprocess.run([*CLI, "pareto", "--storage", url, "--study", name, "--format", "json"],
-                           env=env(PYTHONPATH=ROOT), cwd=tmp, capture_output=True, text=True)
-        t_p = now() - t0
-        rows = len(json.loads(r.stdout)) if r.returncode == 0 else 0
-        print(f"csearch pareto --format json on {total} trials: {t_p:.2f}s (goal <= 5 s), "
-              f"rc {r.returncode}, {rows} front rows")
-        if os.path.exists(os.path.join(ROOT, "search", "report.py")):
-            t0 = now()
-            r = subprocess.run([*CLI, "report", "--storage", url, "--study", name, "-o",
-                                f"{tmp}/r.html"], env=env(PYTHONPATH=ROOT), cwd=tmp,
-                               capture_output=True, text=True)
-            print(f"csearch report on {total} trials: {now() - t0:.2f}s (goal <= 30 s), "
-                  f"rc {r.returncode}")
-        else:
-            print("csearch report: search/report.py is not in this tree; not measured")
-        print("memory per worker:", rss_child(url, name))
+        fill(mem, space, spec, max(0, n - len(mem.get_trials(deepcopy=False))), seed=n)
+        t_fill = now() - t0
+        new = mem.get_trials(deepcopy=False)[copied:]
+        t0 = now()
+        bulk_add_trials(disk, new)
+        t_add = now() - t0
+        if copied == 0:  # the copy reads back exactly as written
+            check_same_trials(new, disk.get_trials(deepcopy=False))
+        copied += len(new)
+        print(f"N={n}: filled +{len(new)} via ask/tell in memory {t_fill:.1f}s, "
+              f"copied to the study's storage {t_add:.1f}s")
+        if a.fill_only:
+            continue
+        s_mem = sampler_time(mem, space, 3 if n >= 10000 else 5)
+        sampler_time(disk, space, 1)  # first ask after the copy fills the trial cache
+        s_disk = sampler_time(disk, space, 3)  # warm, as in a worker that runs on
+        book = bookkeeping(disk, space, spec, 20)
+        print(f"  default TPE suggest: {s_mem * 1e3:.0f} ms in memory = {s_mem / digits:.1%}, "
+              f"{s_disk * 1e3:.0f} ms on SQLite = {s_disk / digits:.1%} of a digits trial; "
+              f"storage bookkeeping per trial {book * 1e3:.0f} ms = {book / digits:.1%}")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,28 @@
 """Study results as plain data: trial rows, the feasible Pareto front, study summaries.
 
 These are what `csearch trials/pareto/studies --format json` print and what the report
-draws; nothing here formats text.
+draws; nothing here formats text. Trials are read through `fastread`, and the front is
+found from objective values and constraints alone, so `csearch pareto` on a 10,000-trial
+study loads full trials (params, metrics) only for the few on the front.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from .fastread import ObjectiveRows, read_objectives, read_trials
 from .spec import SPEC_ATTR
 
 __all__ = ["is_feasible", "trial_row", "trial_rows", "pareto_rows", "study_summaries",
-           "stale_trial_ids"]
+           "stale_trial_ids", "pareto_mask", "front_trial_ids"]
 
 
 def is_feasible(t: FrozenTrial) -> bool | None:
@@ -28,17 +33,23 @@ def is_feasible(t: FrozenTrial) -> bool | None:
     return all(v <= 0 for v in cons.values())
 
 
-def stale_trial_ids(study: optuna.Study) -> set[int]:
+def stale_trial_ids(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
+                    ) -> set[int]:
     """RUNNING trials whose worker stopped sending heartbeats (died, or was SIGKILLed).
 
     Optuna fails them only when a live worker starts its next trial; until then the
-    listings show them as stale rather than as running.
+    listings show them as stale rather than as running. `trials`: the study's trials when
+    the caller has read them already.
     """
     storage = study._storage
     if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
         return set()
     ids = set(storage._get_stale_trial_ids(study._study_id))
-    return {t.number for t in study.get_trials(deepcopy=False) if t._trial_id in ids}
+    if not ids:
+        return set()
+    if trials is None:
+        trials = read_trials(study, trial_ids=ids)
+    return {t.number for t in trials if t._trial_id in ids}
 
 
 def _num(v: Any) -> Any:
@@ -70,25 +81,74 @@ def trial_row(t: FrozenTrial, stale: bool = False) -> dict[str, Any]:
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    stale = stale_trial_ids(study)
-    return [trial_row(t, t.number in stale) for t in study.get_trials(deepcopy=False)]
+    trials = read_trials(study)
+    stale = stale_trial_ids(study, trials)
+    return [trial_row(t, t.number in stale) for t in trials]
 
 
-def pareto_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """The feasible Pareto front (Optuna's `best_trials` excludes infeasible trials)."""
-    if len(study.directions) == 1:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        feasible = [t for t in complete if is_feasible(t) is not False]
-        if not feasible:
-            return []
-        sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-        best = max(feasible, key=lambda t: sign * t.value)
-        trials = [best]
+def pareto_mask(losses: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of a loss matrix (every objective minimised), as Optuna's
+    `best_trials` decides them: duplicates of a front point are on the front too."""
+    from optuna.study._multi_objective import _is_pareto_front
+
+    if len(losses) == 0:
+        return np.zeros(0, dtype=bool)
+    return _is_pareto_front(losses, assume_unique_lexsorted=False)
+
+
+def front_trial_ids(rows: ObjectiveRows, directions: Sequence[optuna.study.StudyDirection]
+                    ) -> list[int]:
+    """Trial ids of the feasible Pareto front among complete trials, in trial order.
+
+    The same trials as Optuna's `best_trials` (which drops infeasible trials: any
+    constraint value > 0) or, with one objective, the first best feasible trial.
+    """
+    from optuna.study._multi_objective import _normalize_value
+
+    feasible = [i for i, c in enumerate(rows.constraints) if all(v <= 0 for v in c.values())]
+    if not feasible:
+        return []
+    if len(directions) == 1:
+        sign = 1 if directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+        best = max(feasible, key=lambda i: sign * rows.values[i][0])  # type: ignore[index]
+        return [rows.trial_ids[best]]
+    if any(len(rows.values[i] or ()) != len(directions) for i in feasible):
+        raise ValueError(
+            "The number of the values and the number of the objectives must be identical."
+        )
+    losses = np.asarray([[_normalize_value(v, d) for v, d in zip(rows.values[i], directions)]
+                         for i in feasible])
+    on_front = pareto_mask(losses)
+    return [rows.trial_ids[i] for i, on in zip(feasible, on_front) if on]
+
+
+def _objective_rows(trials: Sequence[FrozenTrial]) -> ObjectiveRows:
+    rows = ObjectiveRows()
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            rows.trial_ids.append(t._trial_id)
+            rows.numbers.append(t.number)
+            rows.values.append(t.values)
+            rows.constraints.append(t.constraints)
+    return rows
+
+
+def pareto_rows(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
+                ) -> list[dict[str, Any]]:
+    """The feasible Pareto front, by trial number (infeasible trials are never on it).
+
+    Without `trials` (the study's, when the caller has them), only the complete trials'
+    values and constraints are read, and then the front trials in full.
+    """
+    rows = read_objectives(study) if trials is None else _objective_rows(trials)
+    ids = set(front_trial_ids(rows, study.directions))
+    if trials is None:
+        front = read_trials(study, trial_ids=ids) if ids else []
     else:
-        trials = sorted(study.best_trials, key=lambda t: t.number)
+        front = [t for t in trials if t._trial_id in ids]
     return [
         {k: trial_row(t)[k] for k in ("number", "params", "metrics", "values", "feasible")}
-        for t in trials
+        for t in sorted(front, key=lambda t: t.number)
     ]
 
 
@@ -96,14 +156,14 @@ def study_summaries(storage: BaseStorage) -> list[dict[str, Any]]:
     out = []
     for s in storage.get_all_studies():
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
+        trials = read_trials(study)
         counts: dict[str, int] = {}
-        stale = stale_trial_ids(study)
+        stale = stale_trial_ids(study, trials)
         for t in trials:
             state = "STALE" if t.number in stale else t.state.name
             counts[state] = counts.get(state, 0) + 1
         spec = s.user_attrs.get(SPEC_ATTR, {})
-        front = pareto_rows(study) if trials else []
+        front = pareto_rows(study, trials) if trials else []
         names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
         best: dict[str, float | None] = {}
         for i, (name, d) in enumerate(zip(names, study.directions)):

@@ -304,6 +304,24 @@ def test_console_script_prints_pure_json(study_db, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["pareto", "--study", STUDY, "--format", "json"],
+                                     ["trials", "--study", STUDY], ["studies"],
+                                     ["report", "--study", STUDY, "-o", "r.html"]],
+                         ids=["pareto", "trials", "studies", "report"])
+def test_read_only_commands_do_not_import_torch(study_db, tmp_path, command):
+    """Importing torch costs seconds; listings and the report never need it."""
+    _, url, _, _ = study_db
+    code = ("import sys\nfrom search.cli import cli\n"
+            "try:\n    cli(sys.argv[1:], standalone_mode=False)\n"
+            "finally:\n    print('torch' in sys.modules, file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "CSEARCH_STORAGE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code, *command, "--storage", url],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
+
+
 def test_optuna_reads_the_study_with_its_own_cli(study_db, tmp_path):
     """Interoperability: `optuna best-trials` lists the csearch study."""
     exe = shutil.which("optuna")

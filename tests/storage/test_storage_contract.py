@@ -9,7 +9,9 @@ the tests then inspect it, resume it and reopen it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 
@@ -24,6 +26,9 @@ from search.runner import MEMORY_CONSTRAINT, count_finished, run_trials
 from search.spec import BASELINE_ATTR, DEFAULT_OBJECTIVES, ENV_ATTR, SPEC_ATTR, StudySpec
 from search.storage import open_storage
 from search.study import build_spec, create_or_resume, load_context
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from benchmarks.report_large import fill_study  # noqa: E402  (a csearch-like study, fast)
 
 BACKENDS = ["inmemory", "sqlite", "journal", "postgresql", "mysql"]
 TRIALS = 3
@@ -241,3 +246,113 @@ def test_a_missing_study_is_not_created_without_a_context(backend):
     with pytest.raises(StudyNotFound, match=name):
         create_or_resume(backend.storage, name, _spec(), None)
     assert name not in {s.study_name for s in backend.storage.get_all_studies()}
+
+
+# --- fast reads (search.fastread) against Optuna's own reads -----------------------------
+
+def _reference_pareto(study: optuna.Study) -> list[dict]:
+    """The front as csearch computed it before fastread: Optuna's `best_trials` (feasible
+    trials only), or the first best feasible trial of a single-objective study."""
+    from search.results import is_feasible, trial_row
+
+    if len(study.directions) == 1:
+        feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if is_feasible(t) is not False]
+        sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+        trials = [max(feasible, key=lambda t: sign * t.value)] if feasible else []
+    else:
+        trials = sorted(study.best_trials, key=lambda t: t.number)
+    keys = ("number", "params", "metrics", "values", "feasible")
+    return [{k: trial_row(t)[k] for k in keys} for t in trials]
+
+
+def _edge_trials(n_obj: int) -> list:
+    """Trials a fast path could get wrong: no constraints at all, legacy list only, a
+    dominating but infeasible trial, exact duplicates on the front, an infinite value,
+    intermediate values (NaN, inf), a RUNNING trial, and params in a fixed order."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    dists = {"z.last": CategoricalDistribution(["a", "b", None]),
+             "a.first": FloatDistribution(1e-4, 1.0, log=True),
+             "m.int": IntDistribution(1, 9, step=2)}
+
+    def trial(values, system=None, state=TrialState.COMPLETE, inter=None, z="a"):
+        params = {"z.last": z, "a.first": 0.01, "m.int": 3}
+        return create_trial(state=state, params=params, distributions=dists,
+                            values=None if values is None else values[:n_obj],
+                            user_attrs={"metrics": {"accuracy": 0.5, "nan": float("nan")},
+                                        "worker": "h:1"},
+                            system_attrs=system or {}, intermediate_values=inter or {})
+
+    big = 10.0
+    return [
+        trial([0.995, 0.4, 0.1]),  # no constraints: feasible
+        trial([0.999, 0.3, 0.05], {"constraints": [0.5]}),  # legacy only, infeasible
+        trial([0.999, 0.3, 0.05], {"constraints": [-0.5], "constraints:x": 0.0}, z=None),
+        trial([0.999, 0.3, 0.05], {"constraints": [-0.5], "constraints:x": 0.0}, z="b"),
+        trial([big, float("inf"), 0.2], {"constraints:x": -1.0}),
+        trial([2 * big, 0.1, 0.1], {"constraints:x": 1e-9, "constraints:y": -1.0}),
+        trial(None, {"constraints:x": -1.0}, TrialState.PRUNED,
+              {0: 0.5, 1: float("nan"), 2: float("inf"), 3: float("-inf")}),
+        trial(None, None, TrialState.RUNNING),
+    ]
+
+
+def _canon(trials: list) -> str:
+    """Every field of the trials, NaN-safe (a NaN read twice is two unequal floats);
+    params in their stored order, attrs and intermediate values by key."""
+    assert all(set(vars(t)) == set(vars(trials[0])) for t in trials)
+    return repr([(t._trial_id, t.number, t.state, t.values, t.datetime_start,
+                  t.datetime_complete, list(t.params.items()), list(t.distributions.items()),
+                  sorted(t.user_attrs.items()), sorted(t.system_attrs.items()),
+                  sorted(t.intermediate_values.items())) for t in trials])
+
+
+@pytest.mark.parametrize("n_obj", [3, 1], ids=["multi", "single"])
+def test_fast_reads_and_front_equal_optunas_reads(backend, n_obj):
+    """`read_trials`, `read_objectives` and `pareto_rows` give what Optuna's own reads
+    and `best_trials` give, on every backend, for a csearch-like study plus edge cases."""
+    from search.fastread import rdb_storage, read_objectives, read_trials
+    from search.results import pareto_rows, trial_row, trial_rows
+
+    name = _new_name(backend)
+    study = fill_study(backend.storage, name, 30, seed=3, n_pruned=3, n_failed=2)
+    if n_obj == 1:  # the same trials, as a single-objective study
+        single = _new_name(backend)
+        one = optuna.create_study(storage=backend.storage, study_name=single)
+        one.add_trials([optuna.trial.create_trial(
+            state=t.state, params=t.params, distributions=t.distributions,
+            values=None if t.values is None else t.values[:1], user_attrs=t.user_attrs,
+            system_attrs=t.system_attrs) for t in study.get_trials(deepcopy=False)])
+        study = one
+    study.add_trials(_edge_trials(n_obj))
+    fresh = optuna.load_study(study_name=study.study_name, storage=backend.reopen())
+    # SQL databases take the fast path; the other storages fall back to Optuna's reads.
+    assert (rdb_storage(fresh) is not None) == (backend.kind in ("sqlite", "postgresql",
+                                                                 "mysql"))
+
+    slow = fresh.get_trials(deepcopy=False)
+    fast = read_trials(fresh)
+    assert _canon(fast) == _canon(slow)
+    if backend.kind == "sqlite":  # attrs in the order Optuna's own SQLite read gives
+        assert [(list(t.user_attrs), list(t.system_attrs)) for t in fast] == [
+            (list(t.user_attrs), list(t.system_attrs)) for t in slow]
+    some = {t._trial_id for t in slow[::3]}
+    assert _canon(read_trials(fresh, trial_ids=some)) == _canon(
+        [t for t in slow if t._trial_id in some])
+    states = (TrialState.PRUNED, TrialState.RUNNING)
+    assert _canon(read_trials(fresh, states=states)) == _canon(
+        fresh.get_trials(deepcopy=False, states=states))
+    rows = read_objectives(fresh)
+    complete = [t for t in slow if t.state == TrialState.COMPLETE]
+    assert rows.numbers == [t.number for t in complete]
+    assert rows.values == [t.values for t in complete]
+    assert rows.constraints == [t.constraints for t in complete]
+
+    reference = _reference_pareto(fresh)
+    assert reference and len(reference) < len(complete)
+    assert json.dumps(pareto_rows(fresh)) == json.dumps(reference)
+    assert json.dumps(pareto_rows(fresh, slow)) == json.dumps(reference)
+    assert all(r["feasible"] is True for r in reference)
+    assert json.dumps(trial_rows(fresh)) == json.dumps([trial_row(t) for t in slow])
