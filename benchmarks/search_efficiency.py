@@ -59,8 +59,7 @@ REF = np.array([0.05, 12.0, 0.6])
 
 
 def tpe_variant(seed: int, **kw: object) -> optuna.samplers.BaseSampler:
-    base = dict(multivariate=True, group=True, constant_liar=True, seed=seed,
-                warn_independent_sampling=False)
+    base = dict(multivariate=True, group=True, constant_liar=True, seed=seed)
     base.update(kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -36,7 +36,6 @@ def make_sampler(name: str, seed: int | None, space: Space) -> BaseSampler:
         if name == "tpe":
             return optuna.samplers.TPESampler(
                 multivariate=True, group=True, seed=seed, constant_liar=True,
-                warn_independent_sampling=False,
             )
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
