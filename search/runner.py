@@ -8,6 +8,7 @@ stale trials before it returns, so no trial is left RUNNING by a finished worker
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import tempfile
@@ -19,13 +20,13 @@ from dataclasses import dataclass, field
 import optuna
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from objectives import EarlyStopped, Reporter, evaluate
 
 from .errors import StorageError
 from .spool import Spool
+from .storage import count_trials, sampling_pass, set_trial_attrs
 from .study import Context
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # optuna-dashboard 0.21 reads feasibility only from this list-valued system attr.
 LEGACY_CONSTRAINTS_ATTR = "constraints"
+# Where Optuna 5's `Trial.set_constraint(name, v)` keeps v: system attr "constraints:name".
+CONSTRAINT_PREFIX = "constraints:"
 MEMORY_CONSTRAINT = "memory_budget"
 # What a lost database connection looks like through Optuna and SQLAlchemy.
 DB_ERRORS = (
@@ -76,10 +79,10 @@ class TrialObjective:
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
         spec = self.ctx.spec
-        config = self.ctx.space.sample(trial)
         seed = spec.seed + trial.number
-        trial.set_user_attr("eval_seed", seed)
-        trial.set_user_attr("worker", worker_id())
+        with sampling_pass(trial.storage, trial._trial_id):  # one commit, not one per param
+            config = self.ctx.space.sample(trial)
+            _set_attrs(trial, {"eval_seed": seed, "worker": worker_id()})
         self.evaluating = True
         try:
             ev = evaluate(
@@ -93,16 +96,14 @@ class TrialObjective:
             )
         except EarlyStopped as e:
             self.evaluating = False
-            trial.set_user_attr("pruned_reason", e.reason)
-            if e.metrics:
-                trial.set_user_attr("partial_metrics", e.metrics)
+            _set_attrs(trial, {"pruned_reason": e.reason,
+                               **({"partial_metrics": e.metrics} if e.metrics else {})})
             raise optuna.TrialPruned(e.reason) from None
         except DB_ERRORS:
             raise
         except KeyboardInterrupt as e:  # SIGINT/SIGTERM mid-evaluation (see workers.py)
             self.evaluating = False
-            trial.set_user_attr("fail_reason", f"interrupted: {e}")
-            trial.set_user_attr("interrupted", True)
+            _set_attrs(trial, {"fail_reason": f"interrupted: {e}", "interrupted": True})
             raise
         except Exception as e:
             self.evaluating = False
@@ -116,15 +117,20 @@ class TrialObjective:
         legacy = list(constraints.values())
         if self.spool is not None:  # before any database write: nothing evaluated is lost
             self.spool.add(trial, values, {"metrics": ev.metrics}, constraints, legacy)
-        trial.set_user_attr("metrics", ev.metrics)
-        for name, value in constraints.items():
-            trial.set_constraint(name, value)
-        trial.storage.set_trial_system_attr(trial._trial_id, LEGACY_CONSTRAINTS_ATTR, legacy)
-        if spec.artifacts:
-            self._upload(trial, ev.artifact)
+        user: dict[str, object] = {"metrics": ev.metrics}
+        try:
+            if spec.artifacts:
+                user["artifact_id"] = self._upload(trial, ev.artifact)
+        finally:  # the metrics and feasibility are stored even if the upload fails
+            # What trial.set_constraint stores, plus the list optuna-dashboard reads.
+            system = {f"{CONSTRAINT_PREFIX}{k}": _constraint_value(k, v)
+                      for k, v in constraints.items()}
+            system[LEGACY_CONSTRAINTS_ATTR] = legacy
+            _set_attrs(trial, user, system)
         return tuple(values)
 
-    def _upload(self, trial: Trial, data: bytes) -> None:
+    def _upload(self, trial: Trial, data: bytes) -> str:
+        """Upload the packed model while the trial is live; return the artifact id."""
         store_dir = self.ctx.spec.artifacts
         assert store_dir is not None
         os.makedirs(store_dir, exist_ok=True)
@@ -135,17 +141,50 @@ class TrialObjective:
                 f.write(data)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                artifact_id = upload_artifact(
+                return upload_artifact(
                     artifact_store=store,
                     file_path=path,
                     study_or_trial=trial,
                     mimetype="application/octet-stream",
                 )
-        trial.set_user_attr("artifact_id", artifact_id)
+
+
+def _constraint_value(name: str, value: object) -> float:
+    """The checks of `Trial.set_constraint`: a float, never NaN."""
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"constraint {name!r} is a {type(value).__name__}, not a float") from None
+    if math.isnan(out):
+        raise ValueError(f"Attempted to set a constraint for {name!r}, but NaN is not allowed.")
+    return out
+
+
+def _set_attrs(trial: Trial, user: dict[str, object],
+               system: dict[str, object] | None = None) -> None:
+    """Store attrs of a live trial in one write, and keep `trial.user_attrs` in step."""
+    system = system or {}
+    set_trial_attrs(trial.storage, trial._trial_id, user, system)
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if cached is not None:
+        cached.user_attrs.update(user)
+        cached.system_attrs.update(system)
 
 
 def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    return count_trials(study._storage, study._study_id, FINISHED)
+
+
+class _StopAtBudget:
+    """Optuna's MaxTrialsCallback on finished states (one budget for all workers), but
+    counted with one COUNT query after each trial instead of a read of the trials."""
+
+    def __init__(self, trials: int):
+        self.trials = trials
+
+    def __call__(self, study: optuna.Study, _trial: FrozenTrial) -> None:
+        if count_finished(study) >= self.trials:
+            study.stop()
 
 
 def remaining_budget(study: optuna.Study, trials: int | None) -> int | None:
@@ -257,7 +296,7 @@ def run_trials(
 
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [count]
     if spec.trials is not None:
-        callbacks.append(MaxTrialsCallback(spec.trials, states=FINISHED))
+        callbacks.append(_StopAtBudget(spec.trials))
     try:
         while True:  # start-up reads and writes, retried if the database is restarting
             try:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +33,9 @@ __all__ = [
     "open_storage",
     "artifact_dir_for",
     "load_study",
+    "set_trial_attrs",
+    "sampling_pass",
+    "count_trials",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
@@ -191,6 +198,171 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
             super().record_heartbeat(trial_id)
         except Exception:  # noqa: BLE001 - any database error; retried at the next beat
             pass
+
+    def set_trial_attrs(self, trial_id: int, user: Mapping[str, Any],
+                        system: Mapping[str, Any]) -> None:
+        """Several attrs of one trial in one transaction (Optuna commits once per attr)."""
+        p = self._pass(trial_id)
+        if p is not None:
+            p.user.update(user)
+            p.system.update(system)
+            return
+        self._write(trial_id, [], user, system)
+
+    def _write(self, trial_id: int, params: list[tuple[Any, ...]], user: Mapping[str, Any],
+               system: Mapping[str, Any]) -> None:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        # Optuna ignores a duplicate parameter row (a race between its own writers); in one
+        # batch that would drop every write with it, so here it fails the trial instead.
+        with _create_scoped_session(self.scoped_session) as session, session.no_autoflush:
+            # No autoflush: the rows go out together at the commit, not one INSERT per
+            # lookup of the trial that Optuna does before each write.
+            for name, value, dist, previous in params:
+                self._set_trial_param_without_commit(session, trial_id, name, value, dist,
+                                                     previous)
+            for key, value in user.items():
+                self._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, value)
+            for key, value in system.items():
+                self._set_trial_attr_without_commit(
+                    session, models.TrialSystemAttributeModel, trial_id, key, value)
+
+    def count_trials(self, study_id: int, states: tuple[Any, ...]) -> int:
+        """One COUNT query (Optuna's count reads every new trial's rows through its cache)."""
+        import sqlalchemy
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            return int(session.query(sqlalchemy.func.count(models.TrialModel.trial_id))
+                       .filter(models.TrialModel.study_id == study_id,
+                               models.TrialModel.state.in_(states)).scalar() or 0)
+
+    # --- the sampling pass (see `sampling_pass`) ---------------------------------------
+
+    def _pass(self, trial_id: int) -> _SamplingPass | None:
+        p: _SamplingPass | None = getattr(_LOCAL, "sampling", None)
+        return p if p is not None and p.storage is self and p.trial_id == trial_id else None
+
+    def _flush_pass(self) -> None:
+        p: _SamplingPass | None = getattr(_LOCAL, "sampling", None)
+        if p is None or p.storage is not self or not (p.params or p.user or p.system):
+            return
+        params, user, system = p.params, p.user, p.system
+        p.params, p.user, p.system = [], {}, {}
+        self._write(p.trial_id, params, user, system)
+
+    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                         distribution: Any, previous_distribution: Any) -> None:
+        p = self._pass(trial_id)
+        if p is None:
+            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
+                                     previous_distribution)
+            return
+        if previous_distribution is not None:  # checked now, as Optuna would
+            optuna.distributions.check_distribution_compatibility(previous_distribution,
+                                                                  distribution)
+        p.params.append((param_name, param_value_internal, distribution,
+                         previous_distribution))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        p = self._pass(trial_id)
+        if p is None:
+            super().set_trial_user_attr(trial_id, key, value)
+        else:
+            p.user[key] = value
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        p = self._pass(trial_id)
+        if p is None:
+            super().set_trial_system_attr(trial_id, key, value)
+        else:
+            p.system[key] = value
+
+    def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        if self._pass(trial_id) is not None:
+            self._flush_pass()  # read your own writes
+        return super().get_trial(trial_id)
+
+    def _get_trials(self, study_id: int, states: Any, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[optuna.trial.FrozenTrial]:
+        p: _SamplingPass | None = getattr(_LOCAL, "sampling", None)
+        if p is None or p.storage is not self:
+            return super()._get_trials(study_id, states, included_trial_ids,
+                                       trial_id_greater_than)
+        key = (study_id, None if states is None else tuple(sorted(s.value for s in states)),
+               frozenset(included_trial_ids), trial_id_greater_than)
+        if key not in p.reads:
+            self._flush_pass()
+            p.reads[key] = super()._get_trials(study_id, states, included_trial_ids,
+                                               trial_id_greater_than)
+        return p.reads[key]
+
+
+_LOCAL = threading.local()
+
+
+@dataclass
+class _SamplingPass:
+    storage: _ResilientRDBStorage
+    trial_id: int
+    params: list[tuple[Any, ...]] = field(default_factory=list)
+    user: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)
+    reads: dict[tuple[Any, ...], list[optuna.trial.FrozenTrial]] = field(default_factory=dict)
+
+
+@contextmanager
+def sampling_pass(storage: BaseStorage, trial_id: int) -> Iterator[None]:
+    """While a live trial samples its parameters (and notes who evaluates it): its writes
+    go to the database in one commit when the block ends, and the sampler's reads of the
+    study's trials come from one read.
+
+    Optuna commits every `suggest_*` on its own, and the default grouped TPE with the
+    constant liar re-reads every trial once per parameter group; together that was most
+    of a trial's bookkeeping (benchmarks/overhead.py). Reading once per sampling pass is
+    what Optuna's own per-trial trial cache does for the other samplers. Within the block
+    a read of the trial itself first writes what is pending. Storages other than csearch's
+    RDB storage are left as they are.
+    """
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB in _CachedStorage
+    if not isinstance(backend, _ResilientRDBStorage) or getattr(_LOCAL, "sampling", None):
+        yield
+        return
+    _LOCAL.sampling = _SamplingPass(backend, trial_id)
+    try:
+        yield
+    finally:
+        try:
+            backend._flush_pass()
+        finally:
+            _LOCAL.sampling = None
+
+
+def count_trials(storage: BaseStorage, study_id: int, states: tuple[Any, ...]) -> int:
+    """How many trials of the study are in `states`, cheaply where the storage has SQL."""
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, _ResilientRDBStorage):
+        return backend.count_trials(study_id, states)
+    return len(storage.get_all_trials(study_id, deepcopy=False, states=states))
+
+
+def set_trial_attrs(storage: BaseStorage, trial_id: int, user: Mapping[str, Any] | None = None,
+                    system: Mapping[str, Any] | None = None) -> None:
+    """Write a trial's user and system attrs together: one commit on csearch's RDB storages
+    (a trial's bookkeeping was ~30 commits, see benchmarks/RESULTS.md), one call per attr
+    on any other storage. Either way the trial ends up with exactly the same attrs."""
+    user, system = user or {}, system or {}
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDB in _CachedStorage
+    if isinstance(backend, _ResilientRDBStorage):
+        backend.set_trial_attrs(trial_id, user, system)
+        return
+    for key, value in user.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    for key, value in system.items():
+        storage.set_trial_system_attr(trial_id, key, value)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

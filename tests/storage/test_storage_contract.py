@@ -356,3 +356,129 @@ def test_fast_reads_and_front_equal_optunas_reads(backend, n_obj):
     assert json.dumps(pareto_rows(fresh, slow)) == json.dumps(reference)
     assert all(r["feasible"] is True for r in reference)
     assert json.dumps(trial_rows(fresh)) == json.dumps([trial_row(t) for t in slow])
+
+
+# --- batched bookkeeping ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def evaluation(ctx):
+    """One real evaluation (the uncompressed model, no fine-tuning), reused by every trial
+    of the bookkeeping test: that test is about what is stored, not what is measured."""
+    from objectives import evaluate
+    from search.study import baseline_config
+
+    return evaluate(ctx.workload, baseline_config(), budget_mb=ctx.budget_mb, seed=SEED)
+
+
+def _plain_objective(ctx, evaluation):
+    """What csearch's objective stored before it batched its writes: one Optuna call per
+    parameter, user attr and constraint, the legacy constraints list, the artifact."""
+    import warnings
+
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    from search.runner import LEGACY_CONSTRAINTS_ATTR, worker_id
+
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        ctx.space.sample(trial)
+        trial.set_user_attr("eval_seed", ctx.spec.seed + trial.number)
+        trial.set_user_attr("worker", worker_id())
+        m = evaluation.metrics
+        constraints = {str(c): c.value(m) for c in ctx.spec.parsed_constraints()}
+        constraints[MEMORY_CONSTRAINT] = evaluation.memory_margin_mb
+        trial.set_user_attr("metrics", m)
+        for name, value in constraints.items():
+            trial.set_constraint(name, value)
+        trial.storage.set_trial_system_attr(trial._trial_id, LEGACY_CONSTRAINTS_ATTR,
+                                            list(constraints.values()))
+        folder = os.path.join(ctx.spec.artifacts, "plain-upload")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"trial-{trial.number}-model.safetensors")
+        with open(path, "wb") as f:
+            f.write(evaluation.artifact)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            artifact_id = upload_artifact(
+                artifact_store=FileSystemArtifactStore(ctx.spec.artifacts), file_path=path,
+                study_or_trial=trial, mimetype="application/octet-stream")
+        trial.set_user_attr("artifact_id", artifact_id)
+        return tuple(float(m[k]) for k in ctx.spec.metric_names)
+
+    return objective
+
+
+def _stored(study: optuna.Study) -> list[tuple]:
+    """Everything stored per trial, with the random artifact ids taken out."""
+    out = []
+    for t in study.get_trials():
+        user = {k: v for k, v in t.user_attrs.items() if k != "artifact_id"}
+        system = {k: v for k, v in t.system_attrs.items() if not k.startswith("artifacts:")}
+        for k, v in t.system_attrs.items():
+            if k.startswith("artifacts:"):  # the artifact's meta, less its random id
+                system["artifacts:*"] = {m: x for m, x in json.loads(v).items()
+                                         if m != "artifact_id"}
+        out.append((t.number, t.state, t.params, t.distributions, t.values, t.constraints,
+                    user, system, "artifact_id" in t.user_attrs))
+    return out
+
+
+def test_batched_trial_writes_store_what_one_call_per_value_stores(
+        backend, ctx, evaluation, monkeypatch, tmp_path):
+    """csearch writes a trial's parameters and attrs in a few batches (one commit each on
+    SQL storages, and the sampler reads the trials once per sampling pass); the stored
+    trials must equal those of the same search written with one Optuna call per value.
+    12 trials: past TPE's 10 random start-up trials, so grouped sampling is exercised."""
+    import sqlalchemy
+
+    from search import runner
+    from search.runner import TrialObjective
+    from search.samplers import make_sampler
+
+    trials = 12
+    spec = dataclasses.replace(ctx.spec, artifacts=str(tmp_path),
+                               constraints=("accuracy_drop<=0.02",))
+    tctx = dataclasses.replace(ctx, spec=spec)
+    monkeypatch.setattr(runner, "evaluate", lambda *a, **k: evaluation)
+    commits: dict[str, int] = {}
+    stored = {}
+    for side, objective in (("csearch", TrialObjective(tctx)),
+                            ("plain", _plain_objective(tctx, evaluation))):
+        study = optuna.create_study(storage=backend.storage, study_name=_new_name(backend),
+                                    directions=spec.directions,
+                                    sampler=make_sampler("tpe", 0, tctx.space))
+        engine = getattr(getattr(study._storage, "_backend", None), "engine", None)
+        count = {"n": 0}
+
+        def on_commit(_conn, count=count) -> None:
+            count["n"] += 1
+
+        if engine is not None:
+            sqlalchemy.event.listen(engine, "commit", on_commit)
+        try:
+            study.optimize(objective, n_trials=trials)
+        finally:
+            if engine is not None:
+                sqlalchemy.event.remove(engine, "commit", on_commit)
+        commits[side] = count["n"]
+        stored[side] = _stored(study)
+    assert [s[1] for s in stored["csearch"]] == [TrialState.COMPLETE] * trials
+    assert stored["csearch"] == stored["plain"]
+    if backend.kind in ("sqlite", "postgresql", "mysql"):
+        assert commits["csearch"] * 2 < commits["plain"], commits
+
+
+def test_a_sampling_pass_reads_its_own_pending_writes(backend):
+    """Inside a sampling pass, a read of the trial sees the parameters suggested so far."""
+    from search.storage import sampling_pass
+
+    study = optuna.create_study(storage=backend.storage, study_name=_new_name(backend))
+    trial = study.ask()
+    with sampling_pass(trial.storage, trial._trial_id):
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.set_user_attr("note", "kept")
+        seen = trial.storage.get_trial(trial._trial_id)
+        assert seen.params == {"x": x} and seen.user_attrs == {"note": "kept"}
+        y = trial.suggest_int("y", 1, 3)
+    study.tell(trial, x + y)
+    (t,) = optuna.load_study(study_name=study.study_name, storage=backend.reopen()).trials
+    assert t.params == {"x": x, "y": y} and t.user_attrs == {"note": "kept"}
