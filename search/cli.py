@@ -6,6 +6,7 @@ stderr and exit status 2 (`--debug` shows the traceback instead).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -726,7 +727,16 @@ def _pareto_table(rows: list[dict[str, Any]], names: list[str], baseline: dict |
 
 
 def main() -> None:
-    cli(prog_name="csearch")
+    try:
+        cli(prog_name="csearch")
+    finally:
+        storage = sys.modules.get(f"{__package__}.storage")  # not imported: nothing opened
+        if storage is not None:
+            storage.close_storages()
+        # The interpreter's last full collection scans every object left, torch's included
+        # (1-2 s after a run, measured); the process ends anyway, so skip it. Finalisers
+        # and atexit handlers still run, and the storages are closed above.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ __all__ = [
     "set_trial_attrs",
     "sampling_pass",
     "count_trials",
+    "close_storages",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
@@ -176,6 +178,7 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = True) -> B
             )
         if backend == "sqlite" and _file_path(url) is not None:
             _use_wal(storage)
+        _OPENED.add(storage)
         return storage
     except StorageError:
         raise
@@ -302,6 +305,15 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
 
 
 _LOCAL = threading.local()
+_OPENED: weakref.WeakSet[_ResilientRDBStorage] = weakref.WeakSet()
+
+
+def close_storages() -> None:
+    """Close the connections of every storage this process opened. At the end of a
+    command: a SQLite file is then checkpointed, so it holds every write by itself
+    (no -wal file left beside it), whatever the interpreter's exit skips."""
+    for storage in list(_OPENED):
+        storage.engine.dispose()
 
 
 @dataclass

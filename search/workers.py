@@ -9,6 +9,7 @@ A SIGKILLed worker's trial is failed and retried through the heartbeat.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -23,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .errors import CsearchError
 from .runner import TrialObjective, run_trials, worker_id
-from .storage import open_storage
+from .storage import close_storages, open_storage
 from .study import Context, load_context, load_study, stored_spec
 
 __all__ = ["join_study", "run_until_budget", "run_local_workers", "Interrupted"]
@@ -134,6 +135,9 @@ def _child(study_name: str, url: str, index: int, device: str | None,
         raise SystemExit(f"worker {index}: {e}") from None
     except KeyboardInterrupt:
         pass
+    finally:  # as `csearch` itself ends (cli.main): the parent waits for this exit
+        close_storages()
+        gc.freeze()
 
 
 def run_local_workers(study_name: str, url: str, n: int, device: str | None = None,

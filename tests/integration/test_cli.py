@@ -322,6 +322,20 @@ def test_read_only_commands_do_not_import_torch(study_db, tmp_path, command):
     assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
 
 
+def test_run_leaves_a_sqlite_file_that_holds_every_trial_by_itself(tmp_path):
+    """`csearch run` closes its storage before the process ends (which skips the final
+    garbage collection): no -wal file is left, so a copy of the .db alone has the trials."""
+    db = tmp_path / "w.db"
+    proc = _script("run", "--study", "w", "--storage", f"sqlite:///{db}", "--trials", "1",
+                   "--space", "compression", "--seed", SEED, "--device", "cpu", "--quiet",
+                   "--artifacts", "none", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not Path(f"{db}-wal").exists()
+    copy = tmp_path / "copy.db"
+    shutil.copy(db, copy)
+    assert [t.state.name for t in _load(f"sqlite:///{copy}", "w").trials] == ["COMPLETE"]
+
+
 def test_optuna_reads_the_study_with_its_own_cli(study_db, tmp_path):
     """Interoperability: `optuna best-trials` lists the csearch study."""
     exe = shutil.which("optuna")
