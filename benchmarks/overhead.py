@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import optuna
 
@@ -49,6 +50,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def study_stats(url: str, name: str) -> tuple[list[float], list[float]]:
+    walls, evals, _, _ = trial_times(url, name)
+    return walls, evals
+
+
+def trial_times(url: str, name: str) -> tuple[list[float], list[float], float, float]:
+    """Wall and eval seconds of each finished trial with metrics, and the epoch times of
+    the first trial's start and the last trial's end."""
     st = optuna.load_study(study_name=name, storage=url)
     walls, evals = [], []
     for t in st.trials:
@@ -56,20 +64,22 @@ def study_stats(url: str, name: str) -> tuple[list[float], list[float]]:
         if t.state.is_finished() and e is not None and t.datetime_complete is not None:
             walls.append((t.datetime_complete - t.datetime_start).total_seconds())
             evals.append(float(e))
-    return walls, evals
+    first = min(t.datetime_start.timestamp() for t in st.trials if t.datetime_start)
+    last = max(t.datetime_complete.timestamp() for t in st.trials if t.datetime_complete)
+    return walls, evals, first, last
 
 
 def measure(trials: int, tmp: str) -> float:
     url = f"sqlite:///{tmp}/o.db"
     args = ["run", "--storage", url, "--study", "o", "--trials", str(trials), "--seed", "0",
             "--device", "cpu", "--quiet"]
-    t0 = now()
+    t0, epoch0 = now(), time.time()
     r = subprocess.run([*CLI, *args], env=env(PYTHONPATH=ROOT), cwd=tmp,
                        capture_output=True, text=True)
     wall = now() - t0
     if r.returncode:
         raise SystemExit(f"csearch run failed: {r.stderr}")
-    walls, evals = study_stats(url, "o")
+    walls, evals, first, last = trial_times(url, "o")
     over = [w - e for w, e in zip(walls, evals)]
     frac = [o / w for o, w in zip(over, walls)]
     print(f"command: csearch {' '.join(args)}")
@@ -82,7 +92,8 @@ def measure(trials: int, tmp: str) -> float:
     print(f"  trial eval_seconds: median {statistics.median(evals):.2f}s "
           f"(min {min(evals):.2f}, max {max(evals):.2f})")
     print(f"  share of the command inside trials: {sum(walls) / wall:.1%} (goal >= 90%); "
-          f"outside trials {wall - sum(walls):.1f}s")
+          f"outside trials {wall - sum(walls):.1f}s: start-up to the first trial "
+          f"{first - epoch0:.1f}s, after the last trial {epoch0 + wall - last:.1f}s")
     return statistics.median(evals)
 
 
@@ -145,7 +156,7 @@ def bookkeeping(tmp: str, trials: int = 12) -> dict[str, list[float]]:
     from objectives import evaluate
     from search import runner
     from search.spec import DEFAULT_OBJECTIVES
-    from search.storage import open_storage
+    from search.storage import _sqlite_pragmas, open_storage
     from search.study import build_spec, create_or_resume, load_context
     from spaces import Config, TrainConfig
 
@@ -175,6 +186,9 @@ def bookkeeping(tmp: str, trials: int = 12) -> dict[str, list[float]]:
                 ctx.spec = spec
                 stg = open_storage(f"sqlite:///{d}/s.db", create=True)
                 if mode.startswith("rollback"):
+                    # csearch's WAL listener off: each new connection (the heartbeat
+                    # thread's) would flip the journal mode back and hit a locked file.
+                    sqlalchemy.event.remove(stg.engine, "connect", _sqlite_pragmas)
                     sqlalchemy.event.listen(stg.engine, "connect", rollback)
                     stg.engine.dispose()
                 st, _ = create_or_resume(stg, "s", spec, ctx)
@@ -195,10 +209,16 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--bookkeeping-only", action="store_true",
                     help="only part 2 (no real trials; fractions then print as nan)")
+    ap.add_argument("--src", metavar="DIR",
+                    help="csearch source tree to measure (default: this checkout), e.g. an "
+                         "export of another branch, to compare two versions under one load")
     a = ap.parse_args()
+    global ROOT
+    ROOT = os.path.abspath(a.src) if a.src else ROOT
     if a.quick:
         a.trials, a.profile_trials = 8, 5
-    print(f"machine: {machine()}, optuna {optuna.__version__}")
+    print(f"machine: {machine()}, optuna {optuna.__version__}, csearch from {ROOT}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
         med_eval = float("nan") if a.bookkeeping_only else measure(a.trials, tmp)
         b = bookkeeping(tmp)

@@ -14,8 +14,10 @@ side pays its own imports and start-up):
   out by hand, the same `objectives.evaluate` call (prune -> QAT fine-tune -> quantize ->
   pack -> measure -> serve), metrics and feasibility stored as user attrs, SQLite storage,
   and the same sampler settings as csearch (multivariate grouped TPE, constant liar, seed
-  0). Same parameters in the same order with the same sampler and seed give the same
-  configs, so the difference to csearch is pure framework overhead.
+  0). It also queues the same warm-start configurations csearch queues for a new study
+  (`search.seeds`, a tenth of the budget), so that both sides start with the same work.
+  Same parameters in the same order with the same sampler and seed then give the same
+  configs until measured latencies steer the two TPEs apart.
 - plain-default: the same script with Optuna's default sampler (`TPESampler(seed=0)`,
   independent), which is what a user who does not tune the sampler gets.
 
@@ -86,6 +88,12 @@ def plain_study(url: str, trials: int, sampler_kind: str) -> None:
 
     study = optuna.create_study(study_name="plain", storage=url, sampler=sampler,
                                 directions=["maximize", "minimize", "minimize"])
+    if sampler_kind == "same":
+        from search.seeds import seed_params
+        from spaces import load_space
+
+        for params in seed_params(load_space("joint"))[: max(1, trials // 10)]:
+            study.enqueue_trial(params)
     study.optimize(objective, n_trials=trials)
 
 
@@ -119,7 +127,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--plain-only", metavar="URL")
     ap.add_argument("--sampler", default="same", choices=["same", "default"])
+    ap.add_argument("--src", metavar="DIR",
+                    help="csearch source tree all sides run (default: this checkout)")
     a = ap.parse_args()
+    global ROOT
+    ROOT = os.path.abspath(a.src) if a.src else ROOT
     if a.plain_only:
         sys.path.insert(0, ROOT)
         plain_study(a.plain_only, a.trials, a.sampler)
@@ -128,7 +140,8 @@ def main() -> None:
     from _common import CLI, env, machine
 
     trials = 8 if a.quick else a.trials
-    print(f"machine: {machine()}; {trials} trials per side")
+    print(f"machine: {machine()}; {trials} trials per side; csearch from {ROOT}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         sides = {
@@ -166,8 +179,11 @@ def main() -> None:
                             for t in st.trials if t.datetime_complete)
             evals = sum(t.user_attrs.get("metrics", {}).get("eval_seconds", 0.0)
                         for t in st.trials)
+            done = [t for t in st.trials if t.datetime_complete]
             print(f"  {name:14s} start-up to first trial {first:.1f}s, inside trials "
-                  f"{in_trials:.1f}s of which evaluate {evals:.1f}s, after {wall - first - in_trials:.1f}s")
+                  f"{in_trials:.1f}s of which evaluate {evals:.1f}s "
+                  f"({(in_trials - evals) / max(len(done), 1) * 1e3:.0f} ms per trial outside "
+                  f"evaluate), after the last trial {wall - first - in_trials:.1f}s")
             print(f"  {name:14s} {n:3d} trials done by T, hypervolume {hv:.4f}; "
                   f"final {hv_at(url, study, t0, 1e9)[0]:.4f}; configs {seq}")
         c = res["csearch"][1]
