@@ -149,7 +149,10 @@ def profile(trials: int, tmp: str) -> None:
         print(f"  {cat:34s} {t:7.2f}s {t / total:6.1%}  ({t / max(len(walls), 1) * 1e3:.0f} ms/trial)")
 
 
-def bookkeeping(tmp: str, trials: int = 12) -> dict[str, list[float]]:
+def bookkeeping(tmp: str, trials: int = 30) -> dict[str, list[float]]:
+    """Seconds per stub trial for each SQLite mode; with csearch's mode also the SQL
+    statements and commits per trial (under "statements", "commits"), which load does not
+    change. 30 trials: TPE samples the last 20 (its first 10 are random)."""
     sys.path.insert(0, ROOT)
     import sqlalchemy
 
@@ -172,7 +175,7 @@ def bookkeeping(tmp: str, trials: int = 12) -> dict[str, list[float]]:
     real = runner.evaluate
     try:
         for rnd in range(2):
-            for mode in out:
+            for mode in ("wal (csearch)", "rollback journal, FULL"):
                 d = os.path.join(tmp, f"stub-{rnd}-{len(out[mode])}-{mode[:3]}")
                 os.makedirs(d)
                 spec = build_spec(workload="digits-cnn", space="joint",
@@ -192,9 +195,20 @@ def bookkeeping(tmp: str, trials: int = 12) -> dict[str, list[float]]:
                     sqlalchemy.event.listen(stg.engine, "connect", rollback)
                     stg.engine.dispose()
                 st, _ = create_or_resume(stg, "s", spec, ctx)
+                sql = {"statements": 0, "commits": 0}
+
+                def count(key: str, *_: object) -> None:
+                    sql[key] += 1
+
+                sqlalchemy.event.listen(stg.engine, "before_cursor_execute",
+                                        lambda *a: count("statements"))
+                sqlalchemy.event.listen(stg.engine, "commit", lambda *a: count("commits"))
                 t0 = now()
                 n = runner.run_trials(st, ctx)
                 out[mode].append((now() - t0) / n)
+                if mode.startswith("wal"):
+                    for key, value in sql.items():
+                        out.setdefault(key, []).append(value / n)
                 stg.engine.dispose()
     finally:
         runner.evaluate = real
@@ -224,10 +238,13 @@ def main() -> None:
         b = bookkeeping(tmp)
         wal, old = statistics.mean(b["wal (csearch)"]), statistics.mean(b["rollback journal, FULL"])
         print("bookkeeping per trial with a stub evaluation (sampler + attrs + constraints + "
-              "artifact + storage), 2 interleaved rounds of 12 trials:")
-        for mode, v in b.items():
+              "artifact + storage), 2 interleaved rounds of 30 trials:")
+        for mode in ("wal (csearch)", "rollback journal, FULL"):
+            v = b[mode]
             print(f"  {mode:24s} {' / '.join(f'{x * 1e3:.0f}' for x in v)} ms per trial; "
                   f"mean {statistics.mean(v) / med_eval:.2%} of the median digits eval")
+        print(f"  csearch's mode: {statistics.mean(b['statements']):.1f} SQL statements and "
+              f"{statistics.mean(b['commits']):.1f} commits per trial")
         print(f"  rollback / wal = {old / wal:.2f}x")
         if not (a.no_profile or a.bookkeeping_only):
             profile(a.profile_trials, tmp)
