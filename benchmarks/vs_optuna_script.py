@@ -14,10 +14,10 @@ side pays its own imports and start-up):
   out by hand, the same `objectives.evaluate` call (prune -> QAT fine-tune -> quantize ->
   pack -> measure -> serve), metrics and feasibility stored as user attrs, SQLite storage,
   and the same sampler settings as csearch (multivariate grouped TPE, constant liar, seed
-  0). It also queues the same warm-start configurations csearch queues for a new study
-  (`search.seeds`, a tenth of the budget), so that both sides start with the same work.
-  Same parameters in the same order with the same sampler and seed then give the same
-  configs until measured latencies steer the two TPEs apart.
+  0). It also queues the configurations the csearch side queued (its warm-start and
+  sensitivity seeds, read from that side's study: the csearch side runs first), so both
+  sides start with the same work. Same parameters in the same order with the same sampler
+  and seed then give the same configs until measured latencies steer the two TPEs apart.
 - plain-default: the same script with Optuna's default sampler (`TPESampler(seed=0)`,
   independent), which is what a user who does not tune the sampler gets.
 
@@ -30,6 +30,7 @@ wall time, measured from each subprocess's start.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -39,10 +40,11 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GROUPS = ("conv1", "conv2", "fc1", "fc2")  # digits-cnn's layer groups
 REF = np.array([0.05, 12.0, 0.6])  # 1 - accuracy, latency_ms, size_mb (as search_efficiency)
 
 
-def plain_study(url: str, trials: int, sampler_kind: str) -> None:
+def plain_study(url: str, trials: int, sampler_kind: str, enqueue: list[dict]) -> None:
     """What a careful user writes with plain Optuna (run in its own process)."""
     import optuna
 
@@ -74,6 +76,16 @@ def plain_study(url: str, trials: int, sampler_kind: str) -> None:
             p["quant.group_size"] = trial.suggest_categorical("quant.group_size", [0, 16, 64])
         p["train.lr"] = trial.suggest_float("train.lr", 1e-4, 1e-2, log=True)
         p["train.epochs"] = trial.suggest_int("train.epochs", 0, 4)
+        for g in GROUPS:  # per layer group: its own quantizer or the global one
+            name = f"quant.method[{g}]"
+            p[name] = trial.suggest_categorical(name, ["inherit", "none", "int8_dynamic",
+                                                       "lowbit"])
+        for g in GROUPS:
+            if p[f"quant.method[{g}]"] == "lowbit":
+                p[f"quant.bits[{g}]"] = trial.suggest_int(f"quant.bits[{g}]", 2, 8)
+        if p["prune.method"] == "global":
+            for g in GROUPS:
+                p[f"prune.amount[{g}]"] = trial.suggest_float(f"prune.amount[{g}]", 0.3, 0.97)
         p["train.kd_alpha"] = trial.suggest_float("train.kd_alpha", 0.0, 1.0)
         p["train.kd_temperature"] = trial.suggest_float("train.kd_temperature", 1.0, 8.0)
         p["serve.batch_size"] = trial.suggest_categorical("serve.batch_size", [1, 4, 16, 64])
@@ -88,12 +100,8 @@ def plain_study(url: str, trials: int, sampler_kind: str) -> None:
 
     study = optuna.create_study(study_name="plain", storage=url, sampler=sampler,
                                 directions=["maximize", "minimize", "minimize"])
-    if sampler_kind == "same":
-        from search.seeds import seed_params
-        from spaces import load_space
-
-        for params in seed_params(load_space("joint"))[: max(1, trials // 10)]:
-            study.enqueue_trial(params)
+    for params in enqueue:
+        study.enqueue_trial(params)
     study.optimize(objective, n_trials=trials)
 
 
@@ -127,6 +135,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--plain-only", metavar="URL")
     ap.add_argument("--sampler", default="same", choices=["same", "default"])
+    ap.add_argument("--enqueue", metavar="JSON", help="configs to queue first (plain side)")
     ap.add_argument("--src", metavar="DIR",
                     help="csearch source tree all sides run (default: this checkout)")
     a = ap.parse_args()
@@ -134,7 +143,8 @@ def main() -> None:
     ROOT = os.path.abspath(a.src) if a.src else ROOT
     if a.plain_only:
         sys.path.insert(0, ROOT)
-        plain_study(a.plain_only, a.trials, a.sampler)
+        enqueue = json.loads(open(a.enqueue).read()) if a.enqueue else []
+        plain_study(a.plain_only, a.trials, a.sampler, enqueue)
         return
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _common import CLI, env, machine
@@ -149,7 +159,8 @@ def main() -> None:
                          "--trials", str(trials), "--seed", "0", "--device", "cpu", "--quiet"],
                         f"sqlite:///{tmp}/c.db", "c"),
             "plain-same": ([sys.executable, __file__, "--plain-only", f"sqlite:///{tmp}/p.db",
-                            "--trials", str(trials), "--sampler", "same"],
+                            "--trials", str(trials), "--sampler", "same",
+                            "--enqueue", f"{tmp}/queued.json"],
                            f"sqlite:///{tmp}/p.db", "plain"),
             "plain-default": ([sys.executable, __file__, "--plain-only",
                                f"sqlite:///{tmp}/d.db", "--trials", str(trials),
@@ -163,6 +174,13 @@ def main() -> None:
             if r.returncode:
                 raise SystemExit(f"{name} failed: {r.stderr[-2000:]}")
             res[name] = (t0, wall, url, study)
+            if name == "csearch":  # what it queued, for plain-same to queue as well
+                import optuna
+
+                queued = [t.params for t in optuna.load_study(study_name=study, storage=url)
+                          .trials if t.user_attrs.get("seeded")]
+                with open(f"{tmp}/queued.json", "w") as f:
+                    json.dump(queued, f)
             print(f"{name:14s} wall {wall:6.1f}s  {trials / wall * 60:5.2f} trials/min", flush=True)
         t_cut = min(w for _, w, _, _ in res.values())
         print(f"hypervolume at equal wall time T = {t_cut:.1f}s (ref {REF.tolist()}, "
