@@ -205,12 +205,8 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
     def set_trial_attrs(self, trial_id: int, user: Mapping[str, Any],
                         system: Mapping[str, Any]) -> None:
         """Several attrs of one trial in one transaction (Optuna commits once per attr)."""
-        p = self._pass(trial_id)
-        if p is not None:
-            p.user.update(user)
-            p.system.update(system)
-            return
-        self._write(trial_id, [], user, system)
+        if not self._buffered(trial_id, user, system):
+            self._write(trial_id, [], user, system)
 
     def _write(self, trial_id: int, params: list[tuple[Any, ...]], user: Mapping[str, Any],
                system: Mapping[str, Any]) -> None:
@@ -271,18 +267,21 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
                          previous_distribution))
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        p = self._pass(trial_id)
-        if p is None:
+        if not self._buffered(trial_id, {key: value}, {}):
             super().set_trial_user_attr(trial_id, key, value)
-        else:
-            p.user[key] = value
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        p = self._pass(trial_id)
-        if p is None:
+        if not self._buffered(trial_id, {}, {key: value}):
             super().set_trial_system_attr(trial_id, key, value)
-        else:
-            p.system[key] = value
+
+    def _buffered(self, trial_id: int, user: Mapping[str, Any],
+                  system: Mapping[str, Any]) -> bool:
+        """Hold the attrs for the pass's commit if a pass of this trial is open."""
+        p = self._pass(trial_id)
+        if p is not None:
+            p.user.update(user)
+            p.system.update(system)
+        return p is not None
 
     def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
         if self._pass(trial_id) is not None:
