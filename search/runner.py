@@ -118,14 +118,16 @@ class TrialObjective:
         if self.spool is not None:  # before any database write: nothing evaluated is lost
             self.spool.add(trial, values, {"metrics": ev.metrics}, constraints, legacy)
         user: dict[str, object] = {"metrics": ev.metrics}
+        system: dict[str, object] = {}
         try:
-            if spec.artifacts:
-                user["artifact_id"] = self._upload(trial, ev.artifact)
-        finally:  # the metrics and feasibility are stored even if the upload fails
-            # What trial.set_constraint stores, plus the list optuna-dashboard reads.
+            # What trial.set_constraint stores (with its checks), plus the list
+            # optuna-dashboard reads.
             system = {f"{CONSTRAINT_PREFIX}{k}": _constraint_value(k, v)
                       for k, v in constraints.items()}
             system[LEGACY_CONSTRAINTS_ATTR] = legacy
+            if spec.artifacts:
+                user["artifact_id"] = self._upload(trial, ev.artifact)
+        finally:  # the metrics are stored even if a constraint or the upload fails
             _set_attrs(trial, user, system)
         return tuple(values)
 

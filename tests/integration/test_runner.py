@@ -134,3 +134,27 @@ def test_plugin_workload_exports_and_reloads_to_its_accuracy(tmp_path: Path):
     finally:
         os.chdir(old)
         sys.modules.pop("wineplug", None)
+
+
+def test_a_nan_constraint_fails_the_trial_but_keeps_its_metrics(tmp_path: Path, monkeypatch):
+    """As with one `trial.set_constraint` per value: NaN is refused, and the metrics
+    written before it stay on the (failed) trial."""
+    import dataclasses
+
+    from objectives import evaluate
+    from search import runner
+    from search.storage import open_storage
+    from search.study import baseline_config
+
+    spec = _spec("serving", trials=1)
+    ctx = load_context(spec)
+    real = evaluate(ctx.workload, baseline_config(), budget_mb=ctx.budget_mb, seed=0)
+    broken = dataclasses.replace(real, memory_margin_mb=float("nan"))
+    monkeypatch.setattr(runner, "evaluate", lambda *a, **k: broken)
+    storage = open_storage(f"sqlite:///{tmp_path / 'nan.db'}", create=True)
+    study, _ = create_or_resume(storage, "s", spec, ctx)
+    run_trials(study, ctx)
+    (t,) = study.trials
+    assert t.state == TrialState.FAIL
+    assert t.user_attrs["metrics"] == real.metrics
+    assert MEMORY_CONSTRAINT not in t.constraints
