@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..workload import Workload
-from ._cache import cached_state_dict
+from ._cache import cached_state_dict, cached_tensors
 
 __all__ = ["DigitsCNN", "make_digits_workload"]
 
@@ -34,6 +34,13 @@ class DigitsCNN(nn.Module):
 
 
 def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stratified split, cached: importing scikit-learn costs a second or two of every
+    command's start-up."""
+    d = cached_tensors(f"digits-data-s{seed}-v{_CODE_VERSION}", lambda: _split(seed))
+    return d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+
+
+def _split(seed: int) -> dict[str, torch.Tensor]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -43,7 +50,8 @@ def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     idx_train, idx_test = train_test_split(
         list(range(len(y))), test_size=0.33, random_state=seed, stratify=d.target
     )
-    return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
+    return {"x_train": x[idx_train], "y_train": y[idx_train], "x_test": x[idx_test],
+            "y_test": y[idx_test]}
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
