@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, TPESampler
@@ -19,7 +20,7 @@ from optuna.samplers._tpe.sampler import (
     default_gamma_multiobjective,
 )
 from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace, _SearchSpaceGroup
-from optuna.study import Study
+from optuna.study import Study, StudyDirection
 from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
@@ -34,6 +35,9 @@ __all__ = ["TPE_WINDOW", "WindowedTPESampler", "make_sampler"]
 # Optuna's TPESampler exactly; 300 keeps a suggest on the digits `joint` space at a few
 # tens of ms however long the study runs (benchmarks/results/sampler_latest.md).
 TPE_WINDOW = 300
+# Front trials kept in the window at most. A continuous 3-objective front grows into the
+# hundreds, and TPE's hypervolume subset selection on it then dominates a suggest.
+TPE_FRONT = 100
 
 _MODELLED = (TrialState.COMPLETE, TrialState.PRUNED)
 _OPEN = (TrialState.RUNNING, TrialState.WAITING)  # states a trial can still leave
@@ -88,6 +92,32 @@ class _Arrivals:
         return new, reset
 
 
+def _spread(front: list[FrozenTrial], directions: list[StudyDirection],
+            k: int) -> list[FrozenTrial]:
+    """The `k` trials of a front with the largest crowding distance (NSGA-II's measure of
+    how alone a point is; every objective's extremes first), in number order: a cheap,
+    deterministic stand-in for the hypervolume subset selection TPE itself does there."""
+    if len(front) <= k:
+        return front
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions]
+    loss = np.array([t.values for t in front], dtype=float) * signs
+    dist = np.zeros(len(front))
+    for col in loss.T:
+        finite = np.isfinite(col)
+        if not finite.any():
+            continue
+        lo, hi = col[finite].min(), col[finite].max()
+        col = np.clip(col, lo - 1.0, hi + 1.0)  # an infinite value sorts last, counts once
+        order = np.argsort(col, kind="stable")
+        ranked = col[order]
+        span = ranked[-1] - ranked[0]
+        dist[order[[0, -1]]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (ranked[2:] - ranked[:-2]) / span
+    keep = np.sort(np.argsort(-dist, kind="stable")[:k])
+    return [front[i] for i in keep]
+
+
 def _numbered(trials: list[FrozenTrial]) -> Callable[[int], FrozenTrial | None]:
     """Trial number -> trial. Optuna numbers a study's trials 0, 1, 2, ... and lists them in
     that order, so the list index is the number; a list that is not so is indexed by dict."""
@@ -136,16 +166,18 @@ class WindowedTPESampler(TPESampler):
     seed (tests/unit/test_samplers.py), so short studies search as before.
     """
 
-    def __init__(self, *, window: int = TPE_WINDOW, **kwargs: Any) -> None:
+    def __init__(self, *, window: int = TPE_WINDOW, front: int = TPE_FRONT,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if window < 1:
-            raise ValueError(f"window must be positive, got {window}")
-        self._window = window
+        if window < 1 or front < 1:
+            raise ValueError(f"window and front must be positive, got {window}, {front}")
+        self._window, self._front_cap = window, front
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = _IncrementalGroupSpace(True)
         self._arrivals = _Arrivals()
         self._n_modelled = 0  # COMPLETE or PRUNED trials in the study
         self._front: list[FrozenTrial] = []  # feasible Pareto front of the trials folded in
+        self._front_kept: list[FrozenTrial] = []  # the `front` most spread of it
         self._unfolded: list[FrozenTrial] = []  # feasible COMPLETE trials not folded in yet
         # While one trial's groups are sampled: the trials TPE models and their split.
         # Threads (`optimize(n_jobs=...)`) take turns: this state is the sampler's.
@@ -154,12 +186,15 @@ class WindowedTPESampler(TPESampler):
         self._split: tuple[list[FrozenTrial], list[FrozenTrial]] | None = None
 
     def _pareto_front(self, study: Study) -> list[FrozenTrial]:
-        """The feasible Pareto front of the study's COMPLETE trials, folding in new ones."""
+        """At most `front` trials of the feasible Pareto front of the study's COMPLETE
+        trials (all of it is kept to fold new trials into; it is spread out when cut)."""
         if self._unfolded:  # the same function as `Study.best_trials`
             pool = self._front + self._unfolded
             self._front = _get_pareto_front_trials_by_trials(pool, study.directions)
+            self._front.sort(key=lambda t: t.number)
+            self._front_kept = _spread(self._front, study.directions, self._front_cap)
             self._unfolded = []
-        return self._front
+        return self._front_kept
 
     def _read_history(self, study: Study, trial: FrozenTrial) -> list[FrozenTrial]:
         """The trials `TPESampler._sample` reads (COMPLETE, PRUNED, RUNNING but this one,
@@ -169,7 +204,7 @@ class WindowedTPESampler(TPESampler):
         trials = study._get_trials(deepcopy=False, use_cache=not liar)
         new, reset = self._arrivals.take(study, trials)
         if reset:
-            self._n_modelled, self._front, self._unfolded = 0, [], []
+            self._n_modelled, self._front, self._front_kept, self._unfolded = 0, [], [], []
         self._n_modelled += len(new)
         self._unfolded += [t for t in new if t.state == TrialState.COMPLETE and not _infeasible(t)]
         states = (*_MODELLED, TrialState.RUNNING) if liar else _MODELLED

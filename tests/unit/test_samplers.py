@@ -174,3 +174,19 @@ def test_windowed_tpe_honours_constraints():
 def test_window_must_be_positive():
     with pytest.raises(ValueError, match="window"):
         WindowedTPESampler(window=0)
+
+
+def test_a_large_front_is_cut_to_its_most_spread_trials(joint):
+    cap = 8
+    sampler = WindowedTPESampler(window=20, front=cap, multivariate=True, group=True, seed=1)
+    study = run(sampler, joint, 150)
+    current = study.ask()
+    history = {t.number for t in sampler._read_history(study, study._storage.get_trial(
+        current._trial_id))}
+    front = study.best_trials
+    assert len(front) > cap
+    kept = {t.number for t in sampler._front_kept}
+    assert len(kept) == cap and kept <= {t.number for t in front} and kept <= history
+    for i in range(3):  # every objective's best and worst trial on the front are kept
+        by_value = sorted(front, key=lambda t: t.values[i])
+        assert {by_value[0].number, by_value[-1].number} <= kept
