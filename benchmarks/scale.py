@@ -27,7 +27,7 @@ How:
   templates expanded to the model's layer groups, 27 conditional parameters).
 - Sampler overhead at N, side by side: the default sampler (`search.samplers.make_sampler
   ("tpe")`: `WindowedTPESampler`, multivariate grouped TPE with constant liar on the
-  feasible front + the 300 most recent trials) and Optuna's own TPESampler with the same
+  100 best feasible trials + the 300 most recent trials) and Optuna's own TPESampler with the same
   settings (csearch's default before the window), each suggesting one full config (ask +
   `Space.sample`) on an in-memory study holding N trials and on the SQLite study (storage
   cache warm, as in a running worker). A worker makes its sampler once, so the figure is
@@ -66,7 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _common import CLI, bulk_add_trials, check_same_trials, env, machine, now  # noqa: E402
 
 from search.runner import LEGACY_CONSTRAINTS_ATTR, MEMORY_CONSTRAINT  # noqa: E402
-from search.samplers import TPE_FRONT, TPE_WINDOW, make_sampler  # noqa: E402
+from search.samplers import TPE_BEST, TPE_WINDOW, make_sampler  # noqa: E402
 from search.spec import StudySpec, stored_spec  # noqa: E402
 from search.storage import open_storage, redact  # noqa: E402
 from search.study import resolve_space  # noqa: E402
@@ -371,7 +371,7 @@ def build_and_measure(a: argparse.Namespace, checkpoints: list[int], url: str, n
             disk.get_trials(deepcopy=False)  # a running worker's storage cache is warm
             first_disk, s_disk = sampler_times(disk, space, spec, which, 5)
             got[which] = (s_mem, s_disk, first_mem, first_disk)
-            label = (f"default (window {TPE_WINDOW}, front {TPE_FRONT})" if which == "default"
+            label = (f"default (window {TPE_WINDOW}, best {TPE_BEST})" if which == "default"
                      else "Optuna's TPESampler")
             print(f"  {label} suggest: {s_mem * 1e3:.0f} ms in memory = {s_mem / digits:.1%}, "
                   f"{s_disk * 1e3:.0f} ms on SQLite = {s_disk / digits:.1%} of a digits "

@@ -1,11 +1,10 @@
 """Search quality of csearch's default sampler (`WindowedTPESampler`: past 300 trials, TPE
-on at most 100 trials of the feasible front + the 300 most recent trials) against
+models the 100 best feasible trials so far + the 300 most recent trials) against
 Optuna's TPESampler with the same settings (multivariate, grouped, constant liar, same
-seed); `windowed-fullfront` keeps the whole front in the window.
+seed).
 
     python benchmarks/tpe_window.py --replay              # digits tpe+warm, 40 real trials
     python benchmarks/tpe_window.py --problem dtlz2c --trials 1500 --seeds 0 1 2
-    python benchmarks/tpe_window.py --problem dtlz2c --samplers windowed-fullfront
     python benchmarks/tpe_window.py --problem joint --trials 1500 --seeds 0
     python benchmarks/tpe_window.py --summary benchmarks/results/tpe_window.jsonl
 
@@ -49,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scale import MEMORY_CONSTRAINT, fake_metrics, optuna_tpe  # noqa: E402
 
-from search.samplers import TPE_FRONT, TPE_WINDOW, WindowedTPESampler, make_sampler  # noqa: E402,E501
+from search.samplers import TPE_BEST, TPE_WINDOW, make_sampler  # noqa: E402
 
 warnings.filterwarnings("ignore")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -127,13 +126,8 @@ PROBLEMS = {"dtlz2c": Dtlz2c, "joint": Joint}
 def run_problem(problem: str, sampler_name: str, seed: int, trials: int) -> dict:
     """One study of `trials` trials: hypervolume at the checkpoints, sampler seconds."""
     prob = PROBLEMS[problem](seed)
-    if sampler_name == "windowed":
-        sampler = make_sampler("tpe", seed, None)
-    elif sampler_name == "windowed-fullfront":  # the whole front in the window, uncut
-        sampler = WindowedTPESampler(front=10**9, multivariate=True, group=True,
-                                     constant_liar=True, seed=seed)
-    else:
-        sampler = optuna_tpe(seed)
+    sampler = make_sampler("tpe", seed, None) if sampler_name == "windowed" else \
+        optuna_tpe(seed)
     study = optuna.create_study(directions=prob.directions, sampler=sampler)
     points: list[np.ndarray] = []
     hv: dict[int, float] = {}
@@ -156,7 +150,7 @@ def run_problem(problem: str, sampler_name: str, seed: int, trials: int) -> dict
         if i in CHECKPOINTS or i == trials:
             hv[i] = hypervolume(points, prob.ref)
     return {"problem": problem, "sampler": sampler_name, "seed": seed, "trials": trials,
-            "window": TPE_WINDOW, "front": TPE_FRONT, "hv": hv, "sampler_s": sum(suggest),
+            "window": TPE_WINDOW, "best": TPE_BEST, "hv": hv, "sampler_s": sum(suggest),
             "ms_per_trial_last100": 1e3 * statistics.mean(suggest[-100:]),
             "feasible": len(points)}
 
@@ -205,8 +199,9 @@ def replay(seed: int, trials: int) -> None:
             again.tell(t, orig.values)
         else:
             again.tell(t, state=orig.state)
+    queued = sum("fixed_params" in t.system_attrs for t in study.get_trials(deepcopy=False))
     print(f"replayed through Optuna's TPESampler (seed {seed}): {same} of {trials} "
-          f"suggestions identical -> search_efficiency's tpe+warm at {trials} trials is "
+          f"suggestions identical ({queued} warm-start configs queued, the rest sampled) -> search_efficiency's tpe+warm at {trials} trials is "
           f"{'unchanged' if same == trials else 'CHANGED'} (window {TPE_WINDOW})")
 
 
@@ -226,7 +221,7 @@ def summarize(rows: list[dict]) -> None:
               f"at {n}), sampler ms per trial over the last 100 trials")
         print("sampler    seeds  " + "  ".join(f"HV@{c:<5d}" for c in cps)
               + "  per seed at the end            ms/trial")
-        for name in ("optuna", "windowed", "windowed-fullfront"):
+        for name in ("optuna", "windowed"):
             sub = [r for r in rs if r["sampler"] == name]
             if not sub:
                 continue
@@ -236,7 +231,7 @@ def summarize(rows: list[dict]) -> None:
             ms = statistics.mean(r["ms_per_trial_last100"] for r in sub)
             print(f"{name:9s} {len(sub):6d}  " + "  ".join(f"{v:8.4f}" for v in means)
                   + f"  [{ends}]".ljust(33) + f"{ms:8.1f}")
-        for name in ("windowed", "windowed-fullfront"):
+        for name in ("windowed",):
             paired = [(_hv(a, n), _hv(b, n)) for a in rs for b in rs
                       if a["sampler"] == name and b["sampler"] == "optuna"
                       and a["seed"] == b["seed"]]

@@ -21,7 +21,7 @@ from optuna.samplers._tpe.sampler import (
 )
 from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace, _SearchSpaceGroup
 from optuna.study import Study, StudyDirection
-from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+from optuna.study._multi_objective import _fast_non_domination_rank
 from optuna.trial import FrozenTrial, TrialState
 
 from spaces import Space
@@ -29,15 +29,16 @@ from spaces import Space
 from .errors import SpecError
 from .spec import SAMPLERS
 
-__all__ = ["TPE_WINDOW", "WindowedTPESampler", "make_sampler"]
+__all__ = ["TPE_BEST", "TPE_WINDOW", "WindowedTPESampler", "make_sampler"]
 
-# Finished trials TPE models besides the feasible Pareto front. Below it the sampler is
-# Optuna's TPESampler exactly; 300 keeps a suggest on the digits `joint` space at a few
-# tens of ms however long the study runs (benchmarks/results/sampler_latest.md).
+# The most recent COMPLETE/PRUNED trials TPE models. Up to this many the sampler is
+# Optuna's TPESampler exactly; past it a suggest on the digits `joint` space stays near
+# 20 ms however long the study runs (benchmarks/results/sampler_latest.md).
 TPE_WINDOW = 300
-# Front trials kept in the window at most. A continuous 3-objective front grows into the
-# hundreds, and TPE's hypervolume subset selection on it then dominates a suggest.
-TPE_FRONT = 100
+# The best feasible trials so far that TPE models besides (its "good" set at 1,000
+# trials). Not the whole front: a continuous 3-objective front grows into the hundreds,
+# and TPE's hypervolume subset selection on it then dominated a suggest.
+TPE_BEST = 100
 
 _MODELLED = (TrialState.COMPLETE, TrialState.PRUNED)
 _OPEN = (TrialState.RUNNING, TrialState.WAITING)  # states a trial can still leave
@@ -92,30 +93,44 @@ class _Arrivals:
         return new, reset
 
 
-def _spread(front: list[FrozenTrial], directions: list[StudyDirection],
-            k: int) -> list[FrozenTrial]:
-    """The `k` trials of a front with the largest crowding distance (NSGA-II's measure of
-    how alone a point is; every objective's extremes first), in number order: a cheap,
-    deterministic stand-in for the hypervolume subset selection TPE itself does there."""
-    if len(front) <= k:
-        return front
-    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions]
-    loss = np.array([t.values for t in front], dtype=float) * signs
-    dist = np.zeros(len(front))
+def _crowding(loss: np.ndarray) -> np.ndarray:
+    """NSGA-II's crowding distance of each row of `loss` (how alone a point is among the
+    others; every objective's extremes are infinitely alone). Infinite values are clipped
+    just past the finite ones, so they sort last and count once."""
+    dist = np.zeros(len(loss))
     for col in loss.T:
         finite = np.isfinite(col)
         if not finite.any():
             continue
         lo, hi = col[finite].min(), col[finite].max()
-        col = np.clip(col, lo - 1.0, hi + 1.0)  # an infinite value sorts last, counts once
+        col = np.clip(col, lo - 1.0, hi + 1.0)
         order = np.argsort(col, kind="stable")
         ranked = col[order]
-        span = ranked[-1] - ranked[0]
         dist[order[[0, -1]]] = np.inf
-        if span > 0:
-            dist[order[1:-1]] += (ranked[2:] - ranked[:-2]) / span
-    keep = np.sort(np.argsort(-dist, kind="stable")[:k])
-    return [front[i] for i in keep]
+        if ranked[-1] > ranked[0]:
+            dist[order[1:-1]] += (ranked[2:] - ranked[:-2]) / (ranked[-1] - ranked[0])
+    return dist
+
+
+def _best(trials: list[FrozenTrial], directions: list[StudyDirection],
+          k: int) -> list[FrozenTrial]:
+    """The `k` best of `trials` by non-domination rank, in number order; of the rank that
+    does not fit whole, its most spread trials (crowding distance). A cheap, deterministic
+    stand-in for the ranking plus hypervolume subset selection of TPE's own split."""
+    if len(trials) <= k:
+        return sorted(trials, key=lambda t: t.number)
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions]
+    loss = np.array([t.values for t in trials], dtype=float) * signs
+    ranks = _fast_non_domination_rank(loss, n_below=k)
+    keep: list[int] = []
+    for rank in np.unique(ranks):
+        at = np.flatnonzero(ranks == rank)
+        if len(keep) + len(at) > k:
+            spread = np.argsort(-_crowding(loss[at]), kind="stable")[:k - len(keep)]
+            keep.extend(at[spread].tolist())
+            break
+        keep.extend(at.tolist())
+    return sorted((trials[i] for i in keep), key=lambda t: t.number)
 
 
 def _numbered(trials: list[FrozenTrial]) -> Callable[[int], FrozenTrial | None]:
@@ -153,58 +168,57 @@ class WindowedTPESampler(TPESampler):
 
     Multi-objective TPE re-reads, re-ranks (non-dominated sort) and re-fits Parzen
     estimators on every finished trial, once per parameter group, so a suggest on the
-    digits `joint` space cost ~0.1 ms per trial in the study (130 ms at 1,000 trials,
-    2 s at 10,000) against digits trials of 0.2-1 s. Once more than `window` trials are
-    COMPLETE or PRUNED, TPE is given instead: every feasible trial on the Pareto front seen
-    so far (kept incrementally), the `window` most recent of those trials, and every
-    RUNNING trial (the constant liar). Infeasible trials stay infeasible (TPE reads
-    `trial.constraints` from the same FrozenTrials). The history is read and the
-    below/above split computed once per suggest instead of once per group, and the group
-    decomposition folds in newly finished trials only; both give identical results.
+    digits `joint` space cost ~0.1 ms per trial in the study (~100 ms at 1,000 trials,
+    1-2 s at 10,000) against digits trials of 0.2-1 s. Once more than `window` trials are
+    COMPLETE or PRUNED, TPE is given instead: the `best` best feasible trials so far (by
+    non-domination rank, kept incrementally), the `window` most recent COMPLETE/PRUNED
+    trials, and every RUNNING trial (the constant liar). Its "good" set is as large as on
+    the whole study (10 %), up to `best`; the recent trials stand in for the rest, which
+    TPE weighs down by age anyway. Infeasible trials stay infeasible (TPE reads
+    `trial.constraints` from the same FrozenTrials). The history is read and the split
+    computed once per suggest instead of once per group, and the group decomposition
+    folds in newly finished trials only; both give identical results.
 
     Up to `window` modelled trials the suggestions are exactly TPESampler's for the same
     seed (tests/unit/test_samplers.py), so short studies search as before.
     """
 
-    def __init__(self, *, window: int = TPE_WINDOW, front: int = TPE_FRONT,
+    def __init__(self, *, window: int = TPE_WINDOW, best: int = TPE_BEST,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if window < 1 or front < 1:
-            raise ValueError(f"window and front must be positive, got {window}, {front}")
-        self._window, self._front_cap = window, front
+        if window < 1 or best < 1:
+            raise ValueError(f"window and best must be positive, got {window}, {best}")
+        self._window, self._best_cap = window, best
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = _IncrementalGroupSpace(True)
         self._arrivals = _Arrivals()
         self._n_modelled = 0  # COMPLETE or PRUNED trials in the study
-        self._front: list[FrozenTrial] = []  # feasible Pareto front of the trials folded in
-        self._front_kept: list[FrozenTrial] = []  # the `front` most spread of it
-        self._unfolded: list[FrozenTrial] = []  # feasible COMPLETE trials not folded in yet
+        self._elite: list[FrozenTrial] = []  # the `best` best feasible trials so far
+        self._unfolded: list[FrozenTrial] = []  # feasible COMPLETE trials not weighed yet
         # While one trial's groups are sampled: the trials TPE models and their split.
         # Threads (`optimize(n_jobs=...)`) take turns: this state is the sampler's.
         self._lock = threading.RLock()
         self._history: list[FrozenTrial] | None = None
         self._split: tuple[list[FrozenTrial], list[FrozenTrial]] | None = None
 
-    def _pareto_front(self, study: Study) -> list[FrozenTrial]:
-        """At most `front` trials of the feasible Pareto front of the study's COMPLETE
-        trials (all of it is kept to fold new trials into; it is spread out when cut)."""
-        if self._unfolded:  # the same function as `Study.best_trials`
-            pool = self._front + self._unfolded
-            self._front = _get_pareto_front_trials_by_trials(pool, study.directions)
-            self._front.sort(key=lambda t: t.number)
-            self._front_kept = _spread(self._front, study.directions, self._front_cap)
+    def _best_so_far(self, study: Study) -> list[FrozenTrial]:
+        """The `best` best feasible COMPLETE trials so far (`_best`), new ones weighed in
+        against the kept ones only: one that was cut does not come back."""
+        if self._unfolded:
+            pool = self._elite + self._unfolded
+            self._elite = _best(pool, study.directions, self._best_cap)
             self._unfolded = []
-        return self._front_kept
+        return self._elite
 
     def _read_history(self, study: Study, trial: FrozenTrial) -> list[FrozenTrial]:
         """The trials `TPESampler._sample` reads (COMPLETE, PRUNED, RUNNING but this one,
-        number order), cut once more than `window` are COMPLETE or PRUNED to the feasible
-        front, the last `window` of those, and the RUNNING ones."""
+        number order), cut once more than `window` are COMPLETE or PRUNED to the best
+        feasible ones so far, the last `window` of those, and the RUNNING ones."""
         liar = self._constant_liar
         trials = study._get_trials(deepcopy=False, use_cache=not liar)
         new, reset = self._arrivals.take(study, trials)
         if reset:
-            self._n_modelled, self._front, self._front_kept, self._unfolded = 0, [], [], []
+            self._n_modelled, self._elite, self._unfolded = 0, [], []
         self._n_modelled += len(new)
         self._unfolded += [t for t in new if t.state == TrialState.COMPLETE and not _infeasible(t)]
         states = (*_MODELLED, TrialState.RUNNING) if liar else _MODELLED
@@ -219,7 +233,7 @@ class WindowedTPESampler(TPESampler):
                 break
             if t.state in _MODELLED:
                 recent.append(t)
-        kept = {t.number: t for t in (*self._pareto_front(study), *recent, *running)}
+        kept = {t.number: t for t in (*self._best_so_far(study), *recent, *running)}
         return [kept[k] for k in sorted(kept)]
 
     def sample_relative(self, study: Study, trial: FrozenTrial,
@@ -258,7 +272,10 @@ class WindowedTPESampler(TPESampler):
         split = self._split if relative else None
         if split is None:
             n = sum(t.state != TrialState.RUNNING for t in trials)
-            split = _split_trials(study, trials, self._gamma(n))
+            n_below = self._gamma(n)
+            if self._n_modelled > self._window:  # as many as of the whole study, to `best`
+                n_below = min(self._gamma(self._n_modelled), self._best_cap)
+            split = _split_trials(study, trials, n_below)
             if relative:
                 self._split = split
         below, above = split

@@ -104,9 +104,17 @@ def _modelled(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
-def test_window_is_the_feasible_front_the_recent_and_the_running(joint):
-    window = 20
-    sampler = WindowedTPESampler(window=window, multivariate=True, group=True, seed=1)
+def _dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
+    signs = [-1, 1, 1]  # accuracy is maximised
+    la = [s * v for s, v in zip(signs, a.values)]
+    lb = [s * v for s, v in zip(signs, b.values)]
+    return all(x <= y for x, y in zip(la, lb)) and la != lb
+
+
+def test_window_is_the_best_feasible_the_recent_and_the_running(joint):
+    window, best = 20, 10
+    sampler = WindowedTPESampler(window=window, best=best, multivariate=True, group=True,
+                                 seed=1)
     study = run(sampler, joint, 90)
     # A dominating but infeasible trial, and one still RUNNING elsewhere.
     study.add_trial(optuna.trial.create_trial(
@@ -117,19 +125,25 @@ def test_window_is_the_feasible_front_the_recent_and_the_running(joint):
     history = sampler._read_history(study, study._storage.get_trial(current._trial_id))
 
     trials = study.get_trials(deepcopy=False)
+    feasible = [t for t in trials if t.state == TrialState.COMPLETE
+                and all(v <= 0 for v in t.constraints.values())]
     front = study.best_trials  # Optuna's feasible Pareto front of all trials
-    assert front and len(front) < len(_modelled(trials)) - window
-    expected = {t.number for t in front} | {t.number for t in _modelled(trials)[-window:]}
-    expected.add(elsewhere.number)
+    elite = {t.number for t in sampler._elite}
+    assert 0 < len(front) < best == len(elite) < len(_modelled(trials)) - window
+    assert {t.number for t in front} <= elite <= {t.number for t in feasible}
+    for t in feasible:  # the ones left out are worse than one kept
+        if t.number not in elite:
+            assert any(_dominates(e, t) for e in sampler._elite)
+    expected = elite | {t.number for t in _modelled(trials)[-window:]} | {elsewhere.number}
     assert [t.number for t in history] == sorted(expected)
     infeasible_best = trials[-3]
     assert infeasible_best.values == [1.0, 0.0, 0.0]
     assert infeasible_best.number in expected  # recent, so modelled ...
-    assert infeasible_best.number not in {t.number for t in front}  # ... but not as the front
+    assert infeasible_best.number not in elite  # ... but not as one of the best
 
 
 def test_late_finishers_reach_the_front_and_the_search_space(joint):
-    """A trial that finishes after later-numbered ones is still folded into the front and
+    """A trial that finishes after later-numbered ones still counts among the best and in
     the parameter groups (both are kept incrementally)."""
     sampler = WindowedTPESampler(window=10, multivariate=True, group=True, seed=2)
     study = run(sampler, joint, 40)
@@ -145,7 +159,8 @@ def test_late_finishers_reach_the_front_and_the_search_space(joint):
     numbers = [x.number for x in sampler._read_history(study, study._storage.get_trial(
         t._trial_id))]
     assert slow.number in numbers
-    assert sampler._front == [study.trials[slow.number]] == study.best_trials
+    assert study.trials[slow.number] in sampler._elite
+    assert study.best_trials == [study.trials[slow.number]]
     grouped = optuna_tpe(2)._group_decomposed_search_space.calculate(study)
     ours = sampler._group_decomposed_search_space.calculate(study)
     assert [sorted(s) for s in ours.search_spaces] == [sorted(s) for s in grouped.search_spaces]
@@ -177,16 +192,15 @@ def test_window_must_be_positive():
 
 
 def test_a_large_front_is_cut_to_its_most_spread_trials(joint):
-    cap = 8
-    sampler = WindowedTPESampler(window=20, front=cap, multivariate=True, group=True, seed=1)
+    best = 8
+    sampler = WindowedTPESampler(window=20, best=best, multivariate=True, group=True, seed=1)
     study = run(sampler, joint, 150)
     current = study.ask()
     history = {t.number for t in sampler._read_history(study, study._storage.get_trial(
         current._trial_id))}
     front = study.best_trials
-    assert len(front) > cap
-    kept = {t.number for t in sampler._front_kept}
-    assert len(kept) == cap and kept <= {t.number for t in front} and kept <= history
-    for i in range(3):  # every objective's best and worst trial on the front are kept
-        by_value = sorted(front, key=lambda t: t.values[i])
-        assert {by_value[0].number, by_value[-1].number} <= kept
+    assert len(front) > best
+    kept = {t.number for t in sampler._elite}
+    assert len(kept) == best and kept <= history
+    for i, sign in enumerate([-1, 1, 1]):  # every objective's best trial is kept
+        assert min(front, key=lambda t: sign * t.values[i]).number in kept
