@@ -23,14 +23,20 @@ How:
 - Storage overhead per trial at N: on the SQLite study holding N trials, the bookkeeping
   csearch does per trial (ask, eval_seed/worker/metrics user attrs, constraints, legacy
   constraints attr, tell) with a RandomSampler, median of 20.
-- Sampler overhead at N: the default sampler (`search.samplers.make_sampler("tpe")`,
-  multivariate grouped TPE with constant liar) suggesting one full joint-space config
-  on an in-memory study holding N trials (ask + `Space.sample`), median of 5 (3 at 10k);
-  and on the SQLite study (median of 3 after one warm-up ask, as in a running worker
-  whose storage cache holds the finished trials).
+- The space is the digits `joint` space as a digits study searches it (`resolve_space`:
+  templates expanded to the model's layer groups, 27 conditional parameters).
+- Sampler overhead at N, side by side: the default sampler (`search.samplers.make_sampler
+  ("tpe")`: `WindowedTPESampler`, multivariate grouped TPE with constant liar on the
+  100 best feasible trials + the 300 most recent trials) and Optuna's own TPESampler with the same
+  settings (csearch's default before the window), each suggesting one full config (ask +
+  `Space.sample`) on an in-memory study holding N trials and on the SQLite study (storage
+  cache warm, as in a running worker). A worker makes its sampler once, so the figure is
+  the median of the suggests after the first, each trial then told COMPLETE with
+  synthetic metrics as a worker would; the first suggest of a fresh sampler (a worker's
+  first trial; the window's one pass over the history) is printed too.
 - A digits trial's time is measured in the same run (6 real evaluations of random
-  configs, median; each is printed) so the sampler's share of a trial is a same-run ratio. Goal: < 5% at
-  1,000 trials.
+  configs, median; each is printed) so the sampler's share of a trial is a same-run
+  ratio. Goal: < 5% at 1,000 trials.
 - `csearch pareto --format json` (goal <= 5 s) and `csearch report` (goal <= 30 s) on the
   full study, each a fresh subprocess (cold start included), `--repeat` times, median;
   with `--baseline-tree` the same commands of another checkout alternate with this one's
@@ -60,10 +66,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _common import CLI, bulk_add_trials, check_same_trials, env, machine, now  # noqa: E402
 
 from search.runner import LEGACY_CONSTRAINTS_ATTR, MEMORY_CONSTRAINT  # noqa: E402
-from search.samplers import make_sampler  # noqa: E402
+from search.samplers import TPE_BEST, TPE_WINDOW, make_sampler  # noqa: E402
 from search.spec import StudySpec, stored_spec  # noqa: E402
 from search.storage import open_storage, redact  # noqa: E402
-from spaces import load_space  # noqa: E402
+from search.study import resolve_space  # noqa: E402
+from spaces import Space, load_space  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
@@ -99,6 +106,12 @@ def record(study: optuna.Study, space: object, spec: StudySpec, rng: random.Rand
     studies have a few: about 2 % pruned by the accuracy guard, 0.5 % failed)."""
     t = study.ask()
     space.sample(t)
+    finish(study, t, spec, rng, complete)
+
+
+def finish(study: optuna.Study, t: optuna.Trial, spec: StudySpec, rng: random.Random,
+           complete: bool = False) -> None:
+    """`record` once the trial's parameters are sampled."""
     m, margin = fake_metrics(t.params, rng)
     t.set_user_attr("eval_seed", spec.seed + t.number)
     t.set_user_attr("worker", "bench:0")
@@ -141,27 +154,39 @@ def bookkeeping(study: optuna.Study, space: object, spec: StudySpec, reps: int) 
     return statistics.median(times)
 
 
-def sampler_time(study: optuna.Study, space: object, reps: int) -> float:
-    """Median seconds for the default sampler to suggest one config (trial then failed)."""
+def optuna_tpe(seed: int) -> optuna.samplers.BaseSampler:
+    """Optuna's TPESampler with csearch's settings: the default before the window."""
+    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
+                                      seed=seed)
+
+
+SAMPLERS = {"default": lambda seed, space: make_sampler("tpe", seed, space),
+            "optuna": lambda seed, space: optuna_tpe(seed)}
+
+
+def sampler_times(study: optuna.Study, space: Space, spec: StudySpec, which: str,
+                  reps: int) -> tuple[float, float]:
+    """Seconds for one sampler (`which` in SAMPLERS) to suggest a full config: its first
+    suggest, and the median of the next `reps`. Each suggested trial is then recorded
+    COMPLETE with synthetic metrics, as a worker would, so each suggest sees a new
+    history."""
+    study.sampler = SAMPLERS[which](100, space)
+    rng = random.Random(2)
     times = []
-    for i in range(reps):
-        study.sampler = make_sampler("tpe", 100 + i, space)
+    for _ in range(reps + 1):
         t0 = now()
         t = study.ask()
         space.sample(t)
         times.append(now() - t0)
-        study.tell(t, state=TrialState.FAIL)
-    return statistics.median(times)
+        finish(study, t, spec, rng, complete=True)
+    return times[0], statistics.median(times[1:])
 
 
-def digits_trial_seconds(n: int) -> list[float]:
+def digits_trial_seconds(w: object, space: Space, n: int) -> list[float]:
     """Seconds of `n` real digits evaluations of random joint configs (they range from
-    about 1 s, one fine-tune epoch, to 4 s, three or four, on an idle core)."""
-    from objectives import evaluate, load_workload
-    from search.study import baseline_config  # noqa: F401
+    about 0.2 s to a few seconds, with the number of fine-tune epochs and the load)."""
+    from objectives import evaluate
 
-    w = load_workload("digits-cnn")
-    space = load_space("joint")
     st = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
     times = []
     for _ in range(n):
@@ -174,21 +199,21 @@ def digits_trial_seconds(n: int) -> list[float]:
     return times
 
 
-def rss_child(url: str, name: str) -> str:
+def rss_child(url: str, name: str, space_file: str) -> str:
     code = (
         "import re,sys,warnings;warnings.filterwarnings('ignore');"
         "sys.path.insert(0,sys.argv[3]);"
         "rss=lambda:int(re.search(r'VmRSS:\\s+(\\d+)',open('/proc/self/status').read())[1])/1024;"
         "import optuna,torch;optuna.logging.set_verbosity(optuna.logging.WARNING);"
         "from search.samplers import make_sampler;from search.storage import open_storage;"
-        "from spaces import load_space;sp=load_space('joint');a=rss();"
+        "from spaces import parse_space;sp=parse_space(open(sys.argv[4]).read());a=rss();"
         "st=optuna.load_study(study_name=sys.argv[2],storage=open_storage(sys.argv[1],heartbeat=False));"
         "ts=st.get_trials(deepcopy=False);st.sampler=make_sampler('tpe',0,sp);t=st.ask();sp.sample(t);"
         "b=rss();print(f'{len(ts)} trials: RSS {a:.0f} MB before loading, {b:.0f} MB after '"
         "f'loading + one TPE suggest: +{b-a:.0f} MB ({(b-a)/len(ts)*1e4:.0f} MB per 10,000 trials)')"
     )
-    r = subprocess.run([sys.executable, "-c", code, url, name, ROOT], capture_output=True,
-                       text=True, env=env())
+    r = subprocess.run([sys.executable, "-c", code, url, name, ROOT, space_file],
+                       capture_output=True, text=True, env=env())
     return (r.stdout or r.stderr).strip()
 
 
@@ -287,35 +312,44 @@ def main() -> None:
             print(f"reusing study {name!r} in {redact(url)}; only the read commands are timed")
             read_commands(url, name, tmp, trees, a.repeat)
             return
-        build_and_measure(a, checkpoints, url, name, tmp)
+        space_file = build_and_measure(a, checkpoints, url, name, tmp)
         if not a.fill_only:
             read_commands(url, name, tmp, trees, a.repeat)
-            print("memory per worker:", rss_child(url, name))
+            print("memory per worker:", rss_child(url, name, space_file))
     print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def build_and_measure(a: argparse.Namespace, checkpoints: list[int], url: str, name: str,
-                      tmp: str) -> None:
+                      tmp: str) -> str:
     """Create the study, fill it checkpoint by checkpoint, and at each checkpoint time the
-    sampler and the storage bookkeeping (unless --fill-only)."""
+    samplers and the storage bookkeeping (unless --fill-only). Returns the path of the
+    space's TOML (as the study searched it)."""
+    from objectives import load_workload
+
     r = subprocess.run([*CLI, "create", "--storage", url, "--study", name, "--trials",
                         str(a.trials * 2), "--artifacts", "none", "--device", "cpu",
                         "--constraint", "accuracy_drop<=0.01"],
                        env=env(PYTHONPATH=ROOT), cwd=tmp, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(r.stderr)
-    space = load_space("joint")
+    workload = load_workload("digits-cnn")
+    space = resolve_space(load_space("joint"), workload)
+    space_file = f"{tmp}/space.toml"
+    with open(space_file, "w", encoding="utf-8") as f:
+        f.write(space.source)
+    print(f"space: digits `joint` resolved for digits-cnn, {len(space.params)} parameters")
     storage = open_storage(url, heartbeat=False)
     disk = optuna.load_study(study_name=name, storage=storage)
     spec = stored_spec(disk)
     mem = optuna.create_study(directions=disk.directions)
     digits = 0.0
     if not a.fill_only:
-        each = digits_trial_seconds(a.digits_trials)
+        each = digits_trial_seconds(workload, space, a.digits_trials)
         digits = statistics.median(each)
         print(f"digits trial (median of {a.digits_trials} random joint configs): {digits:.2f}s "
               f"({', '.join(f'{t:.2f}' for t in each)})")
     copied = 0  # trials of `mem` already copied to the stored study
+    table: list[tuple[int, dict[str, tuple[float, float, float, float]], float]] = []
     for n in checkpoints:
         t0 = now()
         fill(mem, space, spec, max(0, n - len(mem.get_trials(deepcopy=False))), seed=n)
@@ -331,13 +365,38 @@ def build_and_measure(a: argparse.Namespace, checkpoints: list[int], url: str, n
               f"copied to the study's storage {t_add:.1f}s")
         if a.fill_only:
             continue
-        s_mem = sampler_time(mem, space, 3 if n >= 10000 else 5)
-        sampler_time(disk, space, 1)  # first ask after the copy fills the trial cache
-        s_disk = sampler_time(disk, space, 3)  # warm, as in a worker that runs on
+        got: dict[str, tuple[float, float, float, float]] = {}
+        for which in SAMPLERS:
+            first_mem, s_mem = sampler_times(mem, space, spec, which, 5)
+            disk.get_trials(deepcopy=False)  # a running worker's storage cache is warm
+            first_disk, s_disk = sampler_times(disk, space, spec, which, 5)
+            got[which] = (s_mem, s_disk, first_mem, first_disk)
+            label = (f"default (window {TPE_WINDOW}, best {TPE_BEST})" if which == "default"
+                     else "Optuna's TPESampler")
+            print(f"  {label} suggest: {s_mem * 1e3:.0f} ms in memory = {s_mem / digits:.1%}, "
+                  f"{s_disk * 1e3:.0f} ms on SQLite = {s_disk / digits:.1%} of a digits "
+                  f"trial; a fresh sampler's first: {first_mem * 1e3:.0f} / "
+                  f"{first_disk * 1e3:.0f} ms", flush=True)
         book = bookkeeping(disk, space, spec, 20)
-        print(f"  default TPE suggest: {s_mem * 1e3:.0f} ms in memory = {s_mem / digits:.1%}, "
-              f"{s_disk * 1e3:.0f} ms on SQLite = {s_disk / digits:.1%} of a digits trial; "
-              f"storage bookkeeping per trial {book * 1e3:.0f} ms = {book / digits:.1%}")
+        print(f"  storage bookkeeping per trial {book * 1e3:.0f} ms = {book / digits:.1%}; "
+              f"Optuna's TPE / default: {got['optuna'][0] / got['default'][0]:.1f}x in memory, "
+              f"{got['optuna'][1] / got['default'][1]:.1f}x on SQLite", flush=True)
+        table.append((n, got, book))
+    if not a.fill_only:
+        print(f"\nsampler per trial (median of 5 after the first suggest; digits trial "
+              f"{digits:.2f} s):")
+        print("| N trials | default, in memory | default, SQLite | Optuna's TPE, in memory "
+              "| Optuna's TPE, SQLite | default's first suggest (memory / SQLite) "
+              "| storage bookkeeping |")
+        print("|---|---|---|---|---|---|---|")
+        for n, got, book in table:
+            d, o = got["default"], got["optuna"]
+            print(f"| {n:,} | {d[0] * 1e3:.0f} ms ({d[0] / digits:.1%}) "
+                  f"| {d[1] * 1e3:.0f} ms ({d[1] / digits:.1%}) "
+                  f"| {o[0] * 1e3:.0f} ms ({o[0] / digits:.1%}) "
+                  f"| {o[1] * 1e3:.0f} ms ({o[1] / digits:.1%}) "
+                  f"| {d[2] * 1e3:.0f} / {d[3] * 1e3:.0f} ms | {book * 1e3:.0f} ms |")
+    return space_file
 
 
 if __name__ == "__main__":
