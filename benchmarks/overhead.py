@@ -108,6 +108,7 @@ CATEGORIES = [
     ("sampler", "infer_relative_search_space", "optuna/samplers"),
     ("sampler", "before_trial", "optuna/samplers"),
     ("sampler", "after_trial", "optuna/samplers"),
+    ("sampler", "", "search/samplers.py"),  # csearch's windowed TPE
     ("storage", "", "optuna/storages"),
     ("Pareto printout", "pareto_rows", "search/results.py"),
     ("imports", "_find_and_load", "<frozen importlib._bootstrap>"),
