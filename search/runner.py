@@ -39,6 +39,7 @@ __all__ = [
     "LEGACY_CONSTRAINTS_ATTR",
     "MEMORY_CONSTRAINT",
     "DB_ERRORS",
+    "Interrupted",
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -57,9 +58,20 @@ DB_ERRORS = (
 )
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised inside an evaluation when the worker receives SIGTERM or SIGINT."""
+
+
 class _TrialReporter(Reporter):
-    def __init__(self, trial: Trial):
+    def __init__(self, trial: Trial, objective: "TrialObjective"):
         self.trial = trial
+        self.objective = objective
+
+    def stage(self, name: str) -> None:
+        # A signal's Interrupted raised inside a weakref callback is dropped by Python;
+        # the handler also leaves it here, so the next stage raises it for good.
+        if self.objective.interrupt is not None:
+            raise Interrupted(self.objective.interrupt)
 
     def attr(self, key: str, value: object) -> None:
         self.trial.set_user_attr(key, value)
@@ -76,6 +88,7 @@ class TrialObjective:
     ctx: Context
     spool: Spool | None = None
     evaluating: bool = field(default=False, init=False)  # read by signal handlers
+    interrupt: str | None = field(default=None, init=False)  # set by signal handlers
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
         spec = self.ctx.spec
@@ -92,7 +105,7 @@ class TrialObjective:
                 device=self.ctx.device,
                 seed=seed,
                 accuracy_guard=spec.accuracy_guard(),
-                reporter=_TrialReporter(trial),
+                reporter=_TrialReporter(trial, self),
             )
         except EarlyStopped as e:
             self.evaluating = False

@@ -13,25 +13,23 @@ import gc
 import multiprocessing
 import os
 import signal
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
+from typing import Any
 
 import optuna
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import CsearchError
-from .runner import TrialObjective, run_trials, worker_id
+from .runner import Interrupted, TrialObjective, run_trials, worker_id
 from .storage import close_storages, open_storage
 from .study import Context, load_context, load_study, stored_spec
 
 __all__ = ["join_study", "run_until_budget", "run_local_workers", "Interrupted"]
-
-
-class Interrupted(KeyboardInterrupt):
-    """Raised inside an evaluation when the worker receives SIGTERM or SIGINT."""
 
 
 def _finish_interrupted(study: Study, reason: str) -> None:
@@ -89,16 +87,25 @@ def run_until_budget(
     def handler(signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         received.append(name)
-        if objective.evaluating:
-            raise Interrupted(f"worker received {name}")
         try:
             study.stop()
         except RuntimeError:  # not inside optimize yet: stop before the first trial
             raise Interrupted(f"worker received {name}") from None
+        if objective.evaluating:
+            objective.interrupt = f"worker received {name}"
+            raise Interrupted(objective.interrupt)
+
+    def unraisable(info: Any) -> None:
+        """An Interrupted that landed in a weakref callback is dropped there by Python
+        (with a traceback on stderr); the trial's next stage raises it again."""
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
 
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in old:
         signal.signal(s, handler)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -107,6 +114,7 @@ def run_until_budget(
     except Interrupted:
         return 0
     finally:
+        sys.unraisablehook = previous_hook
         if received:
             for s in old:
                 signal.signal(s, signal.SIG_IGN)

@@ -158,3 +158,22 @@ def test_a_nan_constraint_fails_the_trial_but_keeps_its_metrics(tmp_path: Path, 
     assert t.state == TrialState.FAIL
     assert t.user_attrs["metrics"] == real.metrics
     assert MEMORY_CONSTRAINT not in t.constraints
+
+
+def test_an_interrupt_python_dropped_is_raised_at_the_next_stage():
+    """A signal's Interrupted that lands in a weakref callback is dropped by Python; the
+    worker's handler also leaves it on the objective, and the trial's next stage raises
+    it, so the trial still fails as interrupted instead of running on."""
+    from search.runner import Interrupted, TrialObjective
+
+    spec = _spec("training", trials=1)
+    ctx = load_context(spec)
+    study, _ = create_or_resume(optuna.storages.InMemoryStorage(), "s", spec, ctx)
+    objective = TrialObjective(ctx)
+    objective.interrupt = "worker received SIGTERM"
+    with pytest.raises(Interrupted):
+        study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "interrupted: worker received SIGTERM"
+    assert "metrics" not in trial.user_attrs

@@ -12,12 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 CLI = [sys.executable, "-m", "search.cli"]
+ROOT = Path(__file__).resolve().parents[2]  # plugin workloads import from here
+SLOW = "tests.integration.slow_workload:make_workload"
 # Short heartbeats so a killed worker's trial is stale within seconds, not half a minute.
 FAST_HEARTBEAT = {"CSEARCH_HEARTBEAT_INTERVAL": "1", "CSEARCH_GRACE_PERIOD": "3"}
 
@@ -29,19 +32,21 @@ def _env(tmp_path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _create(url: str, name: str, trials: int, tmp_path, space: str = "compression") -> None:
+def _create(url: str, name: str, trials: int, tmp_path, space: str = "compression",
+            workload: str = "digits-cnn") -> None:
     r = subprocess.run(
         [*CLI, "create", "--study", name, "--storage", url, "--space", space,
-         "--trials", str(trials), "--seed", "1"],
-        env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+         "--trials", str(trials), "--seed", "1", "--workload", workload],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr
 
 
-def _worker(url: str, name: str, tmp_path, **extra: str) -> subprocess.Popen:
+def _worker(url: str, name: str, tmp_path, *args: str, **extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*CLI, "worker", "--study", name, "--storage", url, "--quiet"],
+        [*CLI, "worker", "--study", name, "--storage", url, "--quiet", *args],
         env=_env(tmp_path, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
     )
 
 
@@ -119,8 +124,9 @@ def test_sigkilled_worker_trial_is_failed_and_retried(pg, tmp_path):
 
 def test_sigterm_fails_trial_cleanly_and_requeues_it(pg, tmp_path):
     url, name = pg
-    _create(url, name, 3, tmp_path, space="training")
-    p = _worker(url, name, tmp_path)
+    # Evaluations of a second or more: the signal lands mid-evaluation.
+    _create(url, name, 3, tmp_path, space="training", workload=SLOW)
+    p = _worker(url, name, tmp_path, "--workload", SLOW)
     number = _wait_running(url, name, p.pid)
     p.send_signal(signal.SIGTERM)
     code, err = _finish(p, timeout=120)
