@@ -306,7 +306,10 @@ def create(**p: Any) -> None:
                    "workers on one machine, give each cores/workers.")
 def worker(study_name: str, storage: str | None, device: str | None, timeout: float | None,
            quiet: bool, workload: str | None, threads: int | None) -> None:
-    """Join an existing study from its stored spec and run trials until its budget."""
+    """Join an existing study from its stored spec and run trials until its budget.
+
+    A database that is restarting when the worker starts is waited for, up to 20 s
+    (CSEARCH_WORKER_START_WAIT); an outage later on is ridden out, results spooled."""
     from .storage import open_storage, resolve_url
     from .study import load_study, resolve_device, stored_spec
     from .workers import join_study
@@ -322,12 +325,14 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
         import torch
 
         torch.set_num_threads(threads)
-    st = load_study(open_storage(url, create=False), study_name)
-    spec = stored_spec(st)
-    from .storage import backend_of
+    from .storage import WORKER_START_WAIT, backend_of, retry_while_restarting
 
-    running = {t.user_attrs.get("worker") for t in st.get_trials(deepcopy=False)
-               if t.state.name == "RUNNING"}
+    def start() -> tuple[Any, Any, set[Any]]:
+        st = load_study(open_storage(url, create=False), study_name)
+        return st, stored_spec(st), {t.user_attrs.get("worker") for t in
+                                     st.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+
+    st, spec, running = retry_while_restarting(start, WORKER_START_WAIT)
     if backend_of(url) == "sqlite" and running:
         click.echo("warning: other workers are running on this SQLite file; for many workers "
                    "use PostgreSQL (--storage postgresql://...) or a journal file", err=True)

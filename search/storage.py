@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import optuna
@@ -38,6 +39,9 @@ __all__ = [
     "sampling_pass",
     "count_trials",
     "close_storages",
+    "restarting",
+    "retry_while_restarting",
+    "WORKER_START_WAIT",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
@@ -409,6 +413,49 @@ def _check_tables(url: str) -> None:
         engine.dispose()
     if not has:
         raise StorageError(f"storage {redact(url)} holds no studies yet (no Optuna tables)")
+
+
+# What a database server that is restarting looks like to a client (PostgreSQL's
+# shutdown and start-up states, the connection it drops or refuses meanwhile).
+_RESTARTING = (
+    "terminating connection due to administrator command",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "server closed the connection unexpectedly",
+    "Connection refused",
+)
+# How long a starting worker waits for such a database (a restart takes seconds; a
+# mistyped port then costs this long before its error).
+WORKER_START_WAIT = float(os.environ.get("CSEARCH_WORKER_START_WAIT", "20"))
+_T = TypeVar("_T")
+
+
+def restarting(e: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from or while handling) looks like a
+    database server that is restarting rather than a wrong address or a missing study."""
+    seen = 0
+    while e is not None and seen < 10:
+        if any(s in str(e) for s in _RESTARTING):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
+def retry_while_restarting(fn: Callable[[], _T], wait_s: float) -> _T:
+    """`fn()`, tried again while the database is restarting, for up to `wait_s` seconds:
+    a worker started during a database restart joins when it is back."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not restarting(e) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _short(e: BaseException) -> str:

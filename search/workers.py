@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .errors import CsearchError
 from .runner import Interrupted, TrialObjective, run_trials, worker_id
-from .storage import close_storages, open_storage
+from .storage import WORKER_START_WAIT, close_storages, open_storage, retry_while_restarting
 from .study import Context, load_context, load_study, stored_spec
 
 __all__ = ["join_study", "run_until_budget", "run_local_workers", "Interrupted"]
@@ -64,9 +64,11 @@ def join_study(
 
     `workload` is the plugin reference the operator named; a stored plugin reference is
     not imported without it (built-in names and entry points need nothing)."""
-    storage = open_storage(url, create=False)
-    study = load_study(storage, study_name)
-    spec = stored_spec(study)
+    def start() -> tuple[Study, Any]:
+        study = load_study(open_storage(url, create=False), study_name)
+        return study, stored_spec(study)
+
+    study, spec = retry_while_restarting(start, WORKER_START_WAIT)
     if timeout is not None:
         spec = replace(spec, timeout=timeout)
     ctx = load_context(spec, device=device, stored=True, workload=workload)
