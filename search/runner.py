@@ -132,16 +132,19 @@ class TrialObjective:
             self.spool.add(trial, values, {"metrics": ev.metrics}, constraints, legacy)
         user: dict[str, object] = {"metrics": ev.metrics}
         system: dict[str, object] = {}
-        try:
-            # What trial.set_constraint stores (with its checks), plus the list
-            # optuna-dashboard reads.
-            system = {f"{CONSTRAINT_PREFIX}{k}": _constraint_value(k, v)
-                      for k, v in constraints.items()}
-            system[LEGACY_CONSTRAINTS_ATTR] = legacy
-            if spec.artifacts:
-                user["artifact_id"] = self._upload(trial, ev.artifact)
-        finally:  # the metrics are stored even if a constraint or the upload fails
-            _set_attrs(trial, user, system)
+        # One commit for the results and the artifact's record (upload_artifact writes a
+        # system attr of the trial).
+        with sampling_pass(trial.storage, trial._trial_id):
+            try:
+                # What trial.set_constraint stores (with its checks), plus the list
+                # optuna-dashboard reads.
+                system = {f"{CONSTRAINT_PREFIX}{k}": _constraint_value(k, v)
+                          for k, v in constraints.items()}
+                system[LEGACY_CONSTRAINTS_ATTR] = legacy
+                if spec.artifacts:
+                    user["artifact_id"] = self._upload(trial, ev.artifact)
+            finally:  # the metrics are stored even if a constraint or the upload fails
+                _set_attrs(trial, user, system)
         return tuple(values)
 
     def _upload(self, trial: Trial, data: bytes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import threading
 import time
 import weakref
@@ -200,6 +201,16 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
     Here a failed heartbeat is skipped; the next one goes through once the server is back.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (study id, parameter) -> the JSON of a distribution stored for it: parameters
+        # are never deleted, and every later one must be compatible with the first.
+        self._dists: dict[tuple[int, str], str] = {}
+
+    def delete_study(self, study_id: int) -> None:
+        super().delete_study(study_id)
+        self._dists = {k: v for k, v in self._dists.items() if k[0] != study_id}
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
@@ -214,23 +225,87 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
 
     def _write(self, trial_id: int, params: list[tuple[Any, ...]], user: Mapping[str, Any],
                system: Mapping[str, Any]) -> None:
+        """Optuna's `_set_trial_param_without_commit` and `_set_trial_attr_without_commit`
+        for many values in one transaction, with one lookup of the trial instead of one per
+        value, a parameter's first stored distribution remembered instead of queried per
+        suggest, and the attrs as one multi-row upsert. The rows and checks are Optuna's."""
+        import sqlalchemy
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        # Optuna ignores a duplicate parameter row (a race between its own writers); in one
-        # batch that would drop every write with it, so here it fails the trial instead.
         with _create_scoped_session(self.scoped_session) as session, session.no_autoflush:
-            # No autoflush: the rows go out together at the commit, not one INSERT per
-            # lookup of the trial that Optuna does before each write.
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            self.check_trial_is_updatable(trial_id, trial.state)
+            study_id = trial.study_id
+            known: dict[str, str] = {}
+            rows = []
             for name, value, dist, previous in params:
-                self._set_trial_param_without_commit(session, trial_id, name, value, dist,
-                                                     previous)
-            for key, value in user.items():
-                self._set_trial_attr_without_commit(
-                    session, models.TrialUserAttributeModel, trial_id, key, value)
-            for key, value in system.items():
-                self._set_trial_attr_without_commit(
-                    session, models.TrialSystemAttributeModel, trial_id, key, value)
+                if previous is None:
+                    stored = self._first_distribution(session, study_id, name)
+                    if stored is not None:
+                        previous = optuna.distributions.json_to_distribution(stored)
+                if previous is not None:
+                    optuna.distributions.check_distribution_compatibility(previous, dist)
+                as_json = optuna.distributions.distribution_to_json(dist)
+                known.setdefault(name, as_json)
+                rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
+                             "distribution_json": as_json})
+            if rows:
+                # One executemany. Optuna ignores a duplicate parameter row (a race between
+                # its own writers); in one batch that would drop every write with it, so
+                # the unique constraint fails the trial instead.
+                session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
+            for model, attrs in ((models.TrialUserAttributeModel, user),
+                                 (models.TrialSystemAttributeModel, system)):
+                self._upsert_attrs(session, model, trial, attrs)
+        for name, as_json in known.items():  # committed: later suggests need not ask
+            self._dists.setdefault((study_id, name), as_json)
+
+    def _first_distribution(self, session: Any, study_id: int, name: str) -> str | None:
+        from optuna.storages._rdb import models
+
+        cached = self._dists.get((study_id, name))
+        if cached is not None:
+            return cached
+        row = (session.query(models.TrialParamModel.distribution_json)
+               .join(models.TrialModel)
+               .filter(models.TrialModel.study_id == study_id)
+               .filter(models.TrialParamModel.param_name == name)
+               .first())
+        if row is None:
+            return None
+        self._dists[(study_id, name)] = row[0]
+        return str(row[0])
+
+    def _upsert_attrs(self, session: Any, model: Any, trial: Any,
+                      attrs: Mapping[str, Any]) -> None:
+        """One INSERT ... ON CONFLICT UPDATE for all of a trial's new attrs (what Optuna
+        runs per attr); Optuna's own per-attr path on other databases."""
+        import json
+
+        if not attrs:
+            return
+        dialect = self.engine.name
+        rows = [{"trial_id": trial.trial_id, "key": k, "value_json": json.dumps(v)}
+                for k, v in attrs.items()]
+        if dialect == "postgresql" or (dialect == "sqlite"
+                                       and sqlite3.sqlite_version_info >= (3, 24, 0)):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(model).values(rows)
+            session.execute(stmt.on_conflict_do_update(
+                index_elements=[model.trial_id, model.key],
+                set_={"value_json": stmt.excluded.value_json}))
+        elif dialect == "mysql":
+            from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+            mstmt = mysql_insert(model).values(rows)
+            session.execute(mstmt.on_duplicate_key_update(value_json=mstmt.inserted.value_json))
+        else:
+            for key, value in attrs.items():
+                self._set_trial_attr_without_commit(session, model, trial.trial_id, key, value)
 
     def count_trials(self, study_id: int, states: tuple[Any, ...]) -> int:
         """One COUNT query (Optuna's count reads every new trial's rows through its cache)."""
@@ -298,13 +373,22 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
         if p is None or p.storage is not self:
             return super()._get_trials(study_id, states, included_trial_ids,
                                        trial_id_greater_than)
-        key = (study_id, None if states is None else tuple(sorted(s.value for s in states)),
-               frozenset(included_trial_ids), trial_id_greater_than)
-        if key not in p.reads:
-            self._flush_pass()
-            p.reads[key] = super()._get_trials(study_id, states, included_trial_ids,
-                                               trial_id_greater_than)
-        return p.reads[key]
+        # One snapshot per pass: a later read asking only for trials the first one
+        # covered (its running trials, or newer ones) is answered from it. Optuna's cache
+        # asks again for the trials the first read found running, this one among them.
+        key = (study_id, None if states is None else tuple(sorted(s.value for s in states)))
+        snap = p.reads.get(key)
+        if snap is not None:
+            covered, after, trials = snap
+            if trial_id_greater_than >= after and all(
+                    i in covered or i > after for i in included_trial_ids):
+                return [t for t in trials if t._trial_id in included_trial_ids
+                        or t._trial_id > trial_id_greater_than]
+        self._flush_pass()
+        trials = super()._get_trials(study_id, states, included_trial_ids,
+                                     trial_id_greater_than)
+        p.reads[key] = (frozenset(included_trial_ids), trial_id_greater_than, trials)
+        return trials
 
 
 _LOCAL = threading.local()
@@ -326,7 +410,9 @@ class _SamplingPass:
     params: list[tuple[Any, ...]] = field(default_factory=list)
     user: dict[str, Any] = field(default_factory=dict)
     system: dict[str, Any] = field(default_factory=dict)
-    reads: dict[tuple[Any, ...], list[optuna.trial.FrozenTrial]] = field(default_factory=dict)
+    # (study id, states) -> (trial ids asked for, ids above which all were, the trials)
+    reads: dict[tuple[Any, ...], tuple[frozenset[int], int, list[optuna.trial.FrozenTrial]]] = \
+        field(default_factory=dict)
 
 
 @contextmanager

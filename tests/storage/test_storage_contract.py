@@ -488,3 +488,24 @@ def test_a_sampling_pass_reads_its_own_pending_writes(backend):
     study.tell(trial, x + y)
     (t,) = optuna.load_study(study_name=study.study_name, storage=backend.reopen()).trials
     assert t.params == {"x": x, "y": y} and t.user_attrs == {"note": "kept"}
+
+
+@pytest.mark.parametrize("same_process", [True, False])
+def test_a_sampling_pass_refuses_a_distribution_the_study_cannot_hold(backend, same_process):
+    """A parameter suggested with a distribution incompatible with the one the study
+    stored fails the trial, as Optuna's one write per suggest does: checked against what
+    this process wrote before, or (another worker) against the database."""
+    from search.storage import sampling_pass
+
+    study = optuna.create_study(storage=backend.storage, study_name=_new_name(backend))
+    first = study.ask()
+    with sampling_pass(first.storage, first._trial_id):
+        first.suggest_categorical("c", ["a", "b"])
+    study.tell(first, 0.0)
+    if not same_process:
+        study = optuna.load_study(study_name=study.study_name, storage=backend.reopen())
+    second = study.ask()
+    with pytest.raises(ValueError, match="dynamic value space"):
+        with sampling_pass(second.storage, second._trial_id):
+            second.suggest_categorical("c", ["a", "b", "z"])
+    assert study.get_trials()[1].params == {}
