@@ -21,6 +21,12 @@ side pays its own imports and start-up):
 - plain-default: the same script with Optuna's default sampler (`TPESampler(seed=0)`,
   independent), which is what a user who does not tune the sampler gets.
 
+- plain-replay: plain-same, except that trial k evaluates the csearch side's k-th config
+  (it still samples and stores its own parameters with the same sampler): the same
+  evaluations as csearch, so its trials per minute differ from csearch's only by what
+  each tool does around them. The free-searching sides pick different configs once
+  measured latencies steer them apart, and a digits trial costs 0.1-3 s depending on its
+  epochs and serving knobs, which can outweigh the tool's own time either way.
 Reported: trials per minute of each side, csearch / plain ratio (goal >= 1.0, "not
 slower"), and the hypervolume (same fixed reference point as search_efficiency.py) of
 the feasible trials each side had finished at equal wall time T = the shortest side's
@@ -44,8 +50,11 @@ GROUPS = ("conv1", "conv2", "fc1", "fc2")  # digits-cnn's layer groups
 REF = np.array([0.05, 12.0, 0.6])  # 1 - accuracy, latency_ms, size_mb (as search_efficiency)
 
 
-def plain_study(url: str, trials: int, sampler_kind: str, enqueue: list[dict]) -> None:
-    """What a careful user writes with plain Optuna (run in its own process)."""
+def plain_study(url: str, trials: int, sampler_kind: str, enqueue: list[dict],
+                replay: list[dict] | None = None) -> None:
+    """What a careful user writes with plain Optuna (run in its own process). With
+    `replay`, trial k still samples and stores its own parameters, but evaluates
+    replay[k] (the csearch side's k-th config), so both sides do the same evaluations."""
     import optuna
 
     from objectives import evaluate, load_workload
@@ -92,6 +101,8 @@ def plain_study(url: str, trials: int, sampler_kind: str, enqueue: list[dict]) -
         p["serve.threads"] = trial.suggest_int("serve.threads", 1, 2)
         p["serve.cache_ratio"] = trial.suggest_float("serve.cache_ratio", 0.0, 0.6)
         p["serve.memory_ratio"] = trial.suggest_float("serve.memory_ratio", 0.02, 0.4)
+        if replay is not None:
+            p = replay[trial.number]
         ev = evaluate(workload, Config.from_flat(p), budget_mb=1.0, seed=trial.number)
         trial.set_user_attr("metrics", ev.metrics)
         trial.set_user_attr("memory_margin_mb", ev.memory_margin_mb)
@@ -136,6 +147,8 @@ def main() -> None:
     ap.add_argument("--plain-only", metavar="URL")
     ap.add_argument("--sampler", default="same", choices=["same", "default"])
     ap.add_argument("--enqueue", metavar="JSON", help="configs to queue first (plain side)")
+    ap.add_argument("--replay", metavar="JSON",
+                    help="configs to evaluate, trial k the k-th (plain side, see plain_study)")
     ap.add_argument("--src", metavar="DIR",
                     help="csearch source tree all sides run (default: this checkout)")
     a = ap.parse_args()
@@ -144,7 +157,8 @@ def main() -> None:
     if a.plain_only:
         sys.path.insert(0, ROOT)
         enqueue = json.loads(open(a.enqueue).read()) if a.enqueue else []
-        plain_study(a.plain_only, a.trials, a.sampler, enqueue)
+        replay = json.loads(open(a.replay).read()) if a.replay else None
+        plain_study(a.plain_only, a.trials, a.sampler, enqueue, replay)
         return
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _common import CLI, env, machine
@@ -165,6 +179,10 @@ def main() -> None:
             "plain-default": ([sys.executable, __file__, "--plain-only",
                                f"sqlite:///{tmp}/d.db", "--trials", str(trials),
                                "--sampler", "default"], f"sqlite:///{tmp}/d.db", "plain"),
+            "plain-replay": ([sys.executable, __file__, "--plain-only", f"sqlite:///{tmp}/r.db",
+                              "--trials", str(trials), "--sampler", "same",
+                              "--replay", f"{tmp}/configs.json"], f"sqlite:///{tmp}/r.db",
+                             "plain"),
         }
         for name, (cmd, url, study) in sides.items():
             t0 = time.time()
@@ -177,16 +195,20 @@ def main() -> None:
             if name == "csearch":  # what it queued, for plain-same to queue as well
                 import optuna
 
-                queued = [t.params for t in optuna.load_study(study_name=study, storage=url)
-                          .trials if t.user_attrs.get("seeded")]
+                done = optuna.load_study(study_name=study, storage=url).trials
+                queued = [t.params for t in done if t.user_attrs.get("seeded")]
                 with open(f"{tmp}/queued.json", "w") as f:
                     json.dump(queued, f)
+                with open(f"{tmp}/configs.json", "w") as f:  # every config, for plain-replay
+                    json.dump([t.params for t in done], f)
             print(f"{name:14s} wall {wall:6.1f}s  {trials / wall * 60:5.2f} trials/min", flush=True)
-        t_cut = min(w for _, w, _, _ in res.values())
+        t_cut = min(w for k, (_, w, _, _) in res.items() if k != "plain-replay")
         print(f"hypervolume at equal wall time T = {t_cut:.1f}s (ref {REF.tolist()}, "
               "minimisation form 1-acc, latency_ms, size_mb):")
         for name, (t0, wall, url, study) in res.items():
             hv, n = hv_at(url, study, t0, t_cut)
+            if name == "plain-replay":  # its stored params are not what it evaluated
+                hv, n = float("nan"), 0
             import optuna
 
             st = optuna.load_study(study_name=study, storage=url)
@@ -205,9 +227,12 @@ def main() -> None:
             print(f"  {name:14s} {n:3d} trials done by T, hypervolume {hv:.4f}; "
                   f"final {hv_at(url, study, t0, 1e9)[0]:.4f}; configs {seq}")
         c = res["csearch"][1]
-        for name in ("plain-same", "plain-default"):
+        for name in ("plain-same", "plain-default", "plain-replay"):
             print(f"csearch trials/min / {name} trials/min = {res[name][1] / c:.3f} "
                   "(>= 1: csearch not slower)")
+        print("plain-same and plain-default search on their own, so their evaluations differ "
+              "from csearch's; plain-replay evaluates csearch's configs in csearch's order "
+              "(same work, its own sampling and bookkeeping): the like-for-like speed ratio")
 
 
 if __name__ == "__main__":
