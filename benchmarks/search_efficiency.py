@@ -197,13 +197,27 @@ def summarize(rows: list[dict]) -> None:
         # A target no run had to be lucky to set: what random search holds after all its
         # trials (median over seeds). The best-seen target above moves with one outlier.
         anchor = statistics.median(r["hv"][-1] for r in rows if r["sampler"] == "random")
-        print(f"\ntrials to reach random search's median final hypervolume ({anchor:.4f}):")
-        for n in names:
-            rs = [r for r in rows if r["sampler"] == n]
-            reach = [to_reach(r["hv"], anchor) for r in rs]
-            shown = ", ".join(str(x) if x <= r["trials"] else f">{r['trials']}"
-                              for x, r in zip(reach, rs))
-            print(f"{n:20s} [{shown}]  median {statistics.median(reach):g}")
+        finals = {n: statistics.median(r["hv"][-1] for r in rows if r["sampler"] == n)
+                  for n in names}
+        top = max(finals, key=finals.__getitem__)
+        for title, goal in (
+                (f"random search's median final hypervolume ({anchor:.4f})", anchor),
+                # The target, with "best seen" taken as the best sampler's median
+                # final hypervolume over seeds instead of the single luckiest run.
+                (f"95% of the best median final hypervolume ({top}: {finals[top]:.4f}, "
+                 f"target {0.95 * finals[top]:.4f})", 0.95 * finals[top])):
+            print(f"\ntrials to reach {title}:")
+            reached: dict[str, float] = {}
+            for n in names:
+                rs = [r for r in rows if r["sampler"] == n]
+                reach = [to_reach(r["hv"], goal) for r in rs]
+                reached[n] = statistics.median(reach)
+                shown = ", ".join(str(x) if x <= r["trials"] else f">{r['trials']}"
+                                  for x, r in zip(reach, rs))
+                print(f"{n:20s} [{shown}]  median {reached[n]:g}")
+            if "tpe+warm" in reached:
+                print(f"tpe+warm / random = {reached['tpe+warm'] / reached['random']:.2f} "
+                      "(a run that never reaches it counts as trials + 1)")
 
 
 def main() -> None:
