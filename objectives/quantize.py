@@ -36,7 +36,7 @@ __all__ = [
     "quantize_weights",
     "embedding_layers",
     "apply_runtime",
-    "full_range_activations",
+    "int8_weight_bits",
     "DynamicInt8Linear",
     "FakeQuant",
     "fake_quantize_activation",
@@ -67,6 +67,8 @@ def weight_bits(cfg: QuantConfig) -> int | None:
         return None
     if cfg.method == "lowbit":
         return int(cfg.bits)
+    if cfg.method == "int8_dynamic":
+        return int8_weight_bits()
     return 8
 
 
@@ -144,21 +146,25 @@ def quantize_weights(
     return out
 
 
-def full_range_activations() -> bool:
-    """Whether dynamic int8 may quantize activations to the full 8 bits. Without VNNI,
-    fbgemm's u8 x s8 dot product sums pairs into int16 and can saturate, which is why
-    PyTorch keeps activations at 7 bits (`reduce_range`); with VNNI it cannot, and the
-    8th bit halves the activation rounding error (MiniLM fidelity 0.976 -> 0.993)."""
-    return bool(torch.cpu._is_vnni_supported())
+def int8_weight_bits() -> int:
+    """Bits of the weight codes `int8_dynamic` stores and computes with on this CPU.
+
+    fbgemm multiplies uint8 activations by int8 weights. Without VNNI it sums the products
+    in pairs into int16, which can saturate; PyTorch avoids that by keeping activations at
+    7 bits (`reduce_range`). csearch keeps activations at the full 8 bits everywhere and,
+    without VNNI, weights at 7 (2 x 255 x 63 < 2**15 cannot saturate): the activations'
+    per-tensor rounding costs far more than the weights' per-channel one (all-int8
+    MiniLM on an AVX2 CPU: fidelity 0.976 with 7-bit activations, 0.992 with 7-bit
+    weights). With VNNI both are 8 bits (0.993)."""
+    return 8 if torch.cpu._is_vnni_supported() else 7
 
 
 class DynamicInt8Linear(nnqd.Linear):
     """fbgemm's dynamic int8 Linear computing with exactly the stored weight codes (one
-    symmetric scale per output channel), with 8-bit activations where they cannot
-    saturate (see `full_range_activations`)."""
+    symmetric scale per output channel) and 8-bit activations (see `int8_weight_bits`)."""
 
     def __init__(self, in_features: int, out_features: int, bias_: bool = True,
-                 reduce_range: bool = True) -> None:
+                 reduce_range: bool = False) -> None:
         super().__init__(in_features, out_features, bias_, dtype=torch.qint8)
         self.reduce_range = reduce_range
 
@@ -168,16 +174,18 @@ class DynamicInt8Linear(nnqd.Linear):
         return y.to(x.dtype)
 
     @classmethod
-    def from_grid(cls, layer: nn.Linear, reduce_range: bool) -> "DynamicInt8Linear":
-        """From a Linear whose weights `quantize_weights` already put on the 8-bit grid:
-        max|w| / 127 recovers each row's stored scale, so the codes are the stored ones
-        (PyTorch's own observer would re-round them with max / 127.5)."""
+    def from_grid(cls, layer: nn.Linear, bits: int) -> "DynamicInt8Linear":
+        """From a Linear whose weights `quantize_weights` already put on the `bits`-bit
+        grid: max|w| / (2**(bits-1) - 1) recovers each row's stored scale, so the codes are
+        the stored ones (PyTorch's own observer would re-round them with max / 127.5). A
+        finer grid (an artifact made on a VNNI CPU, loaded without) is rounded to `bits`."""
+        qmax = 2 ** (bits - 1) - 1
         w = layer.weight.detach().float().cpu()
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=_MIN_SCALE).double()
-        q = torch.round(w / scale.float().unsqueeze(1)).clamp(-127, 127).to(torch.int8)
+        scale = (w.abs().amax(dim=1) / qmax).clamp(min=_MIN_SCALE).double()
+        q = torch.round(w / scale.float().unsqueeze(1)).clamp(-qmax, qmax).to(torch.int8)
         qw = torch._make_per_channel_quantized_tensor(
             q, scale, torch.zeros(w.shape[0], dtype=torch.long), 0)
-        m = cls(layer.in_features, layer.out_features, layer.bias is not None, reduce_range)
+        m = cls(layer.in_features, layer.out_features, layer.bias is not None)
         bias = None if layer.bias is None else layer.bias.detach().float().cpu()
         m.set_weight_bias(qw, bias)
         return m
@@ -194,14 +202,14 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 def _int8_dynamic(model: nn.Module, device: torch.device, names: list[str] | None) -> nn.Module:
     if device.type != "cpu":  # fbgemm/qnnpack kernels are CPU-only
         return model
-    reduce_range = not full_range_activations()
+    bits = int8_weight_bits()
     targets = [n for n, m in model.named_modules()
                if type(m) is nn.Linear and (names is None or n in names)]
     with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
         warnings.simplefilter("ignore")
         for name in targets:
             model = _replace(model, name, DynamicInt8Linear.from_grid(
-                model.get_submodule(name), reduce_range))
+                model.get_submodule(name), bits))
     return model
 
 
@@ -293,7 +301,6 @@ def attach_fake_quant(
     inputs. Returns the layers, for `detach_fake_quant`."""
     from torch.nn.utils import parametrize
 
-    reduce_range = not full_range_activations()
     layers = []
     for name, layer in prunable_layers(model).items():
         c = (per_layer or {}).get(name, cfg)
@@ -305,7 +312,7 @@ def attach_fake_quant(
         fq = FakeQuant(bits, group, None if mask is None else mask.to(layer.weight.device))
         if (c.method == "int8_dynamic" and type(layer) is nn.Linear
                 and layer.weight.device.type == "cpu"):
-            fq.input_hook = layer.register_forward_pre_hook(_activation_hook(reduce_range))
+            fq.input_hook = layer.register_forward_pre_hook(_activation_hook(False))
         parametrize.register_parametrization(layer, "weight", fq)
         layers.append(layer)
     return layers

@@ -21,7 +21,6 @@ from objectives.prune import prunable_layers, structured_prune  # noqa: E402
 from objectives.quantize import (  # noqa: E402
     apply_runtime,
     embedding_layers,
-    full_range_activations,
     quantize_weights,
 )
 from objectives.workloads.minilm import load_sentences, similarity_distillation  # noqa: E402
@@ -74,8 +73,9 @@ def test_int8_dynamic_keeps_fidelity_high_and_embeddings_are_quantized(minilm) -
     state = unpack_state(artifact)
     assert torch.equal(state[f"{emb}.weight"], model.state_dict()[f"{emb}.weight"])
     fidelity = minilm.evaluate(apply_runtime(model, cfg, CPU))
-    # Full 8-bit activations (VNNI CPUs) keep MiniLM above 0.99; 7-bit ones near 0.976.
-    assert (0.99 if full_range_activations() else 0.97) < fidelity < 1.0
+    # 8-bit activations keep MiniLM above 0.99 (0.993 with VNNI, 0.992 with 7-bit weights
+    # on AVX2); PyTorch's default 7-bit activations gave 0.976 there.
+    assert 0.99 < fidelity < 1.0
 
 
 def test_built_in_compression_space_takes_the_transformer_ranges(minilm) -> None:

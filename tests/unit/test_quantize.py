@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from objectives.quantize import dequantize, fake_quantize, quantize_weights, weight_bits
+from objectives.quantize import (
+    dequantize,
+    fake_quantize,
+    int8_weight_bits,
+    quantize_weights,
+    weight_bits,
+)
 from spaces import QuantConfig
 
 
@@ -72,7 +78,7 @@ def test_zeros_stay_zero():
 def test_weight_bits_per_method():
     assert weight_bits(QuantConfig("none")) is None
     assert weight_bits(QuantConfig("lowbit", bits=3)) == 3
-    assert weight_bits(QuantConfig("int8_dynamic")) == 8
+    assert weight_bits(QuantConfig("int8_dynamic")) == int8_weight_bits()
 
 
 def test_quantize_weights_replaces_in_place_and_returns_codes():
@@ -99,7 +105,7 @@ def test_quantize_weights_none_changes_nothing():
 
 
 def test_dynamic_int8_kernel_computes_with_the_stored_codes():
-    from objectives.quantize import DynamicInt8Linear, apply_runtime, full_range_activations
+    from objectives.quantize import DynamicInt8Linear, apply_runtime
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -111,7 +117,8 @@ def test_dynamic_int8_kernel_computes_with_the_stored_codes():
     for name in ("0", "2"):
         layer = served.get_submodule(name)
         assert isinstance(layer, DynamicInt8Linear)
-        assert layer.reduce_range is not full_range_activations()
+        assert layer.reduce_range is False  # 8-bit activations; 7-bit weights without VNNI
+        assert codes[name].bits == int8_weight_bits()
         # The kernel's weight is exactly the packed codes, not a re-rounded copy.
         assert torch.equal(layer.weight().int_repr(), codes[name].q)
     with torch.no_grad():  # only the activations are rounded on top of the stored weights
@@ -129,3 +136,25 @@ def test_activation_fake_quant_rounds_like_dynamic_int8_and_passes_gradients():
         assert len(torch.unique(y.detach())) <= levels + 1
     y.sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))  # straight through
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_dynamic_int8_does_not_saturate_at_full_range(sign):
+    """The worst case for fbgemm's pairwise int16 sums on CPUs without VNNI: every
+    activation at the top of its 8-bit range times every weight at its largest code. With
+    8-bit weights there the sums saturate and the output drops by about half."""
+    from objectives.quantize import apply_runtime
+
+    layer = nn.Linear(64, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(sign)
+        layer.weight[1].fill_(-sign)
+    quantize_weights(layer, QuantConfig("int8_dynamic"))
+    model = apply_runtime(nn.Sequential(layer), QuantConfig("int8_dynamic"),
+                          torch.device("cpu"))
+    x = torch.full((3, 64), 3.0)
+    x[:, 0] = 0.0  # range [0, 3]: 8-bit activations of 0 and 255
+    with torch.no_grad():
+        got = model(x)
+    want = torch.tensor([63 * 3.0 * sign, -63 * 3.0 * sign]).expand(3, 2)  # 63 inputs of 3
+    assert torch.allclose(got, want, rtol=1e-3), got
