@@ -283,11 +283,9 @@ def fake_quantize_activation(x: torch.Tensor, reduce_range: bool) -> torch.Tenso
     return x + (q - x).detach()
 
 
-def _activation_hook(reduce_range: bool) -> Callable[..., Any]:
-    def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (fake_quantize_activation(args[0], reduce_range), *args[1:])
-
-    return hook
+def _activation_hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Dynamic int8's 8-bit activations (see `int8_weight_bits`), for fine-tuning."""
+    return (fake_quantize_activation(args[0], reduce_range=False), *args[1:])
 
 
 def attach_fake_quant(
@@ -312,7 +310,7 @@ def attach_fake_quant(
         fq = FakeQuant(bits, group, None if mask is None else mask.to(layer.weight.device))
         if (c.method == "int8_dynamic" and type(layer) is nn.Linear
                 and layer.weight.device.type == "cpu"):
-            fq.input_hook = layer.register_forward_pre_hook(_activation_hook(False))
+            fq.input_hook = layer.register_forward_pre_hook(_activation_hook)
         parametrize.register_parametrization(layer, "weight", fq)
         layers.append(layer)
     return layers

@@ -26,7 +26,7 @@ from objectives import EarlyStopped, Reporter, evaluate
 
 from .errors import StorageError
 from .spool import Spool
-from .storage import count_trials, sampling_pass, set_trial_attrs
+from .storage import count_trials, error_chain, sampling_pass, set_trial_attrs
 from .study import Context
 
 __all__ = [
@@ -239,13 +239,7 @@ def _seed_once(study: optuna.Study, ctx: Context) -> None:
 def _is_db_error(e: BaseException | None) -> bool:
     """A database error, or an error raised while handling one (Optuna's tell path can
     turn a lost connection into an UnboundLocalError)."""
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, DB_ERRORS):
-            return True
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return False
+    return any(isinstance(x, DB_ERRORS) for x in error_chain(e))
 
 
 def _finished_elsewhere(e: BaseException) -> bool:

@@ -41,6 +41,7 @@ __all__ = [
     "count_trials",
     "close_storages",
     "restarting",
+    "error_chain",
     "retry_while_restarting",
     "WORKER_START_WAIT",
 ]
@@ -240,12 +241,12 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
             known: dict[str, str] = {}
             rows = []
             for name, value, dist, previous in params:
-                if previous is None:
-                    stored = self._first_distribution(session, study_id, name)
-                    if stored is not None:
-                        previous = optuna.distributions.json_to_distribution(stored)
-                if previous is not None:
-                    optuna.distributions.check_distribution_compatibility(previous, dist)
+                # A `previous` distribution was checked when the value was buffered.
+                stored = None if previous is not None else self._first_distribution(
+                    session, study_id, name)
+                if stored is not None:
+                    optuna.distributions.check_distribution_compatibility(
+                        optuna.distributions.json_to_distribution(stored), dist)
                 as_json = optuna.distributions.distribution_to_json(dist)
                 known.setdefault(name, as_json)
                 rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
@@ -274,7 +275,7 @@ class _ResilientRDBStorage(optuna.storages.RDBStorage):
                .first())
         if row is None:
             return None
-        self._dists[(study_id, name)] = row[0]
+        self._dists[(study_id, name)] = str(row[0])
         return str(row[0])
 
     def _upsert_attrs(self, session: Any, model: Any, trial: Any,
@@ -417,9 +418,9 @@ class _SamplingPass:
 
 @contextmanager
 def sampling_pass(storage: BaseStorage, trial_id: int) -> Iterator[None]:
-    """While a live trial samples its parameters (and notes who evaluates it): its writes
-    go to the database in one commit when the block ends, and the sampler's reads of the
-    study's trials come from one read.
+    """While a live trial samples its parameters (and notes who evaluates it), or stores
+    its results: its writes go to the database in one commit when the block ends, and the
+    sampler's reads of the study's trials come from one read.
 
     Optuna commits every `suggest_*` on its own, and the default grouped TPE with the
     constant liar re-reads every trial once per parameter group; together that was most
@@ -517,16 +518,19 @@ WORKER_START_WAIT = float(os.environ.get("CSEARCH_WORKER_START_WAIT", "20"))
 _T = TypeVar("_T")
 
 
+def error_chain(e: BaseException | None, limit: int = 10) -> Iterator[BaseException]:
+    """An error, then the one it was raised from or while handling, and so on (at most
+    `limit`): drivers' errors reach csearch wrapped by SQLAlchemy and Optuna."""
+    while e is not None and limit > 0:
+        yield e
+        e = e.__cause__ or e.__context__
+        limit -= 1
+
+
 def restarting(e: BaseException | None) -> bool:
     """Whether an error (or one it was raised from or while handling) looks like a
     database server that is restarting rather than a wrong address or a missing study."""
-    seen = 0
-    while e is not None and seen < 10:
-        if any(s in str(e) for s in _RESTARTING):
-            return True
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return False
+    return any(any(s in str(x) for s in _RESTARTING) for x in error_chain(e))
 
 
 def retry_while_restarting(fn: Callable[[], _T], wait_s: float) -> _T:
