@@ -170,7 +170,7 @@ def test_parallel_timeline_serving(hand_study):
 
 
 def test_table_rows_with_export_commands(hand_study):
-    from search.cli import export
+    from search.cli.outputs import export
 
     url = "postgresql://alice:s3cret@db.example:5432/studies"
     t = R.collect_pareto_table(hand_study, storage_url=url)
@@ -233,7 +233,7 @@ def test_report_cli(tmp_path):
 # --- progress ---------------------------------------------------------------------------
 
 def _progress(quiet=False, trials=10):
-    from search.cli import _Progress
+    from search.cli.progress import Progress as _Progress
 
     spec = SimpleNamespace(metric_names=NAMES, directions=DIRS, trials=trials)
     clock = iter(range(0, 1000, 2))  # 2 "seconds" between calls
@@ -271,7 +271,7 @@ def test_progress_quiet_prints_nothing(hand_study):
 
 
 def test_progress_counts_existing_trials_and_polls(hand_study):
-    from search.cli import _Progress
+    from search.cli.progress import Progress as _Progress
 
     spec = SimpleNamespace(metric_names=NAMES, directions=DIRS, trials=9)
     buf = io.StringIO()
@@ -289,7 +289,7 @@ def test_progress_counts_existing_trials_and_polls(hand_study):
 
 def test_run_is_quiet_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
     """`run` builds its progress quiet under CliRunner (stdout is not a tty)."""
-    import search.cli as cli_mod
+    import search.cli.lifecycle as cli_mod
 
     made = []
 

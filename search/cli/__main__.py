@@ -1,0 +1,5 @@
+"""`python -m search.cli`."""
+
+from . import main
+
+main()

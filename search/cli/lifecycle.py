@@ -1,0 +1,171 @@
+"""Study lifecycle commands: run, create, worker, delete."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from .group import cli
+from .options import (info, open_target, prepare, spec_options, storage_option, stored,
+                      study_option, url_of)
+from .progress import Progress as _Progress
+from .tables import pareto_table
+
+# --- run / create / worker -----------------------------------------------------------
+
+@cli.command()
+@spec_options
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Local worker processes (spawned, one storage engine each).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No per-trial lines and no progress bar (also off when stdout is not a "
+                   "terminal).")
+@click.pass_context
+def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
+    """Create or resume a study and run trials up to its budget.
+
+    Prints the feasible Pareto front at the end. Running the same command again resumes
+    the study and does no extra work once the budget is reached.
+    """
+    from ..errors import UsageError
+    from ..results import pareto_rows
+    from ..runner import count_finished
+
+    if workers < 1:
+        raise UsageError(f"--workers must be 1 or more, got {workers}")
+    study, tctx, created = prepare(p, need_context=False)
+    url = url_of(p)
+    done0 = count_finished(study)
+    if tctx is None:
+        spec = stored(study)
+        info(f"study {study.study_name!r}: budget of {spec.trials} trials already reached; "
+              "nothing to run (raise --trials to continue)", quiet)
+        click.echo(f"Pareto front of {study.study_name!r} "
+                   f"({len(pareto_rows(study))} feasible trial(s)):")
+        click.echo(pareto_table(pareto_rows(study), spec.metric_names,
+                                 study.user_attrs.get("baseline")))
+        return
+    verb = "created" if created else "resuming"
+    info(f"study {study.study_name!r} {verb}: {done0}/{tctx.spec.trials} trials finished, "
+          f"workload {tctx.spec.workload}, space {tctx.spec.space}, "
+          f"device {tctx.device}, budget {tctx.budget_mb:g} MB", quiet)
+    progress = _Progress(tctx.spec, study, quiet or not sys.stdout.isatty())
+    t0 = time.perf_counter()
+    if workers == 1:
+        from ..workers import run_until_budget
+
+        try:
+            run_until_budget(study, tctx, on_trial=progress)
+        finally:
+            progress.close()
+    else:
+        from ..storage import backend_of
+        from ..workers import run_local_workers
+
+        if backend_of(url) == "sqlite":
+            click.echo(f"warning: {workers} workers share one SQLite file; for many workers "
+                       "use PostgreSQL (--storage postgresql://...) or a journal file",
+                       err=True)
+        poller = progress.poll_in_background(study)  # the workers report to the database
+        try:
+            codes = run_local_workers(study.study_name, url, workers, device=p["device"],
+                                      workload=p["workload"])
+        finally:
+            poller.stop()
+            progress.close()
+        if any(codes):
+            click.echo(f"warning: worker exit codes {codes}", err=True)
+    elapsed = time.perf_counter() - t0
+    done = count_finished(study)
+    info(f"{done - done0} trial(s) in {elapsed:.1f}s; {done}/{tctx.spec.trials} finished", quiet)
+    rows = pareto_rows(study)
+    click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
+    click.echo(pareto_table(rows, tctx.spec.metric_names, study.user_attrs.get("baseline")))
+
+
+
+@cli.command()
+@spec_options
+def create(**p: Any) -> None:
+    """Store a study and its spec (and baseline) without running trials.
+
+    Workers then join with `csearch worker --study NAME --storage URL`.
+    """
+    study, tctx, created = prepare(p)
+    state = "created" if created else "already exists (spec matches)"
+    click.echo(f"study {study.study_name!r} {state}; budget {tctx.spec.trials} trials")
+
+
+@cli.command()
+@study_option
+@storage_option
+@click.option("--device", default=None, help="Override the stored device (auto, cpu, cuda:N).")
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after N seconds.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No per-trial lines and no progress bar (also off when stdout is not a "
+                   "terminal).")
+@click.option("--workload", default=None, metavar="package.module:factory",
+              help="Confirm the study's plugin workload: a module:factory reference read "
+                   "from the database is imported only when named here.")
+@click.option("--threads", type=int, default=None,
+              help="Intra-op CPU threads for evaluation (default: all cores). With several "
+                   "workers on one machine, give each cores/workers.")
+def worker(study_name: str, storage: str | None, device: str | None, timeout: float | None,
+           quiet: bool, workload: str | None, threads: int | None) -> None:
+    """Join an existing study from its stored spec and run trials until its budget.
+
+    A database that is restarting when the worker starts is waited for, up to 20 s
+    (CSEARCH_WORKER_START_WAIT); an outage later on is ridden out, results spooled."""
+    from ..storage import open_storage, resolve_url
+    from ..study import load_study, resolve_device, stored_spec
+    from ..workers import join_study
+
+    url = resolve_url(storage)
+    if device is not None:
+        resolve_device(device)
+    if threads is not None:
+        if threads < 1:
+            from ..errors import UsageError
+
+            raise UsageError(f"--threads must be 1 or more, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    from ..storage import WORKER_START_WAIT, backend_of, retry_while_restarting
+
+    def start() -> tuple[Any, Any, set[Any]]:
+        st = load_study(open_storage(url, create=False), study_name)
+        return st, stored_spec(st), {t.user_attrs.get("worker") for t in
+                                     st.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+
+    st, spec, running = retry_while_restarting(start, WORKER_START_WAIT)
+    if backend_of(url) == "sqlite" and running:
+        click.echo("warning: other workers are running on this SQLite file; for many workers "
+                   "use PostgreSQL (--storage postgresql://...) or a journal file", err=True)
+    progress = _Progress(spec, st, quiet or not sys.stdout.isatty())
+    try:
+        n = join_study(study_name, url, device=device, worker_index=None, timeout=timeout,
+                       on_trial=progress, workload=workload)
+    finally:
+        progress.close()
+    info(f"worker ran {n} trial(s)", quiet)
+
+
+
+@cli.command()
+@study_option
+@storage_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(study_name: str, storage: str | None, yes: bool) -> None:
+    """Delete a study and its trials."""
+    import optuna
+
+    study = open_target(storage, study_name)
+    n = len(study.trials)
+    if not yes:
+        click.confirm(f"delete study {study_name!r} with {n} trial(s)?", abort=True)
+    optuna.delete_study(study_name=study_name, storage=study._storage)
+    click.echo(f"deleted study {study_name!r}")

@@ -1,0 +1,103 @@
+"""Listing commands: studies, trials, pareto, workloads, spaces."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .group import cli
+from .options import format_option, open_target, storage_option, study_option
+from .tables import feas, fmt_value, pareto_table, params_text, table
+
+@cli.command()
+@storage_option
+@format_option
+def studies(storage: str | None, fmt: str) -> None:
+    """List studies with trial counts by state and best values."""
+    from ..results import study_summaries
+
+    rows = study_summaries(open_target(storage))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    body = []
+    for r in rows:
+        states = " ".join(f"{k}={v}" for k, v in sorted(r["states"].items()))
+        best = " ".join(f"{k}={fmt_value(v)}" for k, v in r["best"].items())
+        body.append([r["name"], r["workload"] or "-", f"{r['trials']}/{r['budget']}", states,
+                      r["pareto_size"], best])
+    click.echo(table(["study", "workload", "trials/budget", "states", "pareto", "best"], body))
+
+
+@cli.command()
+@study_option
+@storage_option
+@format_option
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]),
+              help="Only trials in these states.")
+def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ...]) -> None:
+    """List a study's trials with params, metrics, values and feasibility."""
+    from ..results import trial_rows
+
+    study = open_target(storage, study_name)
+    rows = [r for r in trial_rows(study) if not states or r["state"] in states]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    names = study.metric_names or []
+    body = [[r["number"], r["state"] + (" (stale)" if r.get("stale") else ""), feas(r["feasible"]),
+              *[fmt_value(v) for v in (r["values"] or [None] * len(names))],
+              fmt_value(r["duration_s"]), params_text(r["params"]), r.get("reason", "")[:60]]
+             for r in rows]
+    click.echo(table(["#", "state", "feasible", *names, "seconds", "params", "reason"], body))
+
+
+@cli.command()
+@study_option
+@storage_option
+@format_option
+def pareto(study_name: str, storage: str | None, fmt: str) -> None:
+    """The feasible Pareto front (infeasible trials are never on it)."""
+    from ..results import pareto_rows
+
+    study = open_target(storage, study_name)
+    rows = pareto_rows(study)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(pareto_table(rows, study.metric_names or [], study.user_attrs.get("baseline")))
+
+
+@cli.command()
+@format_option
+def workloads(fmt: str) -> None:
+    """List built-in and installed workloads."""
+    from objectives import list_workloads
+
+    rows = list_workloads()
+    if fmt == "json":
+        click.echo(json.dumps([{"name": k, "description": v} for k, v in rows.items()], indent=2))
+        return
+    click.echo(table(["workload", "description"], [[k, v] for k, v in rows.items()]))
+
+
+@cli.command()
+@format_option
+def spaces(fmt: str) -> None:
+    """List built-in search spaces and their parameters."""
+    from spaces import builtin_spaces, load_space
+
+    out = []
+    for name in builtin_spaces():
+        sp = load_space(name)
+        out.append({"name": name, "params": {p.name: p.describe() for p in sp.params}})
+    if fmt == "json":
+        click.echo(json.dumps(out, indent=2))
+        return
+    body = []
+    for s in out:
+        for i, (k, v) in enumerate(s["params"].items()):
+            body.append([s["name"] if i == 0 else "", k, v])
+    click.echo(table(["space", "parameter", "values"], body))

@@ -1,0 +1,151 @@
+"""Options shared by several commands, and the study set-up they feed."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+__all__ = ["DEFAULT_STUDY", "storage_option", "study_option", "format_option",
+           "spec_options", "make_spec", "prepare", "stored", "url_of", "info", "open_target"]
+
+DEFAULT_STUDY = "default"
+
+# --- shared options ------------------------------------------------------------------
+
+def storage_option(f: Any) -> Any:
+    return click.option(
+        "--storage", default=None, metavar="URL",
+        help="Optuna storage URL: sqlite:///FILE, postgresql://..., mysql://..., "
+             "journal:///FILE. Default: $CSEARCH_STORAGE or sqlite:///studies.db.",
+    )(f)
+
+
+def study_option(f: Any) -> Any:
+    return click.option("--study", "study_name", default=DEFAULT_STUDY, show_default=True,
+                         help="Study name.")(f)
+
+
+def format_option(f: Any) -> Any:
+    return click.option("--format", "fmt", type=click.Choice(["table", "json"]),
+                        default="table", show_default=True,
+                        help="table for people, json (stdout only) for tools.")(f)
+
+
+def spec_options(f: Any) -> Any:
+    opts = [
+        click.option("--workload", default="digits-cnn", show_default=True,
+                     help="Built-in workload name (see `csearch workloads`) or "
+                          "package.module:factory."),
+        click.option("--space", default="joint", show_default=True,
+                     help="Built-in space name (see `csearch spaces`) or a TOML file."),
+        click.option("--objective", "objectives", multiple=True, metavar="METRIC:max|min",
+                     help="Objective, repeatable. Default: accuracy:max latency_ms:min "
+                          "size_mb:min."),
+        click.option("--constraint", "constraints", multiple=True, metavar="EXPR",
+                     help="Feasibility constraint, repeatable, e.g. 'accuracy_drop<=0.01'. "
+                          "The memory budget is always a constraint."),
+        click.option("--sampler", type=click.Choice(["tpe", "nsga2", "nsga3", "gp", "random",
+                                                     "grid"]),
+                     default="tpe", show_default=True,
+                     help="tpe is multivariate, grouped TPE."),
+        click.option("--trials", type=int, default=20, show_default=True,
+                     help="Total budget of finished trials for the study (all workers). "
+                          "Rerunning resumes up to it."),
+        click.option("--timeout", type=float, default=None,
+                     help="Stop starting trials after this many seconds."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for sampling, fine-tuning and the request trace."),
+        click.option("--memory-budget-mb", type=float, default=None,
+                     help="Serving memory budget S_total in MB (default: the workload's)."),
+        click.option("--artifacts", default="auto", show_default=True, metavar="DIR|auto|none",
+                     help="Where trials' packed models go (auto: beside the database)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return study_option(storage_option(f))
+
+
+def make_spec(p: dict[str, Any], url: str) -> Any:
+    from ..spec import DEFAULT_OBJECTIVES
+    from ..storage import artifact_dir_for
+    from ..study import build_spec
+
+    art = p["artifacts"]
+    artifacts = (None if art == "none" else str(artifact_dir_for(url)) if art == "auto"
+                 else os.path.abspath(art))
+    if p["trials"] is not None and p["trials"] < 0:
+        from ..errors import UsageError
+
+        raise UsageError(f"--trials must be 0 or more, got {p['trials']}")
+    return build_spec(
+        workload=p["workload"], space=p["space"],
+        objectives=tuple(p["objectives"]) or DEFAULT_OBJECTIVES,
+        constraints=tuple(p["constraints"]), sampler=p["sampler"], seed=p["seed"],
+        device=p["device"], trials=p["trials"], timeout=p["timeout"],
+        memory_budget_mb=p["memory_budget_mb"], artifacts=artifacts,
+    )
+
+
+def prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, bool]:
+    """Validate everything before anything is written; return (study, ctx, created).
+
+    A resumed study whose budget is already spent needs no workload: ctx is then None
+    (unless `need_context`), so rerunning a finished command costs no model building.
+    """
+    from ..runner import remaining_budget
+    from ..storage import _check_sqlite, _file_path, backend_of, open_storage, resolve_url
+    from ..study import create_or_resume, load_context
+
+    url = resolve_url(p["storage"])
+    spec = make_spec(p, url)
+    storage = None
+    if backend_of(url) == "sqlite":
+        _check_sqlite(url, create=True)
+        path = _file_path(url)
+        if path is not None and path.exists():
+            storage = open_storage(url, create=True)
+    else:
+        storage = open_storage(url, create=True)
+    if storage is not None and p["study_name"] in {
+        s.study_name for s in storage.get_all_studies()
+    }:
+        study, _ = create_or_resume(storage, p["study_name"], spec, None)
+        if not need_context and remaining_budget(study, spec.trials) == 0:
+            return study, None, False
+    ctx = load_context(spec)
+    if storage is None:
+        storage = open_storage(url, create=True)
+    study, created = create_or_resume(storage, p["study_name"], spec, ctx)
+    return study, ctx, created
+
+
+
+def stored(study: Any) -> Any:
+    from ..spec import stored_spec
+
+    return stored_spec(study)
+
+
+def url_of(p: dict[str, Any]) -> str:
+    from ..storage import resolve_url
+
+    return resolve_url(p["storage"])
+
+
+def info(msg: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+
+def open_target(storage: str | None, study_name: str | None = None) -> Any:
+    from ..storage import load_study, open_storage, resolve_url
+
+    st = open_storage(resolve_url(storage), create=False)
+    if study_name is None:
+        return st
+    return load_study(st, study_name)
