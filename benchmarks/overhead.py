@@ -160,7 +160,8 @@ def bookkeeping(tmp: str, trials: int = 30) -> dict[str, list[float]]:
     from objectives import evaluate
     from search import runner
     from search.spec import DEFAULT_OBJECTIVES
-    from search.storage import _sqlite_pragmas, open_storage
+    from search.storage import open_storage
+    from search.storage.backends import _sqlite_pragmas
     from search.study import build_spec, create_or_resume, load_context
     from spaces import Config, TrainConfig
 

@@ -238,7 +238,7 @@ def read_commands(url: str, name: str, tmp: str, trees: dict[str, str], repeat: 
     """`csearch pareto --format json` and `csearch report` on the study, `repeat` times per
     tree (this one, and a baseline checkout when given; alternating, so load drifts hit
     both alike), checking that every tree prints the same front and the same report."""
-    from search.fastread import read_trials
+    from search.storage import read_trials
 
     total = len(read_trials(optuna.load_study(study_name=name, storage=open_storage(
         url, heartbeat=False))))

@@ -1,9 +1,9 @@
 """Study results as plain data: trial rows, the feasible Pareto front, study summaries.
 
 These are what `csearch trials/pareto/studies --format json` print and what the report
-draws; nothing here formats text. Trials are read through `fastread`, and the front is
-found from objective values and constraints alone, so `csearch pareto` on a 10,000-trial
-study loads full trials (params, metrics) only for the few on the front.
+draws; nothing here formats text. Trials are read as one snapshot (`storage.read_trials`),
+and the front is found from objective values and constraints alone, so `csearch pareto`
+on a 10,000-trial study loads full trials (params, metrics) only for the few on the front.
 """
 
 from __future__ import annotations
@@ -15,11 +15,18 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from .fastread import ObjectiveRows, read_objectives, read_trials
+from ._optuna import (
+    is_pareto_front,
+    normalize_value,
+    stale_trial_ids_of,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+)
 from .spec import SPEC_ATTR
+from .storage import ObjectiveRows, read_objectives, read_trials
 
 __all__ = ["is_feasible", "trial_row", "trial_rows", "pareto_rows", "study_summaries",
            "stale_trial_ids", "pareto_mask", "front_trial_ids"]
@@ -41,15 +48,12 @@ def stale_trial_ids(study: optuna.Study, trials: Sequence[FrozenTrial] | None = 
     listings show them as stale rather than as running. `trials`: the study's trials when
     the caller has read them already.
     """
-    storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
-        return set()
-    ids = set(storage._get_stale_trial_ids(study._study_id))
+    ids = set(stale_trial_ids_of(storage_of(study), study_id_of(study)))
     if not ids:
         return set()
     if trials is None:
         trials = read_trials(study, trial_ids=ids)
-    return {t.number for t in trials if t._trial_id in ids}
+    return {t.number for t in trials if trial_id_of(t) in ids}
 
 
 def _num(v: Any) -> Any:
@@ -89,11 +93,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 def pareto_mask(losses: np.ndarray) -> np.ndarray:
     """Non-dominated rows of a loss matrix (every objective minimised), as Optuna's
     `best_trials` decides them: duplicates of a front point are on the front too."""
-    from optuna.study._multi_objective import _is_pareto_front
-
     if len(losses) == 0:
         return np.zeros(0, dtype=bool)
-    return _is_pareto_front(losses, assume_unique_lexsorted=False)
+    return is_pareto_front(losses)
 
 
 def front_trial_ids(rows: ObjectiveRows, directions: Sequence[optuna.study.StudyDirection]
@@ -103,8 +105,6 @@ def front_trial_ids(rows: ObjectiveRows, directions: Sequence[optuna.study.Study
     The same trials as Optuna's `best_trials` (which drops infeasible trials: any
     constraint value > 0) or, with one objective, the first best feasible trial.
     """
-    from optuna.study._multi_objective import _normalize_value
-
     feasible = [i for i, c in enumerate(rows.constraints) if all(v <= 0 for v in c.values())]
     if not feasible:
         return []
@@ -116,7 +116,7 @@ def front_trial_ids(rows: ObjectiveRows, directions: Sequence[optuna.study.Study
         raise ValueError(
             "The number of the values and the number of the objectives must be identical."
         )
-    losses = np.asarray([[_normalize_value(v, d) for v, d in zip(rows.values[i], directions)]
+    losses = np.asarray([[normalize_value(v, d) for v, d in zip(rows.values[i], directions)]
                          for i in feasible])
     on_front = pareto_mask(losses)
     return [rows.trial_ids[i] for i, on in zip(feasible, on_front) if on]
@@ -126,10 +126,7 @@ def _objective_rows(trials: Sequence[FrozenTrial]) -> ObjectiveRows:
     rows = ObjectiveRows()
     for t in trials:
         if t.state == TrialState.COMPLETE:
-            rows.trial_ids.append(t._trial_id)
-            rows.numbers.append(t.number)
-            rows.values.append(t.values)
-            rows.constraints.append(t.constraints)
+            rows.add(trial_id_of(t), t.number, t.values, t.constraints)
     return rows
 
 
@@ -145,7 +142,7 @@ def pareto_rows(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
     if trials is None:
         front = read_trials(study, trial_ids=ids) if ids else []
     else:
-        front = [t for t in trials if t._trial_id in ids]
+        front = [t for t in trials if trial_id_of(t) in ids]
     return [
         {k: trial_row(t)[k] for k in ("number", "params", "metrics", "values", "feasible")}
         for t in sorted(front, key=lambda t: t.number)

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from objectives import EarlyStopped, Reporter, evaluate
 
+from ._optuna import note_attrs, storage_of, study_id_of, trial_id_of
 from .errors import StorageError
 from .spool import Spool
 from .storage import count_trials, error_chain, sampling_pass, set_trial_attrs
@@ -93,7 +94,7 @@ class TrialObjective:
     def __call__(self, trial: Trial) -> tuple[float, ...]:
         spec = self.ctx.spec
         seed = spec.seed + trial.number
-        with sampling_pass(trial.storage, trial._trial_id):  # one commit, not one per param
+        with sampling_pass(trial.storage, trial_id_of(trial)):  # one commit, not one per param
             config = self.ctx.space.sample(trial)
             _set_attrs(trial, {"eval_seed": seed, "worker": worker_id()})
         self.evaluating = True
@@ -134,7 +135,7 @@ class TrialObjective:
         system: dict[str, object] = {}
         # One commit for the results and the artifact's record (upload_artifact writes a
         # system attr of the trial).
-        with sampling_pass(trial.storage, trial._trial_id):
+        with sampling_pass(trial.storage, trial_id_of(trial)):
             try:
                 # What trial.set_constraint stores (with its checks), plus the list
                 # optuna-dashboard reads.
@@ -182,15 +183,12 @@ def _set_attrs(trial: Trial, user: dict[str, object],
                system: dict[str, object] | None = None) -> None:
     """Store attrs of a live trial in one write, and keep `trial.user_attrs` in step."""
     system = system or {}
-    set_trial_attrs(trial.storage, trial._trial_id, user, system)
-    cached = getattr(trial, "_cached_frozen_trial", None)
-    if cached is not None:
-        cached.user_attrs.update(user)
-        cached.system_attrs.update(system)
+    set_trial_attrs(trial.storage, trial_id_of(trial), user, system)
+    note_attrs(trial, user, system)
 
 
 def count_finished(study: optuna.Study) -> int:
-    return count_trials(study._storage, study._study_id, FINISHED)
+    return count_trials(storage_of(study), study_id_of(study), FINISHED)
 
 
 class _StopAtBudget:
@@ -254,7 +252,7 @@ def _wait_for_database(study: optuna.Study, deadline: float) -> None:
     delay = 1.0
     while True:
         try:
-            study._storage.get_all_studies()
+            storage_of(study).get_all_studies()
             return
         except DB_ERRORS as e:
             if time.monotonic() + delay > deadline:
@@ -288,7 +286,7 @@ def run_trials(
     from .sensitivity import narrow
 
     spec = ctx.spec
-    url = getattr(study._storage, "url", "") or ""
+    url = getattr(storage_of(study), "url", "") or ""
     spool = Spool(study.study_name, redact(str(url)))
     objective = objective or TrialObjective(ctx)
     objective.spool = spool
@@ -302,7 +300,7 @@ def run_trials(
     def count(st: optuna.Study, ft: FrozenTrial) -> None:
         nonlocal ran
         ran += 1
-        spool.done(ft._trial_id)
+        spool.done(trial_id_of(ft))
         if on_trial is not None:
             on_trial(st, ft)
 

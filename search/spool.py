@@ -20,6 +20,8 @@ import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
+from ._optuna import storage_of, trial_id_of
+
 __all__ = ["Spool"]
 
 
@@ -49,7 +51,7 @@ class Spool:
             constraints: dict[str, float], legacy: list[float]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         record = {
-            "trial_id": trial._trial_id,
+            "trial_id": trial_id_of(trial),
             "number": trial.number,
             "params": trial.params,
             "distributions": {k: distribution_to_json(d) for k, d in trial.distributions.items()},
@@ -58,9 +60,9 @@ class Spool:
             "constraints": constraints,
             "legacy_constraints": legacy,
         }
-        tmp = self._path(trial._trial_id).with_suffix(".tmp")
+        tmp = self._path(trial_id_of(trial)).with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
-        os.replace(tmp, self._path(trial._trial_id))
+        os.replace(tmp, self._path(trial_id_of(trial)))
 
     def done(self, trial_id: int) -> None:
         self._path(trial_id).unlink(missing_ok=True)
@@ -79,7 +81,7 @@ class Spool:
     def flush(self, study: optuna.Study) -> int:
         """Write spooled results into the study; return how many were written."""
         written = 0
-        storage = study._storage
+        storage = storage_of(study)
         for path in self.pending():
             rec = json.loads(path.read_text())
             trial = storage.get_trial(rec["trial_id"])
@@ -88,10 +90,10 @@ class Spool:
                 continue
             if trial.state == TrialState.RUNNING:
                 for k, v in rec["user_attrs"].items():
-                    storage.set_trial_user_attr(trial._trial_id, k, v)
+                    storage.set_trial_user_attr(trial_id_of(trial), k, v)
                 for k, v in rec["constraints"].items():
-                    storage.set_trial_system_attr(trial._trial_id, f"constraints:{k}", v)
-                storage.set_trial_system_attr(trial._trial_id, "constraints",
+                    storage.set_trial_system_attr(trial_id_of(trial), f"constraints:{k}", v)
+                storage.set_trial_system_attr(trial_id_of(trial), "constraints",
                                               rec["legacy_constraints"])
                 study.tell(trial.number, rec["values"], skip_if_finished=True)
             else:  # failed as stale while the database was away: keep the result anyway

@@ -7,6 +7,7 @@ import platform
 import socket
 import warnings
 from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
 
 import optuna
@@ -156,7 +157,7 @@ def environment(device: torch.device) -> dict[str, object]:
         "device": str(device),
         "device_name": name,
         "torch": torch.__version__,
-        "optuna": optuna.__version__,
+        "optuna": metadata.version("optuna"),
         "csearch": VERSION,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),

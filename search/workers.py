@@ -24,6 +24,7 @@ import optuna
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from ._optuna import storage_of, trial_id_of
 from .errors import CsearchError
 from .runner import Interrupted, TrialObjective, run_trials, worker_id
 from .storage import WORKER_START_WAIT, close_storages, open_storage, retry_while_restarting
@@ -35,16 +36,16 @@ __all__ = ["join_study", "run_until_budget", "run_local_workers", "Interrupted"]
 def _finish_interrupted(study: Study, reason: str) -> None:
     """Fail this worker's RUNNING trials and re-queue every trial it lost to a signal."""
     me = worker_id()
-    storage = study._storage
+    storage = storage_of(study)
     trials = study.get_trials(deepcopy=False)
     requeued = {t.user_attrs.get("retry_of") for t in trials}
     for t in trials:
         if t.user_attrs.get("worker") != me or t.number in requeued:
             continue
         if t.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", f"interrupted: {reason}")
-            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id_of(t), "fail_reason", f"interrupted: {reason}")
+            storage.set_trial_user_attr(trial_id_of(t), "interrupted", True)
+            storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL)
         elif not (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")):
             continue
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)

@@ -248,7 +248,7 @@ def test_a_missing_study_is_not_created_without_a_context(backend):
     assert name not in {s.study_name for s in backend.storage.get_all_studies()}
 
 
-# --- fast reads (search.fastread) against Optuna's own reads -----------------------------
+# --- fast reads (search.storage.snapshot) against Optuna's own reads -----------------------------
 
 def _reference_pareto(study: optuna.Study) -> list[dict]:
     """The front as csearch computed it before fastread: Optuna's `best_trials` (feasible
@@ -313,7 +313,7 @@ def _canon(trials: list) -> str:
 def test_fast_reads_and_front_equal_optunas_reads(backend, n_obj):
     """`read_trials`, `read_objectives` and `pareto_rows` give what Optuna's own reads
     and `best_trials` give, on every backend, for a csearch-like study plus edge cases."""
-    from search.fastread import rdb_storage, read_objectives, read_trials
+    from search.storage import rdb_storage, read_objectives, read_trials
     from search.results import pareto_rows, trial_row, trial_rows
 
     name = _new_name(backend)

@@ -1,44 +1,34 @@
-"""Reading a study's trials for the read-only commands, fast on RDB storages.
+"""Optuna's trials read with plain SQLAlchemy Core selects over Optuna's tables.
 
 Optuna's `RDBStorage.get_all_trials` builds an ORM object per trial, parameter and
-attribute and then expires them all on commit: on a 10,000-trial SQLite study that is
-~8 s of the ~10 s `csearch pareto` took. Here the same rows are read with plain
-SQLAlchemy Core selects over Optuna's schema (one per table) and assembled into the same
-`FrozenTrial`s (`read_trials`), or, for the Pareto front, only objective values and
-constraints are read (`read_objectives`) so that full trials are loaded for the front
-alone. Any other storage (in-memory, journal) goes through `Study.get_trials`; tests
-check that both paths return equal trials on every backend.
+attribute and expires them all on commit; these selects (one per table) read the same
+rows and assemble the same `FrozenTrial`s several times faster. Reading Optuna's schema
+directly is private by nature; tests/storage compares the result with Optuna's own reads.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["rdb_storage", "read_trials", "ObjectiveRows", "read_objectives"]
+from .multi_objective import constraints_from_system_attrs
+
+__all__ = ["read_trial_rows", "read_objective_rows"]
 
 _CONSTRAINTS_KEY = "constraints"  # Optuna's system attr: legacy list, and "constraints:NAME"
 _CHUNK = 500  # ids per IN (...) list, well below every backend's bound-parameter limit
-
-
-def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
-    """The study's RDBStorage (under Optuna's cache), or None for any other storage."""
-    storage = study._storage
-    storage = getattr(storage, "_backend", storage)  # _CachedStorage wraps RDBStorage
-    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
 
 
 def _local(utc: datetime | None) -> datetime | None:
     """Optuna stores naive UTC and hands out naive local time (TrialModel.datetime_*)."""
     if utc is None:
         return None
-    return utc.replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
+    return utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
 
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
@@ -69,7 +59,7 @@ class _Reader:
     def trials(self, study_id: int, states: Iterable[TrialState] | None,
                trial_ids: Collection[int] | None) -> list[Any]:
         import sqlalchemy as sa
-        from optuna.storages._rdb import models as m
+        from optuna.storages._rdb import models as m  # Optuna's tables
 
         T = m.TrialModel
         q = sa.select(T.trial_id, T.number, T.state, T._datetime_start_utc,
@@ -89,7 +79,7 @@ class _Reader:
         """Rows (trial_id, *columns) of a per-trial table, for the study's trials in
         `states`, or for the trials `ids` when given."""
         import sqlalchemy as sa
-        from optuna.storages._rdb import models as m
+        from optuna.storages._rdb import models as m  # Optuna's tables
 
         cols = [model.trial_id, *[getattr(model, c) for c in columns]]
         q = sa.select(*cols)
@@ -111,7 +101,7 @@ class _Reader:
 def _values(r: _Reader, study_id: int, states: Iterable[TrialState] | None,
             ids: list[int] | None) -> dict[int, list[float]]:
     """Objective values by trial id; as RDBStorage, a list as long as the stored values."""
-    from optuna.storages._rdb import models as m
+    from optuna.storages._rdb import models as m  # Optuna's tables
 
     pairs: dict[int, list[tuple[int, float]]] = {}
     for tid, objective, value, kind in r.children(
@@ -127,35 +117,27 @@ def _values(r: _Reader, study_id: int, states: Iterable[TrialState] | None,
     return out
 
 
-def read_trials(study: optuna.Study, states: Iterable[TrialState] | None = None,
-                trial_ids: Collection[int] | None = None) -> list[FrozenTrial]:
-    """`study.get_trials(deepcopy=False, states=states)`, optionally only the trials with
-    these `_trial_id`s, ordered by trial id; the same `FrozenTrial`s, several times faster
-    on RDB storages. The trials are fresh objects, free to modify."""
-    states = None if states is None else tuple(states)
-    storage = rdb_storage(study)
-    if storage is None:
-        trials = study.get_trials(deepcopy=False, states=states)
-        if trial_ids is not None:
-            wanted = set(trial_ids)
-            trials = [t for t in trials if t._trial_id in wanted]
-        return trials
+def read_trial_rows(storage: optuna.storages.RDBStorage, study_id: int,
+                    states: tuple[TrialState, ...] | None,
+                    trial_ids: Collection[int] | None) -> list[FrozenTrial]:
+    """The study's trials in `states` (or those with these ids), ordered by trial id, as
+    `get_all_trials(deepcopy=False)` returns them; fresh objects, free to modify."""
     from optuna.distributions import json_to_distribution
-    from optuna.storages._rdb import models as m
+    from optuna.storages._rdb import models as m  # Optuna's tables
 
     with _Reader(storage) as r:
-        rows = r.trials(study._study_id, states, trial_ids)
+        rows = r.trials(study_id, states, trial_ids)
         ids = None if trial_ids is None else [row[0] for row in rows]
         if not rows:
             return []
         known = {row[0] for row in rows}
-        values = _values(r, study._study_id, states, ids)
+        values = _values(r, study_id, states, ids)
         params: dict[int, dict[str, Any]] = {tid: {} for tid in known}
         dists: dict[int, dict[str, Any]] = {tid: {} for tid in known}
         parsed: dict[str, Any] = {}  # a study has a handful of distinct distributions
         for tid, name, value, dist_json in r.children(
                 m.TrialParamModel, ["param_name", "param_value", "distribution_json"],
-                study._study_id, states, ids, order=m.TrialParamModel.param_id):
+                study_id, states, ids, order=m.TrialParamModel.param_id):
             if tid not in known:
                 continue
             dist = parsed.get(dist_json)
@@ -169,18 +151,18 @@ def read_trials(study: optuna.Study, states: Iterable[TrialState] | None = None,
         for model in (m.TrialUserAttributeModel, m.TrialSystemAttributeModel):
             got: dict[int, dict[str, Any]] = {tid: {} for tid in known}
             for tid, key, value_json in r.children(model, ["key", "value_json"],
-                                                   study._study_id, states, ids,
+                                                   study_id, states, ids,
                                                    order=model.key):
                 if tid in known:
                     got[tid][key] = json.loads(value_json)
             attrs.append(got)
         inter: dict[int, dict[int, float]] = {tid: {} for tid in known}
-        I = m.TrialIntermediateValueModel
+        inter_model = m.TrialIntermediateValueModel
         for tid, step, value, kind in r.children(
-                I, ["step", "intermediate_value", "intermediate_value_type"],
-                study._study_id, states, ids):
+                inter_model, ["step", "intermediate_value", "intermediate_value_type"],
+                study_id, states, ids):
             if tid in known:
-                inter[tid][step] = I.stored_repr_to_intermediate_value(value, kind)
+                inter[tid][step] = inter_model.stored_repr_to_intermediate_value(value, kind)
     out = []
     for tid, number, state, start, complete in rows:
         out.append(FrozenTrial(
@@ -191,48 +173,28 @@ def read_trials(study: optuna.Study, states: Iterable[TrialState] | None = None,
     return out
 
 
-@dataclass
-class ObjectiveRows:
-    """The COMPLETE trials of a study as the Pareto front needs them: id, number,
-    objective values and constraint values (Optuna's `FrozenTrial.constraints`)."""
-
-    trial_ids: list[int] = field(default_factory=list)
-    numbers: list[int] = field(default_factory=list)
-    values: list[list[float] | None] = field(default_factory=list)
-    constraints: list[dict[str, float]] = field(default_factory=list)
 
 
-def read_objectives(study: optuna.Study) -> ObjectiveRows:
-    """Values and constraints of the study's COMPLETE trials, in trial-id order, without
-    reading their params and user attrs on RDB storages."""
-    from optuna.study._constrained_optimization import _get_constraints_from_system_attrs
-
-    out = ObjectiveRows()
-    storage = rdb_storage(study)
-    if storage is None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            out.trial_ids.append(t._trial_id)
-            out.numbers.append(t.number)
-            out.values.append(t.values)
-            out.constraints.append(t.constraints)
-        return out
-    from optuna.storages._rdb import models as m
+def read_objective_rows(storage: optuna.storages.RDBStorage, study_id: int
+                        ) -> list[tuple[int, int, list[float] | None, dict[str, float]]]:
+    """(trial id, number, values, constraints) of the study's COMPLETE trials, in trial-id
+    order, without reading their params and user attrs."""
+    from optuna.storages._rdb import models as m  # Optuna's tables
 
     complete = (TrialState.COMPLETE,)
     S = m.TrialSystemAttributeModel
     with _Reader(storage) as r:
-        rows = r.trials(study._study_id, complete, None)
-        values = _values(r, study._study_id, complete, None)
+        rows = r.trials(study_id, complete, None)
+        values = _values(r, study_id, complete, None)
         # LIKE may ignore case (SQLite): the exact test is below.
         attrs: dict[int, dict[str, Any]] = {}
         for tid, key, value_json in r.children(
-                S, ["key", "value_json"], study._study_id, complete, None,
+                S, ["key", "value_json"], study_id, complete, None,
                 where=S.key.like(_CONSTRAINTS_KEY + "%"), order=S.key):
             if key == _CONSTRAINTS_KEY or key.startswith(_CONSTRAINTS_KEY + ":"):
                 attrs.setdefault(tid, {})[key] = json.loads(value_json)
+    out = []
     for tid, number, _state, _start, _complete in rows:
-        out.trial_ids.append(tid)
-        out.numbers.append(number)
-        out.values.append(values.get(tid))
-        out.constraints.append(_get_constraints_from_system_attrs(attrs.get(tid, {})))
+        out.append((tid, number, values.get(tid),
+                    constraints_from_system_attrs(attrs.get(tid, {}))))
     return out
