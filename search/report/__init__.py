@@ -32,6 +32,7 @@ from .figures import (
     plot_timeline,
 )
 from .page import Report, build_report, render_html, write_report
+from .served import ServedData, collect_served, plot_served
 from .tables import (
     ContextData,
     SensitivityData,
@@ -50,6 +51,7 @@ __all__ = [
     "ParetoData",
     "Report",
     "SensitivityData",
+    "ServedData",
     "ServingData",
     "TableData",
     "TimelineData",
@@ -61,6 +63,7 @@ __all__ = [
     "collect_pareto",
     "collect_pareto_table",
     "collect_sensitivity",
+    "collect_served",
     "collect_serving",
     "collect_timeline",
     "export_command",
@@ -69,6 +72,7 @@ __all__ = [
     "plot_parallel",
     "plot_pareto",
     "plot_sensitivity",
+    "plot_served",
     "plot_serving",
     "plot_timeline",
     "render_html",

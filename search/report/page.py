@@ -43,6 +43,7 @@ from .figures import (
     plot_serving,
     plot_timeline,
 )
+from .served import ServedData, collect_served, plot_served
 from .tables import (
     ContextData,
     SensitivityData,
@@ -136,6 +137,7 @@ class Report:
     serving: ServingData
     table: TableData
     sensitivity: SensitivityData = field(default_factory=SensitivityData)
+    served: ServedData = field(default_factory=ServedData)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -163,8 +165,24 @@ def build_report(study: optuna.Study, storage_url: str | None = None) -> Report:
         serving=timed("serving", collect_serving, study, trials),
         table=timed("table", collect_pareto_table, study, trials, storage_url, pareto),
         sensitivity=timed("sensitivity", collect_sensitivity, study, trials),
+        served=timed("served", collect_served, study, trials),
         timings=timings,
     )
+
+
+def _served_table(d: ServedData) -> str:
+    head = ("<tr><th>#</th>" + "".join(f"<th>{k} replay</th><th>{k} served</th>"
+                                       for k in d.predicted)
+            + "<th>rps replay</th><th>rps served</th><th>errors</th><th>server</th></tr>")
+    rows = []
+    for i, n in enumerate(d.numbers):
+        cells = [str(n)]
+        for k in d.predicted:
+            cells += [_fmt(d.predicted[k][i]), _fmt(d.served[k][i])]
+        cells += [_fmt(d.predicted_rps[i]), _fmt(d.served_rps[i]), str(d.errors[i]),
+                  html.escape(d.urls[i])]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _figure_div(fig: Any, div_id: str) -> str:
@@ -208,6 +226,12 @@ def render_html(rep: Report) -> str:
     if rep.serving.numbers:
         section("Cache and throughput against the memory split",
                 _figure_div(plot_serving(rep.serving), "fig-serving"))
+    if rep.served.numbers:
+        section("Predicted against served latency",
+                '<p class="note">Trials measured on a real server with '
+                "<code>csearch loadtest --trial N</code>.</p>"
+                + _figure_div(plot_served(rep.served), "fig-served")
+                + _served_table(rep.served))
     if rep.sensitivity.groups:
         section("Layer-group sensitivity", _figure_div(plot_sensitivity(rep.sensitivity),
                                                        "fig-sensitivity"))

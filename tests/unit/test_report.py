@@ -304,3 +304,24 @@ def test_run_is_quiet_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli_mod.cli, ["worker", "--study", "w", "--storage", url])
     assert res.exit_code == 0, res.output
     assert made and made[0].quiet and "trial " not in res.output
+
+
+def test_served_against_predicted(hand_study, tmp_path):
+    """Only complete trials with a `served` measurement appear, each figure beside the
+    replay's own for the same trial; the page draws them."""
+    assert R.collect_served(hand_study).numbers == []
+    t = _trial(7, [0.99, 1.5, 0.45])
+    t.user_attrs["metrics"].update(latency_mean_ms=1.8, latency_p99_ms=4.0)
+    t.user_attrs["served"] = {"mean_ms": 2.5, "p50_ms": 1.1, "p99_ms": 9.0,
+                              "throughput_rps": 800.0, "errors": 0, "requests": 100,
+                              "url": "http://127.0.0.1:8000"}
+    hand_study.add_trial(t)
+    d = R.collect_served(hand_study)
+    assert d.numbers == [7]
+    assert d.predicted["mean"] == [1.8] and d.served["mean"] == [2.5]
+    assert d.predicted["p50"] == [1.5] and d.served["p99"] == [9.0]
+    assert d.predicted_rps == [t.user_attrs["metrics"]["throughput_rps"]]
+    assert d.errors == [0] and d.urls == ["http://127.0.0.1:8000"]
+    out = tmp_path / "r.html"
+    R.write_report(hand_study, out)
+    assert 'id="fig-served"' in out.read_text()
