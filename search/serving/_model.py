@@ -70,8 +70,10 @@ def to_items(served: Served, inputs: list[Any]) -> list[torch.Tensor]:
             arr = np.asarray(raw)
         except ValueError as e:  # ragged nesting
             raise BadRequest(f"inputs[{i}] is not a rectangular array: {e}") from None
-        if arr.dtype.kind not in "biuf":
-            raise BadRequest(f"inputs[{i}] must hold numbers, got {arr.dtype.kind!r} data")
+        integral = not served.item_dtype.is_floating_point
+        if arr.dtype.kind not in ("biu" if integral else "biuf"):
+            raise BadRequest(f"inputs[{i}] must hold {'integers' if integral else 'numbers'}"
+                             f", got {arr.dtype} data")
         want = served.item_shape
         if (want is not None and arr.shape != want) or arr.ndim != served.item_ndim or (
                 want is None and 0 in arr.shape):

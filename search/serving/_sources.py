@@ -77,16 +77,19 @@ class RegistrySource:
                              f"promote one (csearch promote {self.name} V) or pass --version")
         return int(v)
 
-    def load(self, version: int, device: str) -> Loaded:
-        reg = self._registry()
+    def check(self, version: int) -> dict[str, Any]:
+        """The version's serve config; ServeError when the registry does not have it."""
         try:
-            mv = reg.get(self.name, version)
-            model, workload = reg.load_model(self.name, version, device=device)
+            return dict(self._registry().get(self.name, version).serve)
         except CsearchError:
             raise
-        except (KeyError, LookupError) as e:
+        except LookupError as e:
             raise ServeError(f"model {self.name!r} has no version {version}") from e
-        return Loaded(int(version), model, workload, dict(mv.serve))
+
+    def load(self, version: int, device: str) -> Loaded:
+        serve = self.check(version)
+        model, workload = self._registry().load_model(self.name, version, device=device)
+        return Loaded(int(version), model, workload, serve)
 
 
 @dataclass

@@ -42,9 +42,11 @@ _SERVE = {"batch_size": 1, "threads": 1, "cache_ratio": 0.5, "memory_ratio": 0.5
           "memory_budget_mb": 64.0}
 
 
-def _ref(workload: Workload | str) -> tuple[str, Workload]:
+def _ref(workload: Workload | str, ref: str | None) -> tuple[str, Workload]:
     if isinstance(workload, str):
         return workload, load_workload(workload)
+    if ref is not None:
+        return ref, workload
     if workload.name not in BUILTIN_WORKLOADS:
         raise ServeError(f"pass the workload reference (module:factory) of {workload.name!r}, "
                          "so the server process can build it")
@@ -87,9 +89,15 @@ def _load(path: Any) -> dict[str, Any]:
         return {}
 
 
-def serve_overhead_ms(workload: Workload | str, device: str = "cpu") -> float:
-    """Per-request overhead of the real server in ms: from the cache, or measured once."""
-    ref, w = _ref(workload)
+def serve_overhead_ms(workload: Workload | str, device: str = "cpu", *,
+                      ref: str | None = None) -> float:
+    """Per-request overhead of the real server in ms: from the cache, or measured once.
+
+    `workload`: a Workload (a built-in one, or give its `ref`, e.g. the study spec's
+    `module:factory`, so the server process can build it) or a workload reference. The
+    server answers from its cache, so the model's device does not enter the figure; the
+    device is part of the cache key all the same."""
+    ref, w = _ref(workload, ref)
     key = overhead_key(w, str(device))
     path = cache_dir() / _FILE
     entry = _load(path).get(key)

@@ -36,7 +36,7 @@ def _source_check(source: Any) -> None:
     """Fail in the calling process, with one line, before any worker starts."""
     version = source.wanted()
     if isinstance(source, RegistrySource):
-        source.load(version, "cpu")  # the worker repeats it; this one names a bad version
+        source.check(version)  # metadata only: the model itself loads in the worker
 
 
 def build(source: Any, poll_s: float = 1.0) -> Any:
