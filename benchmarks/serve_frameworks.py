@@ -2,16 +2,18 @@
 
     flock /tmp/csearch-cpu.lock python benchmarks/serve_frameworks.py [--requests 1500]
 
-For LitServe and Ray Serve, each in its own subprocess, one after the other:
+For LitServe (stock, and with `fast_queue`, its ZeroMQ transport) and Ray Serve, each in
+its own subprocess, one after the other:
 1. per-request overhead: sequential round trips (one client, keep-alive) of one digits
    request item to an identity model (answers its input), median and p99 after warm-up;
 2. throughput: `--requests` requests at `--concurrency` from asyncio clients to the digits
    CNN with the framework's own dynamic batching (max 16, 2 ms wait), requests/s and
    errors.
-3. csearch's own server (`search.serving`, LitServe with csearch's batching loop,
-cache and metrics), serving the digits base model: its overhead (all cache hits, what
-`serve_overhead_ms` stores) and a load test of the workload's Zipf trace (`--requests`
-at `--concurrency`): mean, p50, p99, throughput, hit rate, errors.
+3. csearch's own server (`search.serving`: LitServe with `fast_queue`, csearch's
+   batching loop, validation, cache and metrics) serving the digits base model: its
+   overhead (all cache hits, what `serve_overhead_ms` stores) and a load test of the
+   workload's Zipf trace (`--requests` at `--concurrency`): mean, p50, p99, throughput,
+   hit rate, errors.
 4. `swap`: csearch's server following `production` while clients keep sending: promote
    v2, then roll back to v1; failed requests and seconds until `/version` changes.
 """
@@ -95,10 +97,11 @@ class LitDigits(ls.LitAPI):
         return {"outputs": [output]}
 
 
-def serve_litserve(model_name: str, port: int) -> None:
+def serve_litserve(model_name: str, port: int, fast_queue: bool = False) -> None:
     api = LitIdentity() if model_name == "identity" else LitDigits(max_batch_size=BATCH,
                                                                    batch_timeout=WAIT_S)
-    ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1).run(
+    ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1,
+                 fast_queue=fast_queue).run(
         host="127.0.0.1", port=port, num_api_servers=1, generate_client_file=False,
         log_level="warning")
 
@@ -295,10 +298,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--sequential", type=int, default=300)
-    ap.add_argument("--frameworks", default="litserve,ray,csearch,swap")
+    ap.add_argument("--frameworks", default="litserve,litserve-zmq,ray,csearch,swap")
     a = ap.parse_args()
     if a.serve:
-        (serve_litserve if a.serve == "litserve" else serve_ray)(a.model, a.port)
+        if a.serve == "ray":
+            serve_ray(a.model, a.port)
+        else:
+            serve_litserve(a.model, a.port, fast_queue=a.serve == "litserve-zmq")
         return
 
     from objectives.serve import zipf_trace
