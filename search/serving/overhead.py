@@ -53,12 +53,23 @@ def _ref(workload: Workload | str, ref: str | None) -> tuple[str, Workload]:
     return workload.name, workload
 
 
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def overhead_key(workload: Workload, device: str) -> str:
     """Machine, request item size and framework versions: what the overhead depends on."""
     item = workload.request(0)
     shape = "x".join(map(str, item.shape)) if isinstance(item, torch.Tensor) else "?"
     dtype = str(item.dtype).removeprefix("torch.") if isinstance(item, torch.Tensor) else "?"
-    return "|".join([platform.node(), platform.machine(), f"{os.cpu_count()}cpu",
+    return "|".join([platform.node(), _cpu(), f"{os.cpu_count()}cpu",
                      f"item={shape}:{dtype}", f"litserve={dist_version('litserve')}",
                      f"torch={torch.__version__}", f"device={device}"])
 
