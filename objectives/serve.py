@@ -36,6 +36,7 @@ __all__ = [
     "LRUCache",
     "activation_bytes_per_sample",
     "max_batch_for",
+    "request_key",
     "ServeResult",
     "replay",
 ]
@@ -130,15 +131,17 @@ class ServeResult:
     feasible_margin_mb: float  # <= 0 when the memory split fits the budget
 
 
+def request_key(item: Any) -> bytes:
+    """Content hash of one request item: the cache key of the replay and of the server."""
+    data = item.numpy().tobytes() if isinstance(item, torch.Tensor) else repr(item).encode()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 def _request_keys(workload: Workload) -> list[bytes]:
     """Content hashes of the request pool, once per process."""
     keys = workload.extras.get("_request_keys")
     if keys is None:
-        keys = []
-        for i in range(workload.n_distinct_requests):
-            r = workload.request(i)
-            data = r.numpy().tobytes() if isinstance(r, torch.Tensor) else repr(r).encode()
-            keys.append(hashlib.blake2b(data, digest_size=16).digest())
+        keys = [request_key(workload.request(i)) for i in range(workload.n_distinct_requests)]
         workload.extras["_request_keys"] = keys
     return keys
 

@@ -7,6 +7,6 @@ is a new module here with `@cli.command()` functions, plus one import line.
 """
 
 from .group import cli, main
-from . import lifecycle, listings, outputs  # noqa: F401  (registers the commands)
+from . import lifecycle, listings, outputs, serving  # noqa: F401  (registers the commands)
 
 __all__ = ["cli", "main"]

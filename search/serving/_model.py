@@ -1,0 +1,120 @@
+"""One served model version: its cache, its max batch and its threads, as the serve replay
+(`objectives.serve`) sizes them, and the work of answering a batch of request items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from objectives.serve import LRUCache, activation_bytes_per_sample, max_batch_for, request_key
+
+from ._sources import Loaded
+
+__all__ = ["Served", "BadRequest", "prepare", "to_items", "answer"]
+
+
+class BadRequest(ValueError):
+    """A request item that is not a valid input of the served model (a 4xx answer)."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """Everything a batch needs, swapped as one reference so a batch sees one version."""
+
+    loaded: Loaded
+    cache: LRUCache
+    max_batch: int
+    threads: int
+    item_shape: tuple[int, ...] | None  # None: variable first dimension (token ids)
+    item_ndim: int
+    item_dtype: torch.dtype
+
+    @property
+    def version(self) -> int:
+        return self.loaded.version
+
+
+def prepare(loaded: Loaded, device: torch.device) -> Served:
+    """Size the cache and the batch from the version's serve config, as the replay does:
+    S_cache = round(budget x cache_ratio) bytes, max batch = what fits in
+    S_mem = budget x memory_ratio, capped by batch_size, at least 1."""
+    w, s = loaded.workload, loaded.serve
+    first = w.request(0)
+    if not isinstance(first, torch.Tensor):
+        raise BadRequest(f"workload {w.name!r} has non-tensor requests; only tensor requests "
+                         "can be served over JSON")
+    budget = float(s.get("memory_budget_mb") or w.memory_budget_mb or 0) * 1e6
+    act = activation_bytes_per_sample(loaded.model, w.example_inputs(), device)
+    cap = int(s.get("batch_size", 1))
+    max_batch = max(1, max_batch_for(round(budget * float(s.get("memory_ratio", 0))), act, cap))
+    fixed = isinstance(w.request_inputs, torch.Tensor)
+    return Served(
+        loaded=loaded,
+        cache=LRUCache(round(budget * float(s.get("cache_ratio", 0)))),
+        max_batch=max_batch,
+        threads=int(s.get("threads", 1)),
+        item_shape=tuple(first.shape) if fixed else None,
+        item_ndim=first.dim(),
+        item_dtype=first.dtype,
+    )
+
+
+def to_items(served: Served, inputs: list[Any]) -> list[torch.Tensor]:
+    """Nested lists -> request tensors of the model's dtype and shape, or BadRequest."""
+    items = []
+    for i, raw in enumerate(inputs):
+        try:
+            arr = np.asarray(raw)
+        except ValueError as e:  # ragged nesting
+            raise BadRequest(f"inputs[{i}] is not a rectangular array: {e}") from None
+        integral = not served.item_dtype.is_floating_point
+        if arr.dtype.kind not in ("biu" if integral else "biuf"):
+            raise BadRequest(f"inputs[{i}] must hold {'integers' if integral else 'numbers'}"
+                             f", got {arr.dtype} data")
+        want = served.item_shape
+        if (want is not None and arr.shape != want) or arr.ndim != served.item_ndim or (
+                want is None and 0 in arr.shape):
+            shape = list(want) if want is not None else f"{served.item_ndim} dimensions"
+            raise BadRequest(f"inputs[{i}] has shape {list(arr.shape)}; expected {shape}")
+        items.append(torch.as_tensor(arr).to(served.item_dtype))
+    return items
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+@torch.inference_mode()
+def answer(served: Served, items: list[torch.Tensor], device: torch.device
+           ) -> tuple[list[torch.Tensor], list[bool], list[int]]:
+    """Outputs and hit flags per item, and the size of each forward pass: hits come from
+    the cache, misses run in batches of at most `max_batch` and are cached."""
+    keys = [request_key(x) for x in items]
+    outs: list[torch.Tensor | None] = [served.cache.get(k) for k in keys]
+    cached = [o is not None for o in outs]
+    # Repeats inside one batch run once: the first copy computes, the others share it.
+    todo: dict[bytes, list[int]] = {}
+    for i, (k, o) in enumerate(zip(keys, outs)):
+        if o is None:
+            todo.setdefault(k, []).append(i)
+    firsts = [pos[0] for pos in todo.values()]
+    model, w = served.loaded.model, served.loaded.workload
+    sizes = []
+    for start in range(0, len(firsts), served.max_batch):
+        chunk = firsts[start:start + served.max_batch]
+        x = w.batch([items[i] for i in chunk])
+        x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+        y = _first_tensor(model(x)).detach().cpu()
+        sizes.append(len(chunk))
+        for row, i in enumerate(chunk):
+            resp = y[row].clone()
+            nbytes = items[i].numel() * items[i].element_size() + resp.numel() * resp.element_size()
+            served.cache.put(keys[i], resp, nbytes)
+            for j in todo[keys[i]]:
+                outs[j] = resp
+    return outs, cached, sizes  # type: ignore[return-value]
