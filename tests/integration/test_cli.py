@@ -102,6 +102,28 @@ def test_resume_with_a_different_spec_names_the_difference(study_db, tmp_path):
     assert len(study.trials) == TRIALS and study.user_attrs[SPEC_ATTR] == before
 
 
+def test_resume_takes_the_stored_values_of_options_not_given(tmp_path):
+    """`create` with some options, then a bare `run --study`: the options left out take the
+    stored values (not their defaults), so the stored budget runs; only an option given
+    explicitly with a different value is refused, naming it."""
+    _ok(_invoke("create", "--study", "c1", "--space", "compression", "--trials", "3",
+                "--seed", SEED, "--device", "cpu", cwd=tmp_path))
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    stored = _load(url, "c1").user_attrs[SPEC_ATTR]
+    result = _invoke("run", "--study", "c1", cwd=tmp_path)
+    _ok(result)
+    study = _load(url, "c1")
+    assert len(study.trials) == 3
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert study.user_attrs[SPEC_ATTR] == stored  # nothing taken from the defaults
+    result = _invoke("run", "--study", "c1", "--space", "joint", cwd=tmp_path)
+    err = _user_error(result, "space", "'compression' stored", "'joint' given")
+    assert "seed" not in err and "sampler" not in err  # only what the user gave differs
+    result = _invoke("run", "--study", "c1", "--seed", "5", cwd=tmp_path)
+    _user_error(result, "seed (stored 2, given 5)")
+    assert len(_load(url, "c1").trials) == 3
+
+
 # --- listings ---------------------------------------------------------------------------
 
 def test_pareto_json_is_pure_json_with_the_contract_keys(study_db):
