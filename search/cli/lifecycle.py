@@ -71,8 +71,9 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
                        err=True)
         poller = progress.poll_in_background(study)  # the workers report to the database
         try:
-            codes = run_local_workers(study.study_name, url, workers, device=p["device"],
-                                      workload=p["workload"])
+            # The study's values: an option left out on resume takes the stored one.
+            codes = run_local_workers(study.study_name, url, workers,
+                                      device=tctx.spec.device, workload=tctx.spec.workload)
         finally:
             poller.stop()
             progress.close()
