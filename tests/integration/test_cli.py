@@ -435,3 +435,15 @@ def test_table_params_leave_out_what_omitting_them_means():
     assert changed_params(p) == {"quant.method": "lowbit", "quant.bits": 4,
                                  "quant.bits[fc2]": 2, "serve.cache_ratio": 0.123456}
     assert params_text(p) == "q.method=lowbit q.bits=4 q.bits[fc2]=2 s.cache_ratio=0.123"
+
+
+def test_delete_asks_then_deletes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'del.db'}"
+    optuna.create_study(study_name="gone", storage=url).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    result = _runner().invoke(cli, ["delete", "--study", "gone", "--storage", url], input="n\n")
+    assert result.exit_code == 1 and "with 2 trial(s)?" in result.output
+    assert optuna.get_all_study_names(url) == ["gone"]
+    _ok(_invoke("delete", "--study", "gone", "--storage", url, "--yes"))
+    assert optuna.get_all_study_names(url) == []
+    _user_error(_invoke("delete", "--study", "gone", "--storage", url, "--yes"), "'gone'")
