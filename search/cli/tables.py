@@ -48,13 +48,17 @@ def table_width() -> int:
 
 def changed_params(p: dict[str, Any]) -> dict[str, Any]:
     """The parameters whose value differs from what leaving them out means: the config
-    default for a global one, the trial's global value (or "inherit") for a per-group one."""
+    default for a global one, the trial's global value (or "inherit") for a per-group one.
+    Without fine-tuning epochs the other `train.*` values change nothing either."""
     from spaces import INHERIT, Config, split_name
 
     defaults = Config().flat()
+    trains = p.get("train.epochs", defaults["train.epochs"]) != 0
     out = {}
     for k, v in p.items():
         base, group = split_name(k)
+        if base.startswith("train.") and not trains:
+            continue
         if group is None:
             omitted = defaults.get(k)
         else:

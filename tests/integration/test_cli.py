@@ -431,10 +431,12 @@ def test_table_params_leave_out_what_omitting_them_means():
 
     p = {"prune.method": "none", "quant.method": "lowbit", "quant.bits": 4,
          "quant.method[fc1]": "inherit", "quant.bits[fc1]": 4, "quant.bits[fc2]": 2,
-         "train.epochs": 0, "serve.batch_size": 32, "serve.cache_ratio": 0.123456}
+         "train.epochs": 0, "train.lr": 0.01, "serve.batch_size": 32,
+         "serve.cache_ratio": 0.123456}
     assert changed_params(p) == {"quant.method": "lowbit", "quant.bits": 4,
                                  "quant.bits[fc2]": 2, "serve.cache_ratio": 0.123456}
     assert params_text(p) == "q.method=lowbit q.bits=4 q.bits[fc2]=2 s.cache_ratio=0.123"
+    assert changed_params({**p, "train.epochs": 2})["train.lr"] == 0.01
 
 
 def test_delete_asks_then_deletes(tmp_path):
