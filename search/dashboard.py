@@ -1,67 +1,118 @@
-"""optuna-dashboard on a csearch storage, with the study's artifact store attached.
+"""optuna-dashboard on a csearch storage, with the studies' artifact store attached.
 
-Feasibility in optuna-dashboard 0.21: its pages read a trial's constraints only from the
-list-valued `constraints` system attr (written by `runner.TrialObjective` besides Optuna
-5's `trial.set_constraint`), and its plots (Pareto front, history, timeline) grey out and
-leave off the front any trial with a value > 0 there. Its server-side `best_trials` of a
-multi-objective study, however, is the Pareto front of *all* complete trials, infeasible
-ones included; `serve` makes it the feasible front, the same as `csearch pareto`.
+The app is optuna-dashboard's own (its public `wsgi()` factory), wrapped in one WSGI
+middleware: optuna-dashboard 0.21 greys infeasible trials out of its plots (it reads the
+list-valued `constraints` system attr that `runner.TrialObjective` writes), but the
+`best_trials` of a multi-objective study detail is the Pareto front of *all* complete
+trials, infeasible ones included. The middleware makes it the feasible front, the same
+trials as `csearch pareto`. Nothing in optuna_dashboard is patched.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.storages import BaseStorage
 
-from .results import is_feasible
+__all__ = ["artifact_store_at", "dashboard_app", "serve"]
 
-__all__ = ["artifact_store_for", "feasible_pareto_front", "patch_feasible_best_trials", "serve"]
+_DETAIL = re.compile(r"^/api/studies/(\d+)/?$")
 
 
-def artifact_store_for(study: optuna.Study) -> Any:
-    """The study's FileSystemArtifactStore, or None when it has no artifact directory."""
+def artifact_store_at(directory: str | Path | None) -> Any:
+    """A FileSystemArtifactStore on `directory`, or None when there is none (yet)."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    from .spec import stored_spec
-
-    art = stored_spec(study).artifacts
-    if art and os.path.isdir(art):
-        return FileSystemArtifactStore(art)
+    if directory and os.path.isdir(directory):
+        return FileSystemArtifactStore(str(directory))
     return None
 
 
-def feasible_pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[Any],
-                          _front: Any = None) -> list[FrozenTrial]:
-    """The dashboard's Pareto front computed on feasible trials only."""
-    if _front is None:
-        from optuna_dashboard._pareto_front import get_pareto_front_trials as _front
-    return _front([t for t in trials if is_feasible(t) is not False], directions)
+def _feasible_front_numbers(storage: BaseStorage, study_id: int) -> set[int]:
+    from .results import pareto_rows
+
+    study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id),
+                              storage=storage)
+    return {r["number"] for r in pareto_rows(study)}
 
 
-def patch_feasible_best_trials() -> None:
-    """Make optuna-dashboard's `best_trials` (multi-objective) exclude infeasible trials."""
-    import optuna_dashboard._app as app
+class _FeasibleBestTrials:
+    """WSGI middleware: a study detail's `best_trials` becomes the feasible Pareto front.
 
-    if getattr(app.get_pareto_front_trials, "_csearch_feasible", False):
-        return
-    original = app.get_pareto_front_trials
+    The detail is fetched with `after=0` (every trial serialised, so each front trial is
+    at hand) and the `after` slice is applied here, as optuna-dashboard would.
+    """
 
-    def front(trials: Sequence[FrozenTrial], directions: Sequence[Any]) -> list[FrozenTrial]:
-        return feasible_pareto_front(trials, directions, original)
+    def __init__(self, app: Callable[..., Iterable[bytes]], storage: BaseStorage):
+        self.app, self.storage = app, storage
 
-    front._csearch_feasible = True  # type: ignore[attr-defined]
-    app.get_pareto_front_trials = front
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+        m = _DETAIL.match(environ.get("PATH_INFO", ""))
+        if m is None or environ.get("REQUEST_METHOD") != "GET":
+            return self.app(environ, start_response)
+        try:
+            after = int(parse_qs(environ.get("QUERY_STRING", "")).get("after", ["0"])[0])
+        except ValueError:
+            after = -1
+        if after < 0:  # optuna-dashboard answers the bad parameter itself
+            return self.app(environ, start_response)
+        got: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Any:
+            got.update(status=status, headers=headers)
+            return lambda _data: None
+
+        result = self.app({**environ, "QUERY_STRING": "after=0"}, capture)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if got["status"].startswith("200"):
+            data = json.loads(body)
+            if len(data.get("directions", ())) > 1:
+                front = _feasible_front_numbers(self.storage, int(m.group(1)))
+                data["best_trials"] = [t for t in data["trials"] if t["number"] in front]
+            data["trials"] = data["trials"][after:]
+            body = json.dumps(data).encode()
+        headers = [(k, v) for k, v in got["headers"] if k.lower() != "content-length"]
+        start_response(got["status"], [*headers, ("Content-Length", str(len(body)))])
+        return [body]
 
 
-def serve(study: optuna.Study, host: str = "127.0.0.1", port: int = 8080,
-          artifact_store: Any = None) -> None:
-    """Run optuna-dashboard (blocking) on the study's storage."""
+def dashboard_app(storage: BaseStorage, artifact_store: Any = None) -> Any:
+    """optuna-dashboard's WSGI app on `storage`, with the feasible `best_trials`."""
     import optuna_dashboard
 
-    patch_feasible_best_trials()
-    optuna_dashboard.run_server(study._storage, host=host, port=port,
-                                artifact_store=artifact_store)
+    return _FeasibleBestTrials(optuna_dashboard.wsgi(storage, artifact_store=artifact_store),
+                               storage)
+
+
+def serve(storage: BaseStorage, host: str = "127.0.0.1", port: int = 8080,
+          artifact_store: Any = None) -> None:
+    """Run the dashboard until interrupted. Binding errors raise OSError before serving."""
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class _Server(WSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, _format: str, *_args: Any) -> None:
+            """One line per request would bury the command's own output."""
+
+    with make_server(host, port, dashboard_app(storage, artifact_store),
+                     server_class=_Server, handler_class=_Quiet) as server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass

@@ -5,6 +5,7 @@ This package imports no torch; `search` and `objectives` build on it.
 
 from .config import (
     INHERIT,
+    OMITTED,
     PARAM_FIELDS,
     PER_GROUP_FIELDS,
     PRUNE_METHODS,
@@ -21,6 +22,7 @@ from .space import Param, Space, builtin_spaces, load_space, parse_space
 
 __all__ = [
     "INHERIT",
+    "OMITTED",
     "PARAM_FIELDS",
     "PER_GROUP_FIELDS",
     "PRUNE_METHODS",

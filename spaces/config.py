@@ -21,6 +21,7 @@ __all__ = [
     "ServeConfig",
     "Config",
     "PARAM_FIELDS",
+    "OMITTED",
 ]
 
 PRUNE_METHODS = ("none", "magnitude", "global", "structured")
@@ -63,10 +64,12 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Recovery fine-tuning after pruning; `kd_alpha` weights distillation from fp32."""
+    """Recovery fine-tuning after pruning; `kd_alpha` weights distillation from fp32.
+    Off (0 epochs) unless the space samples `train.epochs`: like every default here, a
+    parameter a space leaves out leaves the model as it is."""
 
     lr: float = 1e-3
-    epochs: int = 2
+    epochs: int = 0
     kd_temperature: float = 2.0
     kd_alpha: float = 0.0
 
@@ -159,3 +162,14 @@ def _param_fields() -> dict[str, type]:
 
 # Every valid parameter name and the Python type of its value.
 PARAM_FIELDS: dict[str, type] = _param_fields()
+
+
+# What a parameter left out of a space means: its default, which leaves the model as it is.
+OMITTED: dict[str, str] = {
+    "prune.*": "method none: nothing pruned (threshold, amount, ratio unused)",
+    "quant.*": "method none: fp32 weights (bits, group_size used only by lowbit)",
+    "train.*": "epochs 0: no fine-tuning (lr, kd_alpha, kd_temperature unused)",
+    "serve.*": "batch_size 32, threads 1, cache_ratio 0 (no cache), memory_ratio 0.25; "
+               "the model is unchanged",
+    "name[group]": "the group follows the global value",
+}

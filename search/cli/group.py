@@ -50,13 +50,20 @@ class _Group(click.Group):
             raise _InternalError(f"{type(e).__name__}: {e}") from None
 
 
+# Loggers that warn while their library is imported: torchao about its CUDA-only .so files,
+# torch's pytree about torchao's enum registrations. Set before the import, a child
+# logger's level holds; torch's import resets the `torch` logger's own level.
+_IMPORT_NOISE = ("torch", "torch.utils._pytree", "torchao")
+
+
 def _quiet_libraries(debug: bool) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
     if not debug:
         warnings.filterwarnings("ignore")
-        logging.getLogger("torch").setLevel(logging.ERROR)
+        for name in _IMPORT_NOISE:
+            logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

@@ -71,8 +71,9 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
                        err=True)
         poller = progress.poll_in_background(study)  # the workers report to the database
         try:
-            codes = run_local_workers(study.study_name, url, workers, device=p["device"],
-                                      workload=p["workload"])
+            # The study's values: an option left out on resume takes the stored one.
+            codes = run_local_workers(study.study_name, url, workers,
+                                      device=tctx.spec.device, workload=tctx.spec.workload)
         finally:
             poller.stop()
             progress.close()
@@ -163,9 +164,11 @@ def delete(study_name: str, storage: str | None, yes: bool) -> None:
     """Delete a study and its trials."""
     import optuna
 
-    study = open_target(storage, study_name)
-    n = len(study.trials)
+    from ..storage import load_study
+
+    st = open_target(storage)
+    n = len(load_study(st, study_name).trials)
     if not yes:
         click.confirm(f"delete study {study_name!r} with {n} trial(s)?", abort=True)
-    optuna.delete_study(study_name=study_name, storage=study._storage)
+    optuna.delete_study(study_name=study_name, storage=st)
     click.echo(f"deleted study {study_name!r}")

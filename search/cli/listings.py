@@ -8,7 +8,7 @@ import click
 
 from .group import cli
 from .options import format_option, open_target, storage_option, study_option
-from .tables import feas, fmt_value, pareto_table, params_text, table
+from .tables import feas, fmt_value, pareto_table, params_text, table, table_width
 
 @cli.command()
 @storage_option
@@ -37,7 +37,11 @@ def studies(storage: str | None, fmt: str) -> None:
 @click.option("--state", "states", multiple=True,
               type=click.Choice(["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]),
               help="Only trials in these states.")
-def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ...]) -> None:
+@click.option("--params", "full", is_flag=True,
+              help="Every parameter with its full name (lines may get wide). Default: the "
+                   "ones that differ from what leaving them out means, shortened to fit.")
+def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ...],
+           full: bool) -> None:
     """List a study's trials with params, metrics, values and feasibility."""
     from ..results import trial_rows
 
@@ -47,18 +51,26 @@ def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ..
         click.echo(json.dumps(rows, indent=2))
         return
     names = study.metric_names or []
+    headers = ["#", "state", "feasible", *names, "seconds", "params", "reason"]
     body = [[r["number"], r["state"] + (" (stale)" if r.get("stale") else ""), feas(r["feasible"]),
-              *[fmt_value(v) for v in (r["values"] or [None] * len(names))],
-              fmt_value(r["duration_s"]), params_text(r["params"]), r.get("reason", "")[:60]]
-             for r in rows]
-    click.echo(table(["#", "state", "feasible", *names, "seconds", "params", "reason"], body))
+             *[fmt_value(v) for v in (r["values"] or [None] * len(names))],
+             fmt_value(r["duration_s"]), params_text(r["params"], full), r.get("reason", "")]
+            for r in rows]
+    if not any(r.get("reason") for r in rows):
+        headers.pop()
+        body = [b[:-1] for b in body]
+    click.echo(table(headers, body, None if full else table_width(),
+                     shrink=(("reason", 12), ("params", 12))))
 
 
 @cli.command()
 @study_option
 @storage_option
 @format_option
-def pareto(study_name: str, storage: str | None, fmt: str) -> None:
+@click.option("--params", "full", is_flag=True,
+              help="Every parameter with its full name (lines may get wide). Default: the "
+                   "ones that differ from what leaving them out means, shortened to fit.")
+def pareto(study_name: str, storage: str | None, fmt: str, full: bool) -> None:
     """The feasible Pareto front (infeasible trials are never on it)."""
     from ..results import pareto_rows
 
@@ -67,7 +79,8 @@ def pareto(study_name: str, storage: str | None, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(pareto_table(rows, study.metric_names or [], study.user_attrs.get("baseline")))
+    click.echo(pareto_table(rows, study.metric_names or [], study.user_attrs.get("baseline"),
+                            full))
 
 
 @cli.command()
@@ -86,8 +99,9 @@ def workloads(fmt: str) -> None:
 @cli.command()
 @format_option
 def spaces(fmt: str) -> None:
-    """List built-in search spaces and their parameters."""
-    from spaces import builtin_spaces, load_space
+    """List built-in search spaces and their parameters, and what a parameter a space
+    leaves out means (nothing: it leaves the model as it is)."""
+    from spaces import OMITTED, builtin_spaces, load_space
 
     out = []
     for name in builtin_spaces():
@@ -101,3 +115,5 @@ def spaces(fmt: str) -> None:
         for i, (k, v) in enumerate(s["params"].items()):
             body.append([s["name"] if i == 0 else "", k, v])
     click.echo(table(["space", "parameter", "values"], body))
+    click.echo("\nA parameter a space leaves out takes its default, which changes nothing:")
+    click.echo(table(["left out", "means"], [[k, v] for k, v in OMITTED.items()]))

@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 __all__ = ["DEFAULT_STUDY", "storage_option", "study_option", "format_option",
-           "spec_options", "make_spec", "prepare", "stored", "url_of", "info", "open_target"]
+           "spec_options", "make_spec", "given_options", "resumed_spec", "prepare", "stored",
+           "url_of", "info", "open_target"]
 
 DEFAULT_STUDY = "default"
 
@@ -77,10 +78,6 @@ def make_spec(p: dict[str, Any], url: str) -> Any:
     art = p["artifacts"]
     artifacts = (None if art == "none" else str(artifact_dir_for(url)) if art == "auto"
                  else os.path.abspath(art))
-    if p["trials"] is not None and p["trials"] < 0:
-        from ..errors import UsageError
-
-        raise UsageError(f"--trials must be 0 or more, got {p['trials']}")
     return build_spec(
         workload=p["workload"], space=p["space"],
         objectives=tuple(p["objectives"]) or DEFAULT_OBJECTIVES,
@@ -88,6 +85,33 @@ def make_spec(p: dict[str, Any], url: str) -> Any:
         device=p["device"], trials=p["trials"], timeout=p["timeout"],
         memory_budget_mb=p["memory_budget_mb"], artifacts=artifacts,
     )
+
+
+# Spec fields each `spec_options` option sets.
+_SPEC_FIELDS = {
+    "workload": ("workload",), "space": ("space", "space_toml"), "objectives": ("objectives",),
+    "constraints": ("constraints",), "sampler": ("sampler",), "seed": ("seed",),
+    "device": ("device",), "trials": ("trials",), "timeout": ("timeout",),
+    "memory_budget_mb": ("memory_budget_mb",), "artifacts": ("artifacts",),
+}
+
+
+def given_options(ctx: click.Context) -> set[str]:
+    """Parameters the user set (command line or environment), not left at their default."""
+    from click.core import ParameterSource
+
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT,
+                                                      ParameterSource.DEFAULT_MAP, None)}
+
+
+def resumed_spec(fresh: Any, old: Any, given: set[str]) -> Any:
+    """The stored spec with only the options the user gave taken from `fresh`; a given
+    value that changes the study's identity is then refused by `create_or_resume`."""
+    from dataclasses import replace
+
+    return replace(old, **{f: getattr(fresh, f) for opt in given & _SPEC_FIELDS.keys()
+                           for f in _SPEC_FIELDS[opt]})
 
 
 def prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, bool]:
@@ -98,10 +122,10 @@ def prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, boo
     """
     from ..runner import remaining_budget
     from ..storage import _check_sqlite, _file_path, backend_of, open_storage, resolve_url
-    from ..study import create_or_resume, load_context
+    from ..study import create_or_resume, load_context, load_study, stored_spec
 
     url = resolve_url(p["storage"])
-    spec = make_spec(p, url)
+    spec = make_spec(p, url)  # validates every given value before anything is written
     storage = None
     if backend_of(url) == "sqlite":
         _check_sqlite(url, create=True)
@@ -113,6 +137,8 @@ def prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, boo
     if storage is not None and p["study_name"] in {
         s.study_name for s in storage.get_all_studies()
     }:
+        old = stored_spec(load_study(storage, p["study_name"]))
+        spec = resumed_spec(spec, old, given_options(click.get_current_context()))
         study, _ = create_or_resume(storage, p["study_name"], spec, None)
         if not need_context and remaining_budget(study, spec.trials) == 0:
             return study, None, False
@@ -121,7 +147,6 @@ def prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, boo
         storage = open_storage(url, create=True)
     study, created = create_or_resume(storage, p["study_name"], spec, ctx)
     return study, ctx, created
-
 
 
 def stored(study: Any) -> Any:
@@ -139,7 +164,6 @@ def url_of(p: dict[str, Any]) -> str:
 def info(msg: str, quiet: bool) -> None:
     if not quiet:
         click.echo(msg, err=True)
-
 
 
 def open_target(storage: str | None, study_name: str | None = None) -> Any:

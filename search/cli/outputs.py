@@ -58,29 +58,37 @@ def report(study_name: str, storage: str | None, output: str) -> None:
 
 
 @cli.command()
-@study_option
+@click.option("--study", "study_name", default=None, metavar="NAME",
+              help="Serve this study's artifacts (its packed models) and open its page. "
+                   "Default: every study's artifacts in the directory beside the database.")
 @storage_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. The dashboard has no login: keep 127.0.0.1 unless the "
                    "network is trusted.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on.")
-def dashboard(study_name: str, storage: str | None, host: str, port: int) -> None:
-    """Serve optuna-dashboard on the study's storage, with its artifact store attached.
+def dashboard(study_name: str | None, storage: str | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard on a storage, with the trials' packed models downloadable.
 
-    Shows every study of the storage; --study picks whose artifact store (trials' packed
-    models) the dashboard serves for download.
+    Shows every study of the storage. The studies of one database share the artifact
+    directory beside it; --study serves the artifact directory that study stored instead.
     """
-    from ..dashboard import artifact_store_for, serve
+    from ..dashboard import artifact_store_at, serve
     from ..errors import UsageError
-    from ..storage import redact, resolve_url
     from ..spec import stored_spec
+    from ..storage import artifact_dir_for, redact, resolve_url
 
     if not 0 < port < 65536:
         raise UsageError(f"--port must be 1..65535, got {port}")
     url = resolve_url(storage)
-    study = open_target(storage, study_name)
-    art = stored_spec(study).artifacts
-    store = artifact_store_for(study)
+    st = open_target(storage)
+    page = "/dashboard"
+    if study_name is None:
+        art: str | None = str(artifact_dir_for(url))
+    else:
+        study = open_target(storage, study_name)
+        art = stored_spec(study).artifacts
+        page += f"/studies/{st.get_study_id_from_name(study_name)}"
+    store = artifact_store_at(art)
     if store is None:
         click.echo(f"note: artifact directory {art} does not exist (yet); artifacts will not "
                    "download" if art else
@@ -90,10 +98,9 @@ def dashboard(study_name: str, storage: str | None, host: str, port: int) -> Non
         click.echo(f"warning: binding to {host}: anyone who can reach it can read and edit "
                    "the studies (no authentication)", err=True)
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"optuna-dashboard for {redact(url)} at "
-               f"http://{shown}:{port}/dashboard/studies/{study._study_id} "
+    click.echo(f"optuna-dashboard for {redact(url)} at http://{shown}:{port}{page} "
                f"(artifacts: {art if store else 'none'}); Ctrl-C stops it", err=True)
     try:
-        serve(study, host=host, port=port, artifact_store=store)
+        serve(st, host=host, port=port, artifact_store=store)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

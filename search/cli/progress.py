@@ -1,4 +1,4 @@
-"""Live progress of a study on the terminal."""
+"""Live progress of a study on the terminal, drawn with rich."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from .tables import duration, fmt_value
 
 __all__ = ["Progress"]
 
+
 class Progress:
     """Progress of a study on stdout: one line per finished trial (number, state, key
-    metrics, feasibility, seconds) and below it a bar redrawn in place with finished/budget,
-    the best feasible value of each objective and an ETA.
+    metrics, feasibility, seconds) and below it a rich live bar with finished/budget, the
+    best feasible value of each objective and an ETA.
 
     Silent when `quiet` (``--quiet``, or stdout is not a terminal). The trials a worker
     finishes arrive through `__call__` (an Optuna callback); for `run --workers N` a
-    background thread polls the database instead (`poll_in_background`).
+    background thread polls the database instead (`poll_in_background`). A stream that is
+    not a terminal gets the trial lines and the final bar once, at `close`.
     """
 
     KEYS = ("accuracy", "latency_ms", "size_mb", "memory_mb", "cache_hit_rate",
@@ -29,17 +31,23 @@ class Progress:
                  clock: Any = time.perf_counter):
         import threading
 
+        from rich.console import Console
+
         from ..runner import FINISHED
 
         self.spec, self.quiet, self.clock = spec, quiet, clock
-        self.stream = stream if stream is not None else sys.stdout
+        stream = stream if stream is not None else sys.stdout
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        # Not a terminal: no width to fit, so a line is never wrapped.
+        self.console = Console(file=stream, highlight=False, markup=False, emoji=False,
+                               **({} if tty else {"width": 10_000}))
         self.names, self.dirs = list(spec.metric_names), list(spec.directions)
         self.best: dict[str, float] = {}
         self.seen: set[int] = set()
         self.lock = threading.Lock()
         self.t0 = clock()
         self.ran = 0
-        self.bar = False
+        self.live: Any = None
         trials = study.get_trials(deepcopy=False, states=FINISHED) if study is not None else []
         for t in trials:
             self.seen.add(t.number)
@@ -66,10 +74,16 @@ class Progress:
             self._update_best(t)
             if self.quiet:
                 return
-            self._write("\r\033[K" if self.bar else "")
-            self._write(self.trial_line(t) + "\n")
-            self._write(self.bar_line())
-            self.bar = True
+            if self.live is None:
+                from rich.live import Live
+
+                terminal = self.console.is_terminal
+                self.live = Live(get_renderable=self._bar, console=self.console,
+                                 auto_refresh=terminal, refresh_per_second=1,
+                                 redirect_stdout=False, redirect_stderr=False)
+                self.live.start()
+            self.console.print(self.trial_line(t), soft_wrap=True)
+            self.live.refresh()
 
     def trial_line(self, t: Any) -> str:
         from ..results import is_feasible
@@ -83,32 +97,45 @@ class Progress:
         return (f"trial {t.number:>4} {t.state.name:<8} {feas:<10} {vals} {dur:.2f}s "
                 f"{reason[:80]}").rstrip()
 
-    def bar_line(self) -> str:
+    def status(self) -> str:
+        """What follows the bar: finished/budget, best feasible values, ETA."""
         budget = self.spec.trials
         best = " ".join(f"{k}={fmt_value(self.best[k])}" for k in self.names if k in self.best)
         best = f"best {best}" if best else "no feasible trial yet"
         if not budget:
             return f"{self.done} finished  {best}"
-        frac = min(1.0, self.done / budget)
-        fill = int(round(frac * self.WIDTH))
-        bar = "#" * fill + "-" * (self.WIDTH - fill)
         left = max(0, budget - self.done)
         eta = ""
         if self.ran and left:
             eta = f"  eta {duration((self.clock() - self.t0) / self.ran * left)}"
         elif not left:
             eta = "  done"
-        return f"[{bar}] {self.done}/{budget}  {best}{eta}"
+        return f"{self.done}/{budget}  {best}{eta}"
 
-    def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
+    def _bar(self) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        if not self.spec.trials:
+            return Text(self.status(), no_wrap=True, overflow="ellipsis")
+        grid = Table.grid()
+        grid.add_column()
+        grid.add_column(width=self.WIDTH)
+        # rich shrinks every column of a grid wider than the terminal: only the text may.
+        grid.add_column(no_wrap=True, overflow="ellipsis",
+                        max_width=max(1, self.console.width - self.WIDTH - 1))
+        grid.add_row("[", ProgressBar(total=self.spec.trials, completed=self.done,
+                                      width=self.WIDTH), "] " + self.status())
+        return grid
 
     def close(self) -> None:
         with self.lock:
-            if self.bar and not self.quiet:
-                self._write("\n")
-            self.bar = False
+            if self.live is not None:
+                self.live.stop()  # a terminal keeps the last bar; a file gets it now
+                if not self.console.is_terminal:
+                    self.console.line()
+            self.live = None
 
     def poll_in_background(self, study: Any, every: float = 2.0) -> Any:
         """Feed trials finished by other processes to the progress, until `stop()`."""

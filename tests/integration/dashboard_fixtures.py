@@ -7,6 +7,7 @@ five trials take seconds and some of them are infeasible (memory over the budget
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -87,16 +88,15 @@ def real_study(tmp_path_factory):
     return url, d / "studies-artifacts"
 
 
-@pytest.fixture(scope="session")
-def dashboard(real_study):
-    """Base URL of `csearch dashboard` on the real study; stopped after the session."""
-    url, _ = real_study
+@contextlib.contextmanager
+def running_dashboard(*args: str):
+    """Base URL of `csearch dashboard ARGS` on a free port, answering /api/studies;
+    stopped on exit."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "dashboard", "--study", STUDY, "--storage", url,
-         "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        [sys.executable, "-m", "search.cli", "dashboard", *args, "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     try:
@@ -118,3 +118,11 @@ def dashboard(real_study):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def dashboard(real_study):
+    """Base URL of `csearch dashboard` on the real study; stopped after the session."""
+    url, _ = real_study
+    with running_dashboard("--study", STUDY, "--storage", url) as base:
+        yield base

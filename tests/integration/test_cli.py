@@ -102,6 +102,28 @@ def test_resume_with_a_different_spec_names_the_difference(study_db, tmp_path):
     assert len(study.trials) == TRIALS and study.user_attrs[SPEC_ATTR] == before
 
 
+def test_resume_takes_the_stored_values_of_options_not_given(tmp_path):
+    """`create` with some options, then a bare `run --study`: the options left out take the
+    stored values (not their defaults), so the stored budget runs; only an option given
+    explicitly with a different value is refused, naming it."""
+    _ok(_invoke("create", "--study", "c1", "--space", "compression", "--trials", "3",
+                "--seed", SEED, "--device", "cpu", cwd=tmp_path))
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    stored = _load(url, "c1").user_attrs[SPEC_ATTR]
+    result = _invoke("run", "--study", "c1", cwd=tmp_path)
+    _ok(result)
+    study = _load(url, "c1")
+    assert len(study.trials) == 3
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert study.user_attrs[SPEC_ATTR] == stored  # nothing taken from the defaults
+    result = _invoke("run", "--study", "c1", "--space", "joint", cwd=tmp_path)
+    err = _user_error(result, "space", "'compression' stored", "'joint' given")
+    assert "seed" not in err and "sampler" not in err  # only what the user gave differs
+    result = _invoke("run", "--study", "c1", "--seed", "5", cwd=tmp_path)
+    _user_error(result, "seed (stored 2, given 5)")
+    assert len(_load(url, "c1").trials) == 3
+
+
 # --- listings ---------------------------------------------------------------------------
 
 def test_pareto_json_is_pure_json_with_the_contract_keys(study_db):
@@ -348,3 +370,100 @@ def test_optuna_reads_the_study_with_its_own_cli(study_db, tmp_path):
     assert proc.returncode == 0, proc.stderr
     best = json.loads(proc.stdout)
     assert best and {b["number"] for b in best} <= set(range(TRIALS))
+
+
+def _default_study_params(url: str, name: str, n: int = 20) -> optuna.Study:
+    """A study shaped as `csearch run` makes it by default (joint space on digits-cnn,
+    per-group parameters expanded, 20 trials), its params sampled by the real space; the
+    metrics are made up, since only how the tables print them is under test."""
+    import random
+
+    from benchmarks.report_large import BASELINE, synthetic_metrics
+    from objectives import load_workload
+    from search.study import build_spec, resolve_space
+    from spaces import parse_space
+
+    spec = build_spec(workload="digits-cnn", space="joint", objectives=(
+        "accuracy:max", "latency_ms:min", "size_mb:min"), constraints=(), sampler="tpe",
+        seed=0, device="cpu", trials=n, timeout=None, memory_budget_mb=None, artifacts=None)
+    space = resolve_space(parse_space(spec.space_toml, name="joint"),
+                          load_workload("digits-cnn"))
+    study = optuna.create_study(storage=url, study_name=name, directions=spec.directions,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_metric_names(spec.metric_names)
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    study.set_user_attr(BASELINE_ATTR, BASELINE)
+    rng = random.Random(0)
+    for _ in range(n):
+        trial = study.ask()
+        space.sample(trial)
+        m = synthetic_metrics(trial.params, rng)
+        trial.set_user_attr("metrics", m)
+        study.tell(trial, [m[k] for k in spec.metric_names])
+    return study
+
+
+def test_trials_and_pareto_tables_fit_120_columns(tmp_path):
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    study = _default_study_params(url, "d")
+    assert max(len(" ".join(f"{k}={v}" for k, v in t.params.items()))
+               for t in study.trials) > 300  # what one line per trial used to hold
+    for cmd in ("trials", "pareto"):
+        out = _invoke(cmd, "--study", "d", "--storage", url)
+        _ok(out)
+        lines = out.stdout.splitlines()
+        assert len(lines) > 2 and max(map(len, lines)) <= 120, max(lines, key=len)
+        assert "q.method=" in out.stdout or "p.method=" in out.stdout  # shortened names
+        assert "…" in out.stdout  # cut to fit, not wrapped
+        full = _invoke(cmd, "--study", "d", "--storage", url, "--params")
+        _ok(full)
+        first = next(t for t in study.trials
+                     if str(t.number) == full.stdout.splitlines()[2].split()[0])
+        assert all(f"{k}=" in full.stdout.splitlines()[2] for k in first.params)
+        raw = _invoke(cmd, "--study", "d", "--storage", url, "--format", "json")
+        rows = json.loads(raw.stdout)
+        by_number = {t.number: t for t in study.trials}
+        assert rows and all(r["params"] == by_number[r["number"]].params for r in rows)
+
+
+def test_table_params_leave_out_what_omitting_them_means():
+    from search.cli.tables import changed_params, params_text
+
+    p = {"prune.method": "none", "quant.method": "lowbit", "quant.bits": 4,
+         "quant.method[fc1]": "inherit", "quant.bits[fc1]": 4, "quant.bits[fc2]": 2,
+         "train.epochs": 0, "train.lr": 0.01, "serve.batch_size": 32,
+         "serve.cache_ratio": 0.123456}
+    assert changed_params(p) == {"quant.method": "lowbit", "quant.bits": 4,
+                                 "quant.bits[fc2]": 2, "serve.cache_ratio": 0.123456}
+    assert params_text(p) == "q.method=lowbit q.bits=4 q.bits[fc2]=2 s.cache_ratio=0.123"
+    assert changed_params({**p, "train.epochs": 2})["train.lr"] == 0.01
+
+
+def test_delete_asks_then_deletes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'del.db'}"
+    optuna.create_study(study_name="gone", storage=url).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    result = _runner().invoke(cli, ["delete", "--study", "gone", "--storage", url], input="n\n")
+    assert result.exit_code == 1 and "with 2 trial(s)?" in result.output
+    assert optuna.get_all_study_names(url) == ["gone"]
+    _ok(_invoke("delete", "--study", "gone", "--storage", url, "--yes"))
+    assert optuna.get_all_study_names(url) == []
+    _user_error(_invoke("delete", "--study", "gone", "--storage", url, "--yes"), "'gone'")
+
+
+def test_library_import_noise_stays_out_of_the_output(tmp_path):
+    """torchao warns while it is imported (its CUDA-only .so files, torch's pytree about
+    its enums); a trial that quantizes with torchao prints none of that without --debug."""
+    noisy = subprocess.run([sys.executable, "-c", "import torchao"], capture_output=True,
+                           text=True, timeout=300)
+    noise = [ln for ln in (noisy.stdout + noisy.stderr).splitlines() if ln.strip()]
+    (tmp_path / "s.toml").write_text('[params."quant.method"]\nchoices = ["int8_weight_only"]\n')
+    r = _script("run", "--study", "q", "--storage", f"sqlite:///{tmp_path / 'q.db'}",
+                "--trials", "1", "--space", str(tmp_path / "s.toml"), "--device", "cpu",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert "Pareto front" in r.stdout
+    assert "torchao" not in out and "_pytree" not in out
+    for line in noise:  # whatever this machine's torchao says at import
+        assert line.split(":")[0] not in out, line

@@ -14,6 +14,7 @@ from search.results import is_feasible
 from search.storage import open_storage
 
 from dashboard_fixtures import STUDY, csearch, dashboard, get, get_json, real_study  # noqa: F401
+from dashboard_fixtures import running_dashboard
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -132,3 +133,23 @@ def test_artifacts_none_uploads_nothing_and_export_re_evaluates(tmp_path):
     assert "from re-evaluated" in r.stdout
     meta = json.loads((tmp_path / "out" / "csearch.json").read_text())
     assert meta["model_source"] == "re-evaluated"
+
+
+def test_dashboard_opens_on_a_storage_without_a_default_study(tmp_path):
+    """No --study and no study named `default`: the dashboard still serves every study,
+    and a study detail's `after` slice is optuna-dashboard's."""
+    url = f"sqlite:///{tmp_path}/other.db"
+    study = optuna.create_study(study_name="other", storage=url,
+                                directions=["maximize", "minimize"])
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)),
+                   n_trials=3)
+    with running_dashboard("--storage", url) as base:
+        studies = get_json(base + "/api/studies")["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["other"]
+        sid = studies[0]["study_id"]
+        full = get_json(f"{base}/api/studies/{sid}?after=0")
+        assert [t["number"] for t in full["trials"]] == [0, 1, 2]
+        assert [t["number"] for t in get_json(f"{base}/api/studies/{sid}?after=2")["trials"]
+                ] == [2]
+        front = {r.number for r in study.best_trials}  # no constraints: Optuna's own front
+        assert {t["number"] for t in full["best_trials"]} == front

@@ -174,3 +174,17 @@ def test_same_seed_gives_the_same_artifact(digits, compressed):
     assert len(again.artifact) == len(compressed[0].artifact)
     assert again.metrics["accuracy"] == compressed[0].metrics["accuracy"]
     assert again.metrics["cache_hit_rate"] == compressed[0].metrics["cache_hit_rate"]
+
+
+def test_a_space_that_leaves_everything_out_leaves_the_model_as_it_is(digits, baseline):
+    """A space with only `quant.method = ["none"]`: the parameters it leaves out train,
+    prune and quantize nothing, so the model scores what the base model scores."""
+    import optuna
+
+    from spaces import parse_space
+
+    space = parse_space('[params."quant.method"]\nchoices = ["none"]\n', name="only-none")
+    config = space.sample(optuna.trial.FixedTrial({"quant.method": "none"}))
+    ev = evaluate(digits, config, budget_mb=1.0, device=CPU, seed=0)
+    assert ev.metrics["accuracy"] == baseline.metrics["accuracy"]
+    assert ev.metrics["sparsity"] == baseline.metrics["sparsity"]
