@@ -132,14 +132,14 @@ class ServeResult:
 
 def _request_keys(workload: Workload) -> list[bytes]:
     """Content hashes of the request pool, once per process."""
-    keys = workload.extras.get("_request_keys")
+    keys = workload._cache.get("request_keys")
     if keys is None:
         keys = []
         for i in range(workload.n_distinct_requests):
             r = workload.request(i)
             data = r.numpy().tobytes() if isinstance(r, torch.Tensor) else repr(r).encode()
             keys.append(hashlib.blake2b(data, digest_size=16).digest())
-        workload.extras["_request_keys"] = keys
+        workload._cache["request_keys"] = keys
     return keys
 
 
