@@ -171,7 +171,8 @@ def main() -> None:
         acc = float(w.evaluate(q))
         size = saved_bytes(q.state_dict())
         lat = latency_ms(q, xs)
-        print(f"INC {inc_version}: {inc_wall:.1f}s to a config within tolerance; accuracy {acc:.4f} "
+        print(f"INC {inc_version}: {inc_wall:.1f}s to a config within tolerance; "
+              f"accuracy {acc:.4f} "
               f"(drop {base_acc - acc:.4f}), {size / 1e6:.3f} MB, latency {lat:.3f} ms/request "
               "(qdq graph, uncompiled)")
 
@@ -195,12 +196,14 @@ def main() -> None:
         size = os.path.getsize(os.path.join(out, "model.safetensors"))
         lat = latency_ms(model, xs)
         print(f"csearch {cmd}: first feasible trial #{number} after {t_first:.1f}s "
-              f"(params {trial.params}); re-measured accuracy {acc:.4f} (drop {base_acc - acc:.4f}),"
+              f"(params {trial.params}); re-measured accuracy {acc:.4f} "
+              f"(drop {base_acc - acc:.4f}),"
               f" {size / 1e6:.3f} MB, latency {lat:.3f} ms/request; its own metrics: size "
               f"{m['size_mb']:.3f} MB, serve-replay latency_ms {m['latency_ms']:.4f} (with cache)")
         if q is not None:
             print(f"ratios csearch/INC: time to feasible {t_first / inc_wall:.2f}, size "
-                  f"{size / saved_bytes(q.state_dict()):.2f}, latency {lat / latency_ms(q, xs):.2f}")
+                  f"{size / saved_bytes(q.state_dict()):.2f}, "
+                  f"latency {lat / latency_ms(q, xs):.2f}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ CATEGORIES = [
     ("sampler", "infer_relative_search_space", "optuna/samplers"),
     ("sampler", "before_trial", "optuna/samplers"),
     ("sampler", "after_trial", "optuna/samplers"),
-    ("sampler", "", "search/samplers.py"),  # csearch's windowed TPE
+    ("sampler", "", "search/_optuna/tpe.py"),  # csearch's windowed TPE
     ("storage", "", "optuna/storages"),
     ("Pareto printout", "pareto_rows", "search/results.py"),
     ("imports", "_find_and_load", "<frozen importlib._bootstrap>"),
@@ -147,7 +147,8 @@ def profile(trials: int, tmp: str) -> None:
     print(f"profiled: csearch {' '.join(args)} (wall {wall:.1f}s, profiled {total:.1f}s, "
           f"{len(walls)} trials)")
     for cat, t in sorted(acc.items(), key=lambda kv: -kv[1]):
-        print(f"  {cat:34s} {t:7.2f}s {t / total:6.1%}  ({t / max(len(walls), 1) * 1e3:.0f} ms/trial)")
+        per_trial = t / max(len(walls), 1) * 1e3
+        print(f"  {cat:34s} {t:7.2f}s {t / total:6.1%}  ({per_trial:.0f} ms/trial)")
 
 
 def bookkeeping(tmp: str, trials: int = 30) -> dict[str, list[float]]:
@@ -157,7 +158,6 @@ def bookkeeping(tmp: str, trials: int = 30) -> dict[str, list[float]]:
     sys.path.insert(0, ROOT)
     import sqlalchemy
 
-    from objectives import evaluate
     from search import runner
     from search.spec import DEFAULT_OBJECTIVES
     from search.storage import open_storage
@@ -187,7 +187,7 @@ def bookkeeping(tmp: str, trials: int = 30) -> dict[str, list[float]]:
                 if ctx is None:
                     ctx = load_context(spec)
                     ev = real(ctx.workload, Config(train=TrainConfig(epochs=0)), budget_mb=1.0)
-                    runner.evaluate = lambda *a, **k: ev
+                    runner.evaluate = lambda *a, ev=ev, **k: ev
                 ctx.spec = spec
                 stg = open_storage(f"sqlite:///{d}/s.db", create=True)
                 if mode.startswith("rollback"):
@@ -200,7 +200,7 @@ def bookkeeping(tmp: str, trials: int = 30) -> dict[str, list[float]]:
                 sql = {"statements": 0, "commits": 0}
 
                 def count(key: str, *_: object) -> None:
-                    sql[key] += 1
+                    sql[key] += 1  # noqa: B023 - listener removed within this iteration
 
                 sqlalchemy.event.listen(stg.engine, "before_cursor_execute",
                                         lambda *a: count("statements"))

@@ -210,7 +210,8 @@ def rss_child(url: str, name: str, space_file: str) -> str:
         "st=optuna.load_study(study_name=sys.argv[2],storage=open_storage(sys.argv[1],heartbeat=False));"
         "ts=st.get_trials(deepcopy=False);st.sampler=make_sampler('tpe',0,sp);t=st.ask();sp.sample(t);"
         "b=rss();print(f'{len(ts)} trials: RSS {a:.0f} MB before loading, {b:.0f} MB after '"
-        "f'loading + one TPE suggest: +{b-a:.0f} MB ({(b-a)/len(ts)*1e4:.0f} MB per 10,000 trials)')"
+        "f'loading + one TPE suggest: +{b-a:.0f} MB '"
+        "f'({(b-a)/len(ts)*1e4:.0f} MB per 10,000 trials)')"
     )
     r = subprocess.run([sys.executable, "-c", code, url, name, ROOT, space_file],
                        capture_output=True, text=True, env=env())

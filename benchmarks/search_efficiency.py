@@ -14,18 +14,17 @@ on an InMemoryStorage, with the sampler from `search.samplers.make_sampler` (or 
 TPE variant below). The objectives are csearch's defaults (accuracy max, latency_ms min,
 size_mb min) under the memory-budget constraint.
 
-Hypervolume is computed on feasible COMPLETE trials in minimisation form
-(1 - accuracy, latency_ms, size_mb) against the FIXED reference point REF below
-(error 0.05, i.e. a 5-point accuracy drop, 12 ms = the fp32 model's median latency without cache, 0.6 MB = a bit above
-the fp32 model's 0.556 MB packed size), each axis divided by its reference value, so
-the hypervolume is a fraction of the unit box. (With error 0.2 the volume saturated
-after ~4 trials for every sampler, since almost any config is near the corner: median
-latency is mostly a cache hit and sizes are small; 0.05 keeps the accuracy axis
-discriminating.) Each run stores its per-trial points, so --summary can be recomputed
-with another REF. "Best seen" is the largest final
-hypervolume over every run of this benchmark (all samplers, all seeds). A run's
-"trials to 95%" is the first trial count at which its hypervolume reaches 95% of that;
-a run that never does counts as `trials + 1` (reported as ">N").
+Hypervolume is computed on feasible COMPLETE trials in minimisation form (1 - accuracy,
+latency_ms, size_mb) against the FIXED reference point REF below (error 0.05, i.e. a 5-point
+accuracy drop, 12 ms = the fp32 model's median latency without cache, 0.6 MB = a bit above
+the fp32 model's 0.556 MB packed size), each axis divided by its reference value, so the
+hypervolume is a fraction of the unit box. (With error 0.2 the volume saturated after ~4
+trials for every sampler, since almost any config is near the corner: median latency is
+mostly a cache hit and sizes are small; 0.05 keeps the accuracy axis discriminating.) Each
+run stores its per-trial points, so --summary can be recomputed with another REF. "Best
+seen" is the largest final hypervolume over every run of this benchmark (all samplers, all
+seeds). A run's "trials to 95%" is the first trial count at which its hypervolume reaches
+95% of that; a run that never does counts as `trials + 1` (reported as ">N").
 
 Seeds run in the order seed-major, sampler-minor, so machine noise hits all samplers
 alike (hypervolume per trial does not depend on timing anyway). Each finished run is
@@ -248,7 +247,8 @@ def main() -> None:
             rows.append(r)
             with open(a.out, "a") as f:
                 f.write(json.dumps(r) + "\n")
-            print(f"{name} seed {seed}: final HV {hv_curve(r['points'])[-1]:.4f} in {r['wall_s']:.0f}s "
+            final = hv_curve(r["points"])[-1]
+            print(f"{name} seed {seed}: final HV {final:.4f} in {r['wall_s']:.0f}s "
                   f"{r['states']}", flush=True)
     summarize(rows)
 

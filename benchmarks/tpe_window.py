@@ -201,7 +201,8 @@ def replay(seed: int, trials: int) -> None:
             again.tell(t, state=orig.state)
     queued = sum("fixed_params" in t.system_attrs for t in study.get_trials(deepcopy=False))
     print(f"replayed through Optuna's TPESampler (seed {seed}): {same} of {trials} "
-          f"suggestions identical ({queued} warm-start configs queued, the rest sampled) -> search_efficiency's tpe+warm at {trials} trials is "
+          f"suggestions identical ({queued} warm-start configs queued, the rest sampled) -> "
+          f"search_efficiency's tpe+warm at {trials} trials is "
           f"{'unchanged' if same == trials else 'CHANGED'} (window {TPE_WINDOW})")
 
 

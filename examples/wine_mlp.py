@@ -34,7 +34,8 @@ def _data():
 def make_workload() -> Workload:
     x_train, y_train, x_test, y_test = _data()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(13, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+    model = nn.Sequential(nn.Linear(13, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 3))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(200):  # full-batch training: well under a second on CPU
         opt.zero_grad()

@@ -83,7 +83,9 @@ def _decode_positions(kind: str, data: bytes, n: int, count: int) -> np.ndarray:
 
 
 def _u8(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    if not data:
+        return torch.zeros(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def _encode_values(
@@ -173,7 +175,7 @@ def unpack_state(data: bytes) -> dict[str, torch.Tensor]:
         shape = tuple(entry["shape"])
         n = int(np.prod(shape)) if shape else 1
 
-        def stream(part: str) -> bytes:
+        def stream(part: str, name: str = name, entry: dict = entry) -> bytes:
             raw = tensors[f"{name}.{part}"].numpy().tobytes()
             return zlib.decompress(raw) if part in entry["z"] else raw
 

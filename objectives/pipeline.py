@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -53,14 +53,13 @@ class Evaluation:
     metrics: dict[str, float]
     artifact: bytes
     memory_margin_mb: float  # <= 0: packed weights + cache + workspace fit the budget
-    notes: dict[str, object] = field(default_factory=dict)
 
 
 def base_accuracy(workload: Workload) -> float:
     """Accuracy of the uncompressed model, once per process."""
-    if "_base_accuracy" not in workload.extras:
-        workload.extras["_base_accuracy"] = float(workload.evaluate(workload.model))
-    return workload.extras["_base_accuracy"]
+    if "base_accuracy" not in workload._cache:
+        workload._cache["base_accuracy"] = float(workload.evaluate(workload.model))
+    return workload._cache["base_accuracy"]
 
 
 def _prunable_count(model: nn.Module) -> int:

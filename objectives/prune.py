@@ -48,8 +48,8 @@ def global_magnitude_masks(
     k = int(round(amount * flat.numel()))
     if k <= 0:
         return {k_: torch.ones_like(w, dtype=torch.bool) for k_, w in weights.items()}
-    # kthvalue gives the k-th smallest; everything strictly above it survives, ties broken
-    # by position so exactly k weights are removed.
+    # The k smallest go, ties broken by position (a stable sort), so exactly k weights
+    # are removed even when many are equal.
     order = torch.argsort(flat, stable=True)
     keep = torch.ones_like(flat, dtype=torch.bool)
     keep[order[:k]] = False

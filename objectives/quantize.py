@@ -174,7 +174,7 @@ class DynamicInt8Linear(nnqd.Linear):
         return y.to(x.dtype)
 
     @classmethod
-    def from_grid(cls, layer: nn.Linear, bits: int) -> "DynamicInt8Linear":
+    def from_grid(cls, layer: nn.Linear, bits: int) -> DynamicInt8Linear:
         """From a Linear whose weights `quantize_weights` already put on the `bits`-bit
         grid: max|w| / (2**(bits-1) - 1) recovers each row's stored scale, so the codes are
         the stored ones (PyTorch's own observer would re-round them with max / 127.5). A

@@ -139,10 +139,10 @@ def request_key(item: Any) -> bytes:
 
 def _request_keys(workload: Workload) -> list[bytes]:
     """Content hashes of the request pool, once per process."""
-    keys = workload.extras.get("_request_keys")
+    keys = workload._cache.get("request_keys")
     if keys is None:
         keys = [request_key(workload.request(i)) for i in range(workload.n_distinct_requests)]
-        workload.extras["_request_keys"] = keys
+        workload._cache["request_keys"] = keys
     return keys
 
 

@@ -19,7 +19,8 @@ from .workload import Workload
 __all__ = ["distillation_loss", "finetune"]
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
     """Hinton's KD: KL between softened distributions, scaled by T^2."""
     t = temperature
     return F.kl_div(
@@ -29,7 +30,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 def _teacher_outputs(workload: Workload, inputs: object, device: torch.device) -> torch.Tensor:
     """fp32 teacher outputs, computed once per process for each distinct batch object."""
-    cache: dict[int, tuple[object, torch.Tensor]] = workload.extras.setdefault("_teacher", {})
+    cache: dict[int, tuple[object, torch.Tensor]] = workload._cache.setdefault("teacher", {})
     hit = cache.get(id(inputs))
     if hit is not None and hit[0] is inputs:
         return hit[1].to(device)
@@ -67,7 +68,8 @@ def finetune(
                 kd = kd_fn(out, teacher, cfg.kd_temperature)
                 loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd
             if not math.isfinite(float(loss.detach())):
-                raise EvaluationError(f"fine-tuning diverged (loss {float(loss.detach())}) at lr={cfg.lr:g}")
+                raise EvaluationError(
+                    f"fine-tuning diverged (loss {float(loss.detach())}) at lr={cfg.lr:g}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

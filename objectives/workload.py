@@ -36,7 +36,7 @@ class Workload:
     zipf_skew: float = 1.1
     n_requests: int = 2000
     concurrency: int = 64
-    # Extra state a workload wants to keep alive (datasets, tokenizers); not used by csearch.
+    # The user's own state to keep alive with the workload (datasets, tokenizers).
     extras: dict[str, Any] = field(default_factory=dict)
     # Optional distillation term `(student_out, teacher_out, temperature) -> loss` used by
     # recovery training when `train.kd_alpha > 0`. Default: Hinton's KD on logits (softmax
@@ -51,6 +51,9 @@ class Workload:
     # A pretrained model fine-tunes at rates that would barely move one trained from
     # scratch, so the built-in spaces take the workload's word for them.
     param_ranges: dict[str, dict[str, Any]] | None = None
+    # csearch's own per-process state for this workload (base accuracy, request hashes,
+    # teacher outputs): computed once, never part of the workload's identity.
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def batch(self, items: list[Any]) -> Any:
         """Combine request inputs into one model input."""

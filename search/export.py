@@ -21,14 +21,13 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FixedTrial, TrialState
 from torch import nn
 
-from objectives import build_structure, evaluate, load_workload, unpack_state
+from objectives import evaluate, load_workload, rebuild, unpack_state
 from objectives.workloads import allow as allow_workload
-from objectives.groups import layer_plans
-from objectives.quantize import apply_runtime
 from spaces import parse_space
 
+from . import attrs
 from .errors import UsageError
-from .spec import BASELINE_ATTR, VERSION
+from .spec import VERSION
 from .study import Context, load_context, resolve_device, resolve_space, stored_spec
 
 __all__ = ["export_trial", "load", "MODEL_FILE", "META_FILE"]
@@ -38,7 +37,7 @@ META_FILE = "csearch.json"
 
 
 def _artifact_bytes(spec: Any, trial: optuna.trial.FrozenTrial) -> bytes | None:
-    artifact_id = trial.user_attrs.get("artifact_id")
+    artifact_id = trial.user_attrs.get(attrs.ARTIFACT_ID)
     store_dir = spec.artifacts
     if not artifact_id or not store_dir or not os.path.isdir(store_dir):
         return None
@@ -77,7 +76,7 @@ def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
         # No stored artifact (artifacts off): repeat the trial's evaluation with its seed.
         config = ctx.space.sample(FixedTrial(trial.params, trial.number))
         data = evaluate(ctx.workload, config, budget_mb=ctx.budget_mb, device=ctx.device,
-                        seed=trial.user_attrs.get("eval_seed", spec.seed + number)).artifact
+                        seed=trial.user_attrs.get(attrs.EVAL_SEED, spec.seed + number)).artifact
         source = "re-evaluated"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,8 +88,8 @@ def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
         "workload": spec.workload,
         "space_toml": spec.space_toml,
         "params": trial.params,
-        "metrics": trial.user_attrs.get("metrics", {}),
-        "baseline": study.user_attrs.get(BASELINE_ATTR, {}),
+        "metrics": trial.user_attrs.get(attrs.METRICS, {}),
+        "baseline": study.user_attrs.get(attrs.BASELINE, {}),
         "spec": spec.to_dict(),
         "model_bytes": len(data),
         "model_source": source,
@@ -118,12 +117,7 @@ def load(path: str | Path, device: str = "cpu", *, workload: str | None = None) 
     workload_obj = load_workload(meta["workload"], stored=True)
     space = resolve_space(parse_space(meta["space_toml"], name="export"), workload_obj)
     config = space.sample(FixedTrial(meta["params"]))
-    dev = resolve_device(device)
-    model = build_structure(workload_obj, config, dev)
     state = unpack_state((path / MODEL_FILE).read_bytes())
-    model.load_state_dict({k: v.to(dev) for k, v in state.items()})
-    model.eval()
-    _, quant_plan = layer_plans(workload_obj, model, config)
-    return apply_runtime(model, config.quant, dev, quant_plan)
+    return rebuild(workload_obj, config, state, resolve_device(device))
 
 

@@ -17,6 +17,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from . import attrs
 from ._optuna import (
     is_pareto_front,
     normalize_value,
@@ -25,7 +26,6 @@ from ._optuna import (
     study_id_of,
     trial_id_of,
 )
-from .spec import SPEC_ATTR
 from .storage import ObjectiveRows, read_objectives, read_trials
 
 __all__ = ["is_feasible", "trial_row", "trial_rows", "pareto_rows", "study_summaries",
@@ -63,7 +63,7 @@ def _num(v: Any) -> Any:
 
 
 def trial_row(t: FrozenTrial, stale: bool = False) -> dict[str, Any]:
-    metrics = t.user_attrs.get("metrics", {})
+    metrics = t.user_attrs.get(attrs.METRICS, {})
     row: dict[str, Any] = {
         "number": t.number,
         "state": t.state.name,
@@ -76,9 +76,9 @@ def trial_row(t: FrozenTrial, stale: bool = False) -> dict[str, Any]:
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
         "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
         "duration_s": t.duration.total_seconds() if t.duration else None,
-        "worker": t.user_attrs.get("worker"),
+        "worker": t.user_attrs.get(attrs.WORKER),
     }
-    for key in ("fail_reason", "pruned_reason"):
+    for key in (attrs.FAIL_REASON, attrs.PRUNED_REASON):
         if key in t.user_attrs:
             row["reason"] = t.user_attrs[key]
     return row
@@ -159,7 +159,7 @@ def study_summaries(storage: BaseStorage) -> list[dict[str, Any]]:
         for t in trials:
             state = "STALE" if t.number in stale else t.state.name
             counts[state] = counts.get(state, 0) + 1
-        spec = s.user_attrs.get(SPEC_ATTR, {})
+        spec = s.user_attrs.get(attrs.SPEC, {})
         front = pareto_rows(study, trials) if trials else []
         names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
         best: dict[str, float | None] = {}

@@ -8,14 +8,13 @@ stale trials before it returns, so no trial is left RUNNING by a finished worker
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import optuna
 import sqlalchemy.exc
@@ -24,7 +23,9 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from objectives import EarlyStopped, Reporter, evaluate
 
+from . import attrs
 from ._optuna import note_attrs, storage_of, study_id_of, trial_id_of
+from .attrs import TrialResult, store_results
 from .errors import StorageError
 from .spool import Spool
 from .storage import count_trials, error_chain, sampling_pass, set_trial_attrs
@@ -44,10 +45,7 @@ __all__ = [
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# optuna-dashboard 0.21 reads feasibility only from this list-valued system attr.
-LEGACY_CONSTRAINTS_ATTR = "constraints"
-# Where Optuna 5's `Trial.set_constraint(name, v)` keeps v: system attr "constraints:name".
-CONSTRAINT_PREFIX = "constraints:"
+LEGACY_CONSTRAINTS_ATTR = attrs.LEGACY_CONSTRAINTS
 MEMORY_CONSTRAINT = "memory_budget"
 # What a lost database connection looks like through Optuna and SQLAlchemy.
 DB_ERRORS = (
@@ -64,7 +62,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _TrialReporter(Reporter):
-    def __init__(self, trial: Trial, objective: "TrialObjective"):
+    def __init__(self, trial: Trial, objective: TrialObjective):
         self.trial = trial
         self.objective = objective
 
@@ -96,56 +94,47 @@ class TrialObjective:
         seed = spec.seed + trial.number
         with sampling_pass(trial.storage, trial_id_of(trial)):  # one commit, not one per param
             config = self.ctx.space.sample(trial)
-            _set_attrs(trial, {"eval_seed": seed, "worker": worker_id()})
+            _set_attrs(trial, {attrs.EVAL_SEED: seed, attrs.WORKER: worker_id()})
         self.evaluating = True
         try:
-            ev = evaluate(
-                self.ctx.workload,
-                config,
-                budget_mb=self.ctx.budget_mb,
-                device=self.ctx.device,
-                seed=seed,
-                accuracy_guard=spec.accuracy_guard(),
-                reporter=_TrialReporter(trial, self),
-            )
+            try:
+                ev = evaluate(
+                    self.ctx.workload,
+                    config,
+                    budget_mb=self.ctx.budget_mb,
+                    device=self.ctx.device,
+                    seed=seed,
+                    accuracy_guard=spec.accuracy_guard(),
+                    reporter=_TrialReporter(trial, self),
+                )
+            finally:  # before any handler below writes: a signal then only stops the study
+                self.evaluating = False
         except EarlyStopped as e:
-            self.evaluating = False
-            _set_attrs(trial, {"pruned_reason": e.reason,
-                               **({"partial_metrics": e.metrics} if e.metrics else {})})
+            _set_attrs(trial, {attrs.PRUNED_REASON: e.reason,
+                               **({attrs.PARTIAL_METRICS: e.metrics} if e.metrics else {})})
             raise optuna.TrialPruned(e.reason) from None
         except DB_ERRORS:
             raise
         except KeyboardInterrupt as e:  # SIGINT/SIGTERM mid-evaluation (see workers.py)
-            self.evaluating = False
-            _set_attrs(trial, {"fail_reason": f"interrupted: {e}", "interrupted": True})
+            _set_attrs(trial, {attrs.FAIL_REASON: f"interrupted: {e}", attrs.INTERRUPTED: True})
             raise
         except Exception as e:
-            self.evaluating = False
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
+            trial.set_user_attr(attrs.FAIL_REASON, f"{type(e).__name__}: {e}"[:1000])
             raise
-        finally:
-            self.evaluating = False
         values = [float(ev.metrics[m]) for m in spec.metric_names]
         constraints = {str(c): c.value(ev.metrics) for c in spec.parsed_constraints()}
         constraints[MEMORY_CONSTRAINT] = ev.memory_margin_mb
-        legacy = list(constraints.values())
+        result = TrialResult(values, ev.metrics, constraints)
         if self.spool is not None:  # before any database write: nothing evaluated is lost
-            self.spool.add(trial, values, {"metrics": ev.metrics}, constraints, legacy)
-        user: dict[str, object] = {"metrics": ev.metrics}
-        system: dict[str, object] = {}
+            self.spool.add(trial, result)
         # One commit for the results and the artifact's record (upload_artifact writes a
         # system attr of the trial).
         with sampling_pass(trial.storage, trial_id_of(trial)):
             try:
-                # What trial.set_constraint stores (with its checks), plus the list
-                # optuna-dashboard reads.
-                system = {f"{CONSTRAINT_PREFIX}{k}": _constraint_value(k, v)
-                          for k, v in constraints.items()}
-                system[LEGACY_CONSTRAINTS_ATTR] = legacy
                 if spec.artifacts:
-                    user["artifact_id"] = self._upload(trial, ev.artifact)
-            finally:  # the metrics are stored even if a constraint or the upload fails
-                _set_attrs(trial, user, system)
+                    result = replace(result, artifact_id=self._upload(trial, ev.artifact))
+            finally:  # the metrics are stored even if the upload fails
+                store_results(trial.storage, trial, result)
         return tuple(values)
 
     def _upload(self, trial: Trial, data: bytes) -> str:
@@ -166,17 +155,6 @@ class TrialObjective:
                     study_or_trial=trial,
                     mimetype="application/octet-stream",
                 )
-
-
-def _constraint_value(name: str, value: object) -> float:
-    """The checks of `Trial.set_constraint`: a float, never NaN."""
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise TypeError(f"constraint {name!r} is a {type(value).__name__}, not a float") from None
-    if math.isnan(out):
-        raise ValueError(f"Attempted to set a constraint for {name!r}, but NaN is not allowed.")
-    return out
 
 
 def _set_attrs(trial: Trial, user: dict[str, object],
@@ -223,13 +201,13 @@ def _seed_once(study: optuna.Study, ctx: Context) -> None:
 
     from .sensitivity import sensitivity_seeds
 
-    if study.user_attrs.get("seeded") or study.get_trials(deepcopy=False):
+    if study.user_attrs.get(attrs.SEEDED) or study.get_trials(deepcopy=False):
         return
-    study.set_user_attr("seeded", True)
+    study.set_user_attr(attrs.SEEDED, True)
     # At least one, at most a tenth of the budget; the sampler does the rest.
     limit = max(1, (ctx.spec.trials or 40) // 10)
-    for params in sensitivity_seeds(ctx.space, study.user_attrs.get("sensitivity"))[:limit]:
-        study.enqueue_trial(params, user_attrs={"seeded": "sensitivity"})
+    for params in sensitivity_seeds(ctx.space, study.user_attrs.get(attrs.SENSITIVITY))[:limit]:
+        study.enqueue_trial(params, user_attrs={attrs.SEEDED: "sensitivity"})
         limit -= 1
     enqueue_seeds(study, ctx.space, limit)
 
@@ -311,7 +289,7 @@ def run_trials(
         while True:  # start-up reads and writes, retried if the database is restarting
             try:
                 # Groups the sensitivity pass found too fragile stay fp32 for every worker.
-                ctx.space = narrow(ctx.space, study.user_attrs.get("sensitivity"))
+                ctx.space = narrow(ctx.space, study.user_attrs.get(attrs.SENSITIVITY))
                 spool.flush(study)
                 _seed_once(study, ctx)
                 break

@@ -16,6 +16,8 @@ import optuna
 
 from spaces import INHERIT, Param, Space, split_name
 
+from . import attrs
+
 __all__ = ["SEED_LADDER", "fit_value", "seed_params", "follow_global", "enqueue_seeds"]
 
 # Each entry: dotted params; "max"/"mid" mean the space's upper bound / geometric middle.
@@ -93,5 +95,5 @@ def enqueue_seeds(study: optuna.Study, space: Space, limit: int) -> int:
     """Queue up to `limit` seed configurations; return how many."""
     params = seed_params(space)[: max(0, limit)]
     for p in params:
-        study.enqueue_trial(p, user_attrs={"seeded": True})
+        study.enqueue_trial(p, user_attrs={attrs.SEEDED: True})
     return len(params)

@@ -12,14 +12,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import optuna
 
 from spaces import Space
 
-__all__ = ["SENSITIVITY_ATTR", "probes_for", "measure", "pinned_groups", "narrow",
-           "budgeted_choice", "sensitivity_seeds", "store"]
+from . import attrs
 
-SENSITIVITY_ATTR = "sensitivity"
+__all__ = ["SENSITIVITY_ATTR", "probes_for", "measure", "pinned_groups", "narrow",
+           "budgeted_choice", "sensitivity_seeds"]
+
+SENSITIVITY_ATTR = attrs.SENSITIVITY
 DEFAULT_GUARD = 0.01
 
 
@@ -30,7 +31,8 @@ def _per_group_methods(space: Space) -> dict[str, tuple[Any, ...]]:
 
 def probes_for(space: Space) -> dict[str, dict[str, object]]:
     """Probes the space can express: dynamic int8, 4-bit weights, 50% sparsity."""
-    choices = set().union(*_per_group_methods(space).values()) if _per_group_methods(space) else set()
+    methods = _per_group_methods(space)
+    choices = set().union(*methods.values()) if methods else set()
     probes: dict[str, dict[str, object]] = {}
     if "int8_dynamic" in choices:
         probes["int8_dynamic"] = {"quant.method": "int8_dynamic"}
@@ -188,7 +190,3 @@ def _layered_seed(space: Space, sens: dict[str, Any], methods: dict[str, tuple[A
         return None  # the space has no per-group sparsity, or cannot take these rates
     return out
 
-
-def store(study: optuna.Study, sens: dict[str, Any] | None) -> None:
-    if sens is not None:
-        study.set_user_attr(SENSITIVITY_ATTR, sens)

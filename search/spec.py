@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
+from . import attrs
 from .errors import SpecError
 from .metrics import Constraint, Objective, parse_constraint, parse_objective
 
@@ -15,9 +16,9 @@ __all__ = ["StudySpec", "SPEC_ATTR", "BASELINE_ATTR", "ENV_ATTR", "DEFAULT_OBJEC
            "SAMPLERS", "VERSION", "stored_spec"]
 
 VERSION = "0.1.0"
-SPEC_ATTR = "spec"
-BASELINE_ATTR = "baseline"
-ENV_ATTR = "environment"
+SPEC_ATTR = attrs.SPEC
+BASELINE_ATTR = attrs.BASELINE
+ENV_ATTR = attrs.ENVIRONMENT
 DEFAULT_OBJECTIVES = ("accuracy:max", "latency_ms:min", "size_mb:min")
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
 
@@ -87,14 +88,14 @@ class StudySpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StudySpec":
+    def from_dict(cls, d: dict[str, Any]) -> StudySpec:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw["objectives"] = tuple(kw.get("objectives", DEFAULT_OBJECTIVES))
         kw["constraints"] = tuple(kw.get("constraints", ()))
         return cls(**kw)
 
-    def differences(self, other: "StudySpec") -> list[str]:
+    def differences(self, other: StudySpec) -> list[str]:
         """Identity fields that differ, described for the user."""
         out = []
         for name in _IDENTITY:

@@ -13,14 +13,15 @@ import hashlib
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
 from ._optuna import storage_of, trial_id_of
+from .attrs import RECOVERED_FROM, TrialResult, store_results
 
 __all__ = ["Spool"]
 
@@ -37,7 +38,7 @@ def _alive(pid: int) -> bool:
 
 class Spool:
     def __init__(self, study_name: str, url: str, root: Path | None = None):
-        from objectives.workloads._cache import cache_dir
+        from objectives import cache_dir
 
         key = hashlib.sha1(f"{url}\0{study_name}".encode()).hexdigest()[:16]
         env = os.environ.get("CSEARCH_SPOOL_DIR")
@@ -47,18 +48,14 @@ class Spool:
     def _path(self, trial_id: int) -> Path:
         return self.dir / f"{self.host}-{os.getpid()}-{trial_id}.json"
 
-    def add(self, trial: optuna.trial.Trial, values: list[float], user_attrs: dict[str, Any],
-            constraints: dict[str, float], legacy: list[float]) -> None:
+    def add(self, trial: optuna.trial.Trial, result: TrialResult) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         record = {
             "trial_id": trial_id_of(trial),
             "number": trial.number,
             "params": trial.params,
             "distributions": {k: distribution_to_json(d) for k, d in trial.distributions.items()},
-            "values": values,
-            "user_attrs": user_attrs,
-            "constraints": constraints,
-            "legacy_constraints": legacy,
+            **result.to_record(),
         }
         tmp = self._path(trial_id_of(trial)).with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
@@ -88,25 +85,20 @@ class Spool:
             if trial.state == TrialState.COMPLETE:
                 path.unlink(missing_ok=True)
                 continue
+            result = TrialResult.from_record(rec)
             if trial.state == TrialState.RUNNING:
-                for k, v in rec["user_attrs"].items():
-                    storage.set_trial_user_attr(trial_id_of(trial), k, v)
-                for k, v in rec["constraints"].items():
-                    storage.set_trial_system_attr(trial_id_of(trial), f"constraints:{k}", v)
-                storage.set_trial_system_attr(trial_id_of(trial), "constraints",
-                                              rec["legacy_constraints"])
-                study.tell(trial.number, rec["values"], skip_if_finished=True)
+                store_results(storage, trial, result)
+                study.tell(trial.number, result.values, skip_if_finished=True)
             else:  # failed as stale while the database was away: keep the result anyway
-                system = {f"constraints:{k}": v for k, v in rec["constraints"].items()}
-                system["constraints"] = rec["legacy_constraints"]
+                recovered = replace(result, extra={**result.extra, RECOVERED_FROM: rec["number"]})
                 study.add_trial(optuna.trial.create_trial(
                     state=TrialState.COMPLETE,
                     params=rec["params"],
                     distributions={k: json_to_distribution(d)
                                    for k, d in rec["distributions"].items()},
-                    values=rec["values"],
-                    user_attrs={**rec["user_attrs"], "recovered_from": rec["number"]},
-                    system_attrs=system,
+                    values=result.values,
+                    user_attrs=recovered.user_attrs(),
+                    system_attrs=recovered.system_attrs(),
                 ))
             path.unlink(missing_ok=True)
             written += 1

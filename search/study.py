@@ -21,7 +21,8 @@ from spaces import Config, Space, TrainConfig, load_space, parse_space
 from .errors import SpecError, StudyNotFound, UsageError
 from .spec import stored_spec
 from .storage import load_study
-from .spec import BASELINE_ATTR, ENV_ATTR, SPEC_ATTR, VERSION, StudySpec
+from . import attrs
+from .spec import VERSION, StudySpec
 
 __all__ = [
     "Context",
@@ -186,7 +187,7 @@ def create_or_resume(
         merged = replace(old, trials=spec.trials, timeout=spec.timeout, device=spec.device,
                          artifacts=spec.artifacts)
         if merged != old:
-            study.set_user_attr(SPEC_ATTR, merged.to_dict())
+            study.set_user_attr(attrs.SPEC, merged.to_dict())
         return study, False
     if ctx is None:
         raise StudyNotFound(f"no study named {name!r}")
@@ -198,12 +199,12 @@ def create_or_resume(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(spec.metric_names)
-    study.set_user_attr(SPEC_ATTR, spec.to_dict())
-    study.set_user_attr(BASELINE_ATTR, {**base.metrics, "memory_budget_mb": ctx.budget_mb})
-    study.set_user_attr(ENV_ATTR, environment(ctx.device))
-    from .sensitivity import SENSITIVITY_ATTR, measure
+    study.set_user_attr(attrs.SPEC, spec.to_dict())
+    study.set_user_attr(attrs.BASELINE, {**base.metrics, "memory_budget_mb": ctx.budget_mb})
+    study.set_user_attr(attrs.ENVIRONMENT, environment(ctx.device))
+    from .sensitivity import measure
 
     sens = measure(ctx)  # once per study, before any worker starts
     if sens is not None:
-        study.set_user_attr(SENSITIVITY_ATTR, sens)
+        study.set_user_attr(attrs.SENSITIVITY, sens)
     return study, True

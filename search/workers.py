@@ -24,10 +24,17 @@ import optuna
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from . import attrs
 from ._optuna import storage_of, trial_id_of
 from .errors import CsearchError
 from .runner import Interrupted, TrialObjective, run_trials, worker_id
-from .storage import WORKER_START_WAIT, close_storages, open_storage, retry_while_restarting
+from .storage import (
+    WORKER_START_WAIT,
+    close_storages,
+    open_storage,
+    retry_while_restarting,
+    set_trial_attrs,
+)
 from .study import Context, load_context, load_study, stored_spec
 
 __all__ = ["join_study", "run_until_budget", "run_local_workers", "Interrupted"]
@@ -38,17 +45,17 @@ def _finish_interrupted(study: Study, reason: str) -> None:
     me = worker_id()
     storage = storage_of(study)
     trials = study.get_trials(deepcopy=False)
-    requeued = {t.user_attrs.get("retry_of") for t in trials}
+    requeued = {t.user_attrs.get(attrs.RETRY_OF) for t in trials}
     for t in trials:
-        if t.user_attrs.get("worker") != me or t.number in requeued:
+        if t.user_attrs.get(attrs.WORKER) != me or t.number in requeued:
             continue
         if t.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(trial_id_of(t), "fail_reason", f"interrupted: {reason}")
-            storage.set_trial_user_attr(trial_id_of(t), "interrupted", True)
+            set_trial_attrs(storage, trial_id_of(t), {attrs.FAIL_REASON: f"interrupted: {reason}",
+                                                     attrs.INTERRUPTED: True})
             storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL)
-        elif not (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")):
+        elif not (t.state == TrialState.FAIL and t.user_attrs.get(attrs.INTERRUPTED)):
             continue
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        study.enqueue_trial(t.params, user_attrs={attrs.RETRY_OF: t.number}, skip_if_exists=False)
 
 
 def join_study(
@@ -159,9 +166,8 @@ def run_local_workers(study_name: str, url: str, n: int, device: str | None = No
     fork) and builds its own workload. SIGINT/SIGTERM here are passed on to the workers.
     """
     ctx = multiprocessing.get_context("spawn")
-    # N workers each using every core would oversubscribe the CPU (measured on 2 cores:
-    # 2 workers at 2 threads each ran 0.51x the trials/min of 1 worker; at 1 thread each,
-    # 1.63x). Each local worker gets its share of the cores.
+    # Each local worker gets its share of the cores: N workers each using every core
+    # oversubscribe the CPU (benchmarks/RESULTS.md has the measurement).
     threads = max(1, (os.cpu_count() or 1) // n)
     procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload, threads),
                          daemon=False)

@@ -94,7 +94,7 @@ class Config:
     groups: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @classmethod
-    def from_flat(cls, values: dict[str, Any]) -> "Config":
+    def from_flat(cls, values: dict[str, Any]) -> Config:
         """Build from dotted names (`{"prune.amount": 0.5, "quant.bits[qkv]": 4}`);
         missing names keep defaults, a group left out follows the global values."""
         parts: dict[str, dict[str, Any]] = {}
@@ -132,7 +132,7 @@ class Config:
                 return dict(over)
         return {}
 
-    def for_group(self, group: str | None) -> "Config":
+    def for_group(self, group: str | None) -> Config:
         """The config a layer of `group` is compressed with (global values + overrides)."""
         over = self.overrides(group)
         if not over:

@@ -86,7 +86,7 @@ class Param:
     def active(self, values: dict[str, Any]) -> bool:
         return all(values.get(name) in allowed for name, allowed in self.when)
 
-    def suggest(self, trial: "BaseTrial") -> Any:
+    def suggest(self, trial: BaseTrial) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices))
         if self.type == "int":
@@ -111,7 +111,7 @@ class Space:
     params: tuple[Param, ...]
     source: str = field(default="", compare=False)  # TOML text with includes resolved
 
-    def sample(self, trial: "BaseTrial") -> Config:
+    def sample(self, trial: BaseTrial) -> Config:
         values: dict[str, Any] = {}
         for p in self.params:
             if p.active(values):
@@ -133,7 +133,7 @@ class Space:
     def has_templates(self) -> bool:
         return any(split_name(p.name)[1] == TEMPLATE for p in self.params)
 
-    def expand(self, groups: list[str], only: Mapping[str, list[str]] | None = None) -> "Space":
+    def expand(self, groups: list[str], only: Mapping[str, list[str]] | None = None) -> Space:
         """Replace each `name[*]` template by one parameter per layer group, in place;
         conditions on `other[*]` refer to the same group. A concrete parameter already in
         the space wins over its template. `only` limits a field's templates to the groups
@@ -155,7 +155,7 @@ class Space:
                 out.append(replace(p, name=name, when=when))
         return _rebuilt(self.name, out)
 
-    def with_ranges(self, tables: Mapping[str, Mapping[str, Any]], where: str) -> "Space":
+    def with_ranges(self, tables: Mapping[str, Mapping[str, Any]], where: str) -> Space:
         """Replace the range of parameters this space declares with a workload's own (a
         pretrained transformer fine-tunes at 1e-5, not 1e-3). A table for `prune.amount`
         also applies to `prune.amount[g]`; conditions stay the space's; a parameter the
@@ -331,11 +331,11 @@ def _when(raw: Any, bad: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     out = []
     for cond, allowed in raw.items():
         cbase, cbounds = _base_and_bounds(
-            cond, lambda msg: bad(f"'when' refers to unknown parameter {cond!r}: {msg}"))
+            cond, lambda msg, cond=cond: bad(f"'when' refers to unknown parameter {cond!r}: {msg}"))
         allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
         for value in allowed:  # a typo here would switch the parameter off for good
             _check_value(cond, value, PARAM_FIELDS[cbase], cbounds,
-                         lambda msg: bad(f"'when' on {cond!r}: {msg}"))
+                         lambda msg, cond=cond: bad(f"'when' on {cond!r}: {msg}"))
         out.append((cond, allowed))
     return tuple(out)
 

@@ -54,7 +54,8 @@ def _split(seed: int) -> dict[str, torch.Tensor]:
             "y_test": y[idx_test]}
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(x: torch.Tensor, y: torch.Tensor,
+             size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
@@ -88,7 +89,8 @@ def make_digits_workload(seed: int = 0) -> Workload:
     def evaluate(m: nn.Module) -> float:
         device = next(iter(m.state_dict().values())).device
         m.eval()
-        pred = torch.cat([m(xb.to(device)).argmax(1).cpu() for xb, _ in _batches(x_test, y_test, 512)])
+        pred = torch.cat([m(xb.to(device)).argmax(1).cpu()
+                          for xb, _ in _batches(x_test, y_test, 512)])
         return float((pred == y_test).float().mean())
 
     train = _batches(x_train, y_train, 64)

@@ -153,10 +153,12 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _batches_by_length(ids: list[torch.Tensor], size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+def _batches_by_length(ids: list[torch.Tensor], size: int,
+                       pad_id: int) -> list[dict[str, torch.Tensor]]:
     """Fixed batches of similar lengths (less padding), in a fixed order."""
     order = sorted(range(len(ids)), key=lambda i: (ids[i].numel(), i))
-    return [pad_batch([ids[i] for i in order[s : s + size]], pad_id) for s in range(0, len(order), size)]
+    return [pad_batch([ids[i] for i in order[s : s + size]], pad_id)
+            for s in range(0, len(order), size)]
 
 
 @torch.inference_mode()
@@ -171,7 +173,8 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return (1 - F.cosine_similarity(student, teacher.to(student.dtype), dim=-1)).mean()
 
 
-def similarity_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def similarity_distillation(student: torch.Tensor, teacher: torch.Tensor,
+                            temperature: float) -> torch.Tensor:
     """Hinton's KD on the batch's sentence-similarity rows (softmax at `temperature`)."""
     from ..train import distillation_loss
 

@@ -32,8 +32,7 @@ from .multi_objective import non_domination_rank
 __all__ = ["TPE_BEST", "TPE_WINDOW", "WindowedTPESampler"]
 
 # The most recent COMPLETE/PRUNED trials TPE models. Up to this many the sampler is
-# Optuna's TPESampler exactly; past it a suggest on the digits `joint` space stays near
-# 20 ms however long the study runs (benchmarks/results/sampler_latest.md).
+# Optuna's TPESampler exactly; past it a suggest's cost stops growing with the study.
 TPE_WINDOW = 300
 # The best feasible trials so far that TPE models besides (its "good" set at 1,000
 # trials). Not the whole front: a continuous 3-objective front grows into the hundreds,
@@ -167,12 +166,12 @@ class WindowedTPESampler(TPESampler):
     """Optuna's TPESampler on a bounded history, for studies of thousands of trials.
 
     Multi-objective TPE re-reads, re-ranks (non-dominated sort) and re-fits Parzen
-    estimators on every finished trial, once per parameter group, so a suggest on the
-    digits `joint` space cost ~0.1 ms per trial in the study (~100 ms at 1,000 trials,
-    1-2 s at 10,000) against digits trials of 0.2-1 s. Once more than `window` trials are
-    COMPLETE or PRUNED, TPE is given instead: the `best` best feasible trials so far (by
-    non-domination rank, kept incrementally), the `window` most recent COMPLETE/PRUNED
-    trials, and every RUNNING trial (the constant liar). Its "good" set is as large as on
+    estimators on every finished trial, once per parameter group, so a suggest's cost
+    grows with the study until it rivals a cheap trial (benchmarks/RESULTS.md). Once
+    more than `window` trials are COMPLETE or PRUNED, TPE is given instead: the `best`
+    best feasible trials so far (by non-domination rank, kept incrementally), the
+    `window` most recent COMPLETE/PRUNED trials, and every RUNNING trial (the constant
+    liar). Its "good" set is as large as on
     the whole study (10 %), up to `best`; the recent trials stand in for the rest, which
     TPE weighs down by age anyway. Infeasible trials stay infeasible (TPE reads
     `trial.constraints` from the same FrozenTrials). The history is read and the split

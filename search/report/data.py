@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .. import attrs
 from .._optuna import hypervolume
 from ..results import is_feasible, pareto_mask
 from ._common import (
@@ -253,7 +254,7 @@ def collect_timeline(study: optuna.Study, trials: Trials | None = None) -> Timel
             continue
         end = t.datetime_complete or now
         data.numbers.append(t.number)
-        data.workers.append(str(t.user_attrs.get("worker") or "unknown"))
+        data.workers.append(str(t.user_attrs.get(attrs.WORKER) or "unknown"))
         data.start.append(t.datetime_start.isoformat())
         data.end.append(end.isoformat())
         data.seconds.append(max(0.0, (end - t.datetime_start).total_seconds()))
@@ -279,7 +280,7 @@ def collect_serving(study: optuna.Study, trials: Trials | None = None) -> Servin
     for t in _trials(study, trials):
         if t.state != TrialState.COMPLETE:
             continue
-        m = t.user_attrs.get("metrics") or {}
+        m = t.user_attrs.get(attrs.METRICS) or {}
         beta, gamma = t.params.get("serve.cache_ratio"), t.params.get("serve.memory_ratio")
         hit, rps = m.get("cache_hit_rate"), m.get("throughput_rps")
         if None in (beta, gamma, hit, rps) or not all(

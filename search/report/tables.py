@@ -10,8 +10,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from .. import attrs
 from ..results import is_feasible
-from ..spec import BASELINE_ATTR, ENV_ATTR, SPEC_ATTR
 from ..storage import redact
 from ._common import TABLE_METRICS, Trials, _trials
 from .data import ParetoData, collect_pareto
@@ -39,15 +39,15 @@ def collect_pareto_table(study: optuna.Study, trials: Trials | None = None,
     pareto = pareto or collect_pareto(study, trials)
     front = set(pareto.front_numbers())
     by_number = {t.number: t for t in trials if t.number in front}
-    baseline = study.user_attrs.get(BASELINE_ATTR) or {}
+    baseline = study.user_attrs.get(attrs.BASELINE) or {}
     extra = [k for k in TABLE_METRICS
-             if any(k in (by_number[n].user_attrs.get("metrics") or {}) for n in by_number)]
+             if any(k in (by_number[n].user_attrs.get(attrs.METRICS) or {}) for n in by_number)]
     ratio = bool(baseline.get("size_mb"))
     data = TableData(columns=["number", *pareto.names, *extra,
                               *(["smaller"] if ratio else []), "params", "export"])
     for n in sorted(by_number):
         t = by_number[n]
-        m = t.user_attrs.get("metrics") or {}
+        m = t.user_attrs.get(attrs.METRICS) or {}
         row: dict[str, Any] = {"number": n}
         row.update({k: v for k, v in zip(pareto.names, t.values)})
         row.update({k: m.get(k) for k in extra})
@@ -87,14 +87,14 @@ def collect_context(study: optuna.Study, trials: Trials | None = None,
                 infeas += 1
             else:
                 feas += 1
-    spec = dict(study.user_attrs.get(SPEC_ATTR) or {})
+    spec = dict(study.user_attrs.get(attrs.SPEC) or {})
     spec.pop("space_toml", None)
     return ContextData(
         study=study.study_name,
         storage=redact(storage_url) if storage_url else None,
         spec=spec,
-        baseline=dict(study.user_attrs.get(BASELINE_ATTR) or {}),
-        environment=dict(study.user_attrs.get(ENV_ATTR) or {}),
+        baseline=dict(study.user_attrs.get(attrs.BASELINE) or {}),
+        environment=dict(study.user_attrs.get(attrs.ENVIRONMENT) or {}),
         states=states, n_trials=len(trials), n_feasible=feas, n_infeasible=infeas,
     )
 
@@ -112,9 +112,9 @@ class SensitivityData:
 
 
 def collect_sensitivity(study: optuna.Study, trials: Trials | None = None) -> SensitivityData:
-    from ..sensitivity import SENSITIVITY_ATTR, pinned_groups
+    from ..sensitivity import pinned_groups
 
-    sens = study.user_attrs.get(SENSITIVITY_ATTR)
+    sens = study.user_attrs.get(attrs.SENSITIVITY)
     if not sens:
         return SensitivityData()
     groups = list(sens["drops"])

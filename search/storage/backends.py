@@ -172,10 +172,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _use_wal(storage: Any) -> None:
     """SQLite in WAL mode with synchronous=NORMAL: a commit no longer waits for an fsync
-    (every suggest, user attr and constraint is a commit; this halves csearch's per-trial
-    overhead, see benchmarks/RESULTS.md), and readers stop blocking the writer when
-    several workers share the file. A crash of the process loses nothing; a power loss can
-    lose the last commits (the local spool still holds evaluated results)."""
+    (every suggest, user attr and constraint is a commit), and readers stop blocking the
+    writer when several workers share the file. A crash of the process loses nothing; a
+    power loss can lose the last commits (the local spool still holds evaluated results)."""
     import sqlalchemy
 
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)

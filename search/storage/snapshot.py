@@ -1,11 +1,10 @@
 """Reading a study's trials for the read-only commands, fast on RDB storages.
 
 On RDB storages the rows are read with one plain select per table (`_optuna.tables`)
-instead of Optuna's ORM, which on a 10,000-trial SQLite study was most of what
-`csearch pareto` took (benchmarks/RESULTS.md); for the Pareto front only objective values
-and constraints are read, so full trials are loaded for the front alone. Any other
-storage (in-memory, journal) goes through `Study.get_trials`; tests check that both paths
-return equal trials on every backend.
+instead of Optuna's ORM, which builds and expires an object per row; for the Pareto
+front only objective values and constraints are read, so full trials are loaded for the
+front alone. Any other storage (in-memory, journal) goes through `Study.get_trials`;
+tests check that both paths return equal trials on every backend.
 """
 
 from __future__ import annotations

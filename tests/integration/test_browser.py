@@ -71,7 +71,8 @@ def test_report_renders_offline(browser, real_study, tmp_path):
     # The table sorts by a clicked column.
     order = browser.eval("""(() => {
         const t = document.getElementById("pareto-table");
-        const col = Array.from(t.tHead.rows[0].cells).findIndex(c => c.innerText.trim() == "size_mb");
+        const col = Array.from(t.tHead.rows[0].cells)
+            .findIndex(c => c.innerText.trim() == "size_mb");
         t.tHead.rows[0].cells[col].click();
         return Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[col].dataset.v));
     })()""")

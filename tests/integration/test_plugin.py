@@ -102,7 +102,8 @@ def test_attribute_not_found() -> None:
 
 def test_error_inside_the_users_module(plugin_dir: Path) -> None:
     name = _module(plugin_dir, "broken_plugin_4711", "raise RuntimeError('boom in user code')\n")
-    with pytest.raises(WorkloadError, match=r"error while importing .*RuntimeError: boom in user code"):
+    with pytest.raises(WorkloadError,
+                       match=r"error while importing .*RuntimeError: boom in user code"):
         resolve_factory(f"{name}:make")
 
 

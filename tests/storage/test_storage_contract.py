@@ -251,7 +251,7 @@ def test_a_missing_study_is_not_created_without_a_context(backend):
 # --- fast reads (search.storage.snapshot) against Optuna's own reads -----------------------------
 
 def _reference_pareto(study: optuna.Study) -> list[dict]:
-    """The front as csearch computed it before fastread: Optuna's `best_trials` (feasible
+    """The front as csearch computed it before the snapshot reads: Optuna's `best_trials` (feasible
     trials only), or the first best feasible trial of a single-objective study."""
     from search.results import is_feasible, trial_row
 

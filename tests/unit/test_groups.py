@@ -7,7 +7,6 @@ import json
 
 import optuna
 import torch
-from pathlib import Path
 from torch import nn
 import pytest
 

@@ -19,7 +19,7 @@ from spaces import QuantConfig
 
 
 def _per_element_scale(w: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
-    rows, k = w.shape[0], w[0].numel()
+    k = w[0].numel()
     g = k if group_size <= 0 or group_size >= k else group_size
     idx = torch.arange(k) // g
     return scales.float()[:, idx].reshape(w.shape)

@@ -141,7 +141,7 @@ def test_importances_keys_and_too_few_trials(hand_study, synthetic_study):
     assert set(d.importances) | set(d.skipped) == set(NAMES)
     assert d.importances, d.skipped
     params = set().union(*(t.params for t in synthetic_study.trials))
-    for name, imp in d.importances.items():
+    for imp in d.importances.values():
         assert set(imp) <= params and imp
         assert sum(imp.values()) == pytest.approx(1.0, abs=1e-6)
     one = optuna.create_study(directions=DIRS)

@@ -9,7 +9,7 @@ with a capital letter, ends with `.`, `?` or `!`) of 8 to 40 words, de-duplicate
 ordered by the BLAKE2b hash of its text; the first 320 are the held-out fidelity set,
 the next 640 the recovery-training set (disjoint).
 
-    python objectives/workloads/data/make_minilm_sentences.py > objectives/workloads/data/minilm_sentences.json
+    cd objectives/workloads/data && python make_minilm_sentences.py > minilm_sentences.json
 """
 
 import hashlib

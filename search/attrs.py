@@ -1,0 +1,117 @@
+"""Every attribute csearch stores on a trial or a study, named once, and the one writer of
+a trial's results (used by the runner and by the spool that writes results back later).
+
+optuna-dashboard, `csearch trials` and exported `csearch.json` files read these names,
+so they are part of the stored format: renaming one breaks existing studies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
+
+from ._optuna import note_attrs, trial_id_of
+from .storage import set_trial_attrs
+
+__all__ = [
+    "ARTIFACT_ID", "BASELINE", "CONSTRAINT_PREFIX", "EVAL_SEED", "ENVIRONMENT", "FAIL_REASON",
+    "INTERRUPTED", "LEGACY_CONSTRAINTS", "METRICS", "PARTIAL_METRICS", "PRUNED_REASON",
+    "RECOVERED_FROM", "REJECTED", "RETRY_OF", "SEEDED", "SENSITIVITY", "SERVED", "SPEC", "WORKER",
+    "TrialResult", "store_results",
+]
+
+# --- trial user attrs --------------------------------------------------------------------
+METRICS = "metrics"  # every measured metric, objective or not
+WORKER = "worker"  # host:pid of the process that evaluated the trial
+EVAL_SEED = "eval_seed"  # the evaluation's seed, so export rebuilds the same artifact
+ARTIFACT_ID = "artifact_id"  # the packed model in the study's artifact store
+FAIL_REASON = "fail_reason"  # why a FAIL trial failed
+INTERRUPTED = "interrupted"  # True: failed by a signal, not by its config
+PRUNED_REASON = "pruned_reason"  # why csearch stopped a hopeless trial
+PARTIAL_METRICS = "partial_metrics"  # what a pruned trial measured before it stopped
+REJECTED = "rejected"  # the evaluation's cheap pre-check said no (objectives' reporter)
+RECOVERED_FROM = "recovered_from"  # a spooled result re-added as a new trial: the old number
+RETRY_OF = "retry_of"  # re-queued after a signal failed it: the failed trial's number
+SEEDED = "seeded"  # enqueued by csearch (True, or the seeding's name); also a study attr
+SERVED = "served"  # `csearch loadtest --trial`: the real server's measurements
+
+# --- trial system attrs ------------------------------------------------------------------
+# Where Optuna 5's `Trial.set_constraint(name, v)` keeps v: "constraints:NAME".
+CONSTRAINT_PREFIX = "constraints:"
+# optuna-dashboard 0.21 reads feasibility only from this list-valued system attr.
+LEGACY_CONSTRAINTS = "constraints"
+
+# --- study user attrs --------------------------------------------------------------------
+SPEC = "spec"  # the StudySpec: workers need nothing else
+BASELINE = "baseline"  # the uncompressed model's metrics
+ENVIRONMENT = "environment"  # device, versions, threads
+SENSITIVITY = "sensitivity"  # the per-layer-group sensitivity pass
+
+
+def _constraint_value(name: str, value: object) -> float:
+    """The checks of `Trial.set_constraint`: a float, never NaN."""
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"constraint {name!r} is a {type(value).__name__}, not a float") from None
+    if math.isnan(out):
+        raise ValueError(f"Attempted to set a constraint for {name!r}, but NaN is not allowed.")
+    return out
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What an evaluated trial stores besides its values: metrics, constraints, artifact."""
+
+    values: list[float]
+    metrics: dict[str, float]
+    constraints: dict[str, float]  # name -> value, <= 0 is feasible
+    artifact_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more user attrs (RECOVERED_FROM)
+
+    def user_attrs(self) -> dict[str, Any]:
+        user: dict[str, Any] = {METRICS: self.metrics, **self.extra}
+        if self.artifact_id is not None:
+            user[ARTIFACT_ID] = self.artifact_id
+        return user
+
+    def system_attrs(self) -> dict[str, Any]:
+        """What `trial.set_constraint` stores (with its checks), plus the list
+        optuna-dashboard reads."""
+        system: dict[str, Any] = {f"{CONSTRAINT_PREFIX}{k}": _constraint_value(k, v)
+                                  for k, v in self.constraints.items()}
+        system[LEGACY_CONSTRAINTS] = list(self.constraints.values())
+        return system
+
+    def to_record(self) -> dict[str, Any]:
+        return {"values": self.values, "user_attrs": self.user_attrs(),
+                "constraints": self.constraints,
+                "legacy_constraints": list(self.constraints.values())}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> TrialResult:
+        user = dict(rec["user_attrs"])
+        metrics = user.pop(METRICS, {})
+        artifact_id = user.pop(ARTIFACT_ID, None)
+        return cls(list(rec["values"]), metrics, dict(rec["constraints"]), artifact_id, user)
+
+
+def store_results(storage: BaseStorage, trial: optuna.Trial | FrozenTrial,
+                  result: TrialResult) -> None:
+    """Store a trial's results in one write (one commit on csearch's RDB storages), and
+    keep a live trial's `user_attrs` in step. The metrics are stored even when a
+    constraint value is invalid; that error is raised after."""
+    user = result.user_attrs()
+    try:
+        system = result.system_attrs()
+    except (TypeError, ValueError):
+        set_trial_attrs(storage, trial_id_of(trial), user, {})
+        note_attrs(trial, user, {})
+        raise
+    set_trial_attrs(storage, trial_id_of(trial), user, system)
+    note_attrs(trial, user, system)
