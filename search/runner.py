@@ -63,7 +63,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _TrialReporter(Reporter):
-    def __init__(self, trial: Trial, objective: "TrialObjective"):
+    def __init__(self, trial: Trial, objective: TrialObjective):
         self.trial = trial
         self.objective = objective
 
@@ -106,6 +106,7 @@ class TrialObjective:
                 seed=seed,
                 accuracy_guard=spec.accuracy_guard(),
                 reporter=_TrialReporter(trial, self),
+                serve_overhead_ms=self.ctx.serve_overhead_ms,
             )
         except EarlyStopped as e:
             self.evaluating = False
