@@ -25,7 +25,7 @@ REWARM_S = 0.25  # before each later one (the process has kept the CPU busy sinc
 MIN_ROUNDS = 3  # repeats of every input before the medians are checked for stability
 MAX_ROUNDS = 11  # bound on repeats: stop here even if the medians still move
 STABLE = 0.01  # stop once no model's total moved by more than this fraction in a round
-MAX_TIMING_S = 60.0  # past MIN_ROUNDS, stop starting rounds after this many seconds
+MAX_TIMING_S = 20.0  # past MIN_ROUNDS, start no round after this many seconds
 
 
 def _sync(device: torch.device) -> None:
