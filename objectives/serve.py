@@ -185,6 +185,9 @@ def _plan(model: nn.Module, workload: Workload, trace: np.ndarray, keys: list[by
                     break
                 plan.hits[pos - 1] = True
                 plan.lookup_s[pos - 1] = dt
+        # The batcher takes misses in the order they reach it: after fewer of their client's
+        # requests in this round first (each request costs the server overhead).
+        misses.sort(key=lambda p: len(sends[plan.client[p]]))
         batches = [tuple(misses[s : s + max_batch]) for s in range(0, len(misses), max_batch)]
         for chunk in batches:
             items = [workload.request(int(trace[p])) for p in chunk]
