@@ -294,3 +294,20 @@ def test_warm_up_runs_every_model_for_its_time_and_at_least_three_times():
 
     passes = timing.warm_up([model("a"), model("b")], [torch.zeros(1)], CPU, seconds=0.0)
     assert passes == 3 and counts == {"a": 3, "b": 3}
+
+
+def test_batches_take_misses_in_the_order_they_arrive(small):
+    """A miss after fewer of its client's requests in a round reaches the batcher first
+    (every request costs the server overhead), so no batch waits for a later one."""
+    from objectives.serve import LRUCache, _plan, _request_keys
+
+    keys = _request_keys(small)
+    trace = zipf_trace(len(keys), small.n_requests, small.zipf_skew, 0)
+    plan, inputs = _plan(small.model, small, trace, keys, LRUCache(300_000), 16, CPU)
+    spread = False
+    for sends, batches in plan.rounds:
+        order = [len(sends[plan.client[p]]) for b in batches for p in b]
+        assert order == sorted(order)
+        spread |= len(set(order)) > 1
+    assert spread  # some rounds mix misses after different numbers of hits
+    assert len(inputs) == sum(len(b) for _, b in plan.rounds)
