@@ -42,6 +42,7 @@ def synthetic_metrics(p: dict, rng: random.Random) -> dict[str, float]:
     lat = 1000 / rps * bits / 32 * (1 + rng.random())
     mem = size + beta * 1.0 + gamma * 1.0
     return {"accuracy": BASELINE["accuracy"] - drop, "accuracy_drop": drop, "latency_ms": lat,
+            "latency_mean_ms": lat * (1 + 4 * (1 - hit)), "model_latency_ms": 2 * lat,
             "latency_p99_ms": 20 * lat, "throughput_rps": rps, "cache_hit_rate": hit,
             "memory_mb": mem, "size_mb": size, "sparsity": sparsity,
             "eval_seconds": 0.3 + rng.random()}

@@ -5,13 +5,15 @@ Kept free of torch so that listings and the CLI can validate metric names cheapl
 
 from __future__ import annotations
 
-__all__ = ["METRICS", "EXTRA_METRICS"]
+__all__ = ["METRICS", "EXTRA_METRICS", "UNITS"]
 
 METRICS = (
     "accuracy",
     "accuracy_drop",
     "latency_ms",
+    "latency_mean_ms",
     "latency_p99_ms",
+    "model_latency_ms",
     "throughput_rps",
     "size_mb",
     "memory_mb",
@@ -20,4 +22,23 @@ METRICS = (
     "eval_seconds",
 )
 # Also measured on every trial, and usable in objectives and constraints.
-EXTRA_METRICS = ("max_batch", "effective_bits")
+EXTRA_METRICS = ("max_batch", "effective_bits", "baseline_model_latency_ms", "speedup")
+
+UNITS = {
+    "accuracy": "",
+    "accuracy_drop": "",
+    "latency_ms": "ms",  # median request latency of the replay
+    "latency_mean_ms": "ms",  # mean request latency of the replay
+    "latency_p99_ms": "ms",
+    "model_latency_ms": "ms",  # compressed model's forward time per served miss
+    "throughput_rps": "requests/s",
+    "size_mb": "MB",
+    "memory_mb": "MB",
+    "cache_hit_rate": "",
+    "sparsity": "",
+    "eval_seconds": "s",
+    "max_batch": "requests",
+    "effective_bits": "bits/weight",
+    "baseline_model_latency_ms": "ms",  # base model, same batches, timed interleaved
+    "speedup": "x",  # baseline_model_latency_ms / model_latency_ms
+}

@@ -62,6 +62,16 @@ def base_accuracy(workload: Workload) -> float:
     return workload._cache["base_accuracy"]
 
 
+def _baseline_model(workload: Workload, device: torch.device) -> nn.Module:
+    """The uncompressed base model on `device`, for interleaved timing; once per process."""
+    if device.type == "cpu":
+        return workload.model
+    key = f"_baseline_on_{device}"
+    if key not in workload.extras:
+        workload.extras[key] = copy.deepcopy(workload.model).to(device).eval()
+    return workload.extras[key]
+
+
 def _prunable_count(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in prunable_layers(model).values())
 
@@ -115,8 +125,13 @@ def evaluate(
     seed: int = 0,
     accuracy_guard: float | None = None,
     reporter: Reporter | None = None,
+    serve_overhead_ms: float = 0.0,
 ) -> Evaluation:
     """Compress, fine-tune, pack, measure and serve one config.
+
+    `serve_overhead_ms` is the real server's per-request overhead, added to every replayed
+    request. The replay times the uncompressed base model on the same batches,
+    interleaved with the trial's, so `speedup` compares like with like.
 
     `accuracy_guard` is the study's largest allowed accuracy drop, if it has one: a trial
     still far below it after its first fine-tune epoch raises `EarlyStopped`.
@@ -191,6 +206,8 @@ def evaluate(
         device=device,
         seed=seed,
         act_bytes=act_bytes,
+        serve_overhead_ms=serve_overhead_ms,
+        baseline=_baseline_model(workload, device),
     )
     metrics = {
         "accuracy": acc,

@@ -3,11 +3,14 @@ batcher, with real forward passes of the compressed model.
 
 Load model: **closed loop**. `concurrency` clients each keep one request in flight and
 send the next as soon as the previous is answered. The replay runs in rounds: each client
-issues requests until one misses the cache (hits are answered at once, after a real,
-timed cache lookup); the round's misses are cut into batches of at most `max_batch`
-(what fits in S_mem, capped by `serve.batch_size`) and run back to back. Which requests
-hit and how batches form depend only on the seed and the config, never on timing, so a
-replay is reproducible; every duration in it is measured, none is modelled.
+issues requests until one misses the cache (hits are answered after a real, timed cache
+lookup); the round's misses are cut into batches of at most `max_batch` (what fits in
+S_mem, capped by `serve.batch_size`) and run back to back. Which requests hit and how
+batches form depend only on the seed and the config, never on timing, so the trace is
+served once to fix that plan, and then every batch is timed as the median of repeated
+forward passes after a warm-up (`timing.py`). Every request, hit or miss, also costs the
+real server's per-request overhead (`serve_overhead_ms`), so no latency is below it.
+Every duration is measured, none is modelled.
 
 Memory: S_cache = round(S_total * cache_ratio) bytes of cached (request, response) pairs,
 S_mem = round(S_total * memory_ratio) bytes of activation workspace. Feasible when packed
@@ -29,6 +32,7 @@ from torch import nn
 from spaces import ServeConfig
 
 from ._device import to_device
+from .timing import time_interleaved, warm_up
 from .workload import Workload
 
 __all__ = [
@@ -146,9 +150,91 @@ def _request_keys(workload: Workload) -> list[bytes]:
     return keys
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class _Plan:
+    """How the trace is served, fixed by the seed and the config (never by timing): which
+    requests hit, what each cache lookup took, and per round which client sent which
+    requests and how the round's misses were batched."""
+
+    hits: list[bool]
+    lookup_s: list[float]  # measured cache lookup time per trace position (0 for misses)
+    client: list[int]  # who sent each trace position
+    rounds: list[tuple[list[list[int]], list[tuple[int, ...]]]]  # (per-client sends, batches)
+
+
+def _plan(model: nn.Module, workload: Workload, trace: np.ndarray, keys: list[bytes],
+          cache: LRUCache, max_batch: int, device: torch.device) -> tuple[_Plan, list[Any]]:
+    """Serve the trace once through cache and batcher with real forward passes (their
+    outputs fill the cache); return the plan and each batch's model input."""
+    n = len(trace)
+    clients = min(workload.concurrency, n)
+    plan = _Plan([False] * n, [0.0] * n, [0] * n, [])
+    inputs: list[Any] = []
+    pos = 0
+    while pos < n:
+        sends: list[list[int]] = [[] for _ in range(clients)]
+        misses: list[int] = []
+        for c in range(clients):
+            while pos < n:
+                plan.client[pos] = c
+                sends[c].append(pos)
+                key = keys[trace[pos]]
+                t0 = time.perf_counter()
+                out = cache.get(key)
+                dt = time.perf_counter() - t0
+                pos += 1
+                if out is None:
+                    misses.append(pos - 1)
+                    break
+                plan.hits[pos - 1] = True
+                plan.lookup_s[pos - 1] = dt
+        # The batcher takes misses in the order they reach it: after fewer of their client's
+        # requests in this round first (each request costs the server overhead).
+        misses.sort(key=lambda p: len(sends[plan.client[p]]))
+        batches = [tuple(misses[s : s + max_batch]) for s in range(0, len(misses), max_batch)]
+        for chunk in batches:
+            items = [workload.request(int(trace[p])) for p in chunk]
+            x = to_device(workload.batch(items), device)
+            out = _tensor_out(model(x)).detach().cpu()
+            for row, p in enumerate(chunk):
+                resp = out[row].clone()
+                cache.put(keys[trace[p]], resp, _nbytes(items[row]) + _nbytes(resp))
+            inputs.append(x)
+        plan.rounds.append((sends, batches))
+    return plan, inputs
+
+
+def _timeline(plan: _Plan, durations: list[float], overhead_s: float,
+              clients: int) -> tuple[list[float], float]:
+    """Closed-loop clients over the plan: each request costs `overhead_s` (parsing,
+    hashing, encoding, network: paid by hits and misses alike, not serialised on the
+    model) plus its cache lookup, or its wait for and run of its batch. Returns the
+    per-request latencies and the makespan, in seconds."""
+    n = len(plan.hits)
+    ready = [0.0] * clients
+    sent = [0.0] * n
+    arrival = [0.0] * n
+    latencies = [0.0] * n
+    server_free = 0.0
+    b = 0
+    for sends, batches in plan.rounds:
+        for c, positions in enumerate(sends):
+            t = ready[c]
+            for p in positions:
+                if plan.hits[p]:
+                    latencies[p] = overhead_s + plan.lookup_s[p]
+                    t += latencies[p]
+                else:
+                    sent[p], arrival[p] = t, t + overhead_s
+            ready[c] = t
+        for chunk in batches:
+            end = max(server_free, max(arrival[p] for p in chunk)) + durations[b]
+            b += 1
+            server_free = end
+            for p in chunk:
+                latencies[p] = end - sent[p]
+                ready[plan.client[p]] = end
+    return latencies, max(max(ready), server_free)
 
 
 def replay(
@@ -161,7 +247,16 @@ def replay(
     device: torch.device,
     seed: int = 0,
     act_bytes: int | None = None,
+    serve_overhead_ms: float = 0.0,
+    baseline: nn.Module | None = None,
 ) -> ServeResult:
+    """Replay the workload's trace through cache and batcher (see the module docstring).
+
+    Every request costs `serve_overhead_ms`, the real server's per-request overhead. Each
+    batch's forward time is the median of repeats after a warm-up; with `baseline` (the
+    uncompressed model) the same batches are timed through it too, interleaved with
+    `model`, giving `baseline_model_latency_ms` and `speedup` on identical work.
+    """
     keys = _request_keys(workload)
     s_cache = round(budget_bytes * cfg.cache_ratio)
     s_mem = round(budget_bytes * cfg.memory_ratio)
@@ -173,84 +268,35 @@ def replay(
     margin = max(memory - budget_bytes, act_bytes - s_mem if fits < 1 else -np.inf)
 
     trace = zipf_trace(len(keys), workload.n_requests, workload.zipf_skew, seed)
-    cache = LRUCache(s_cache)
+    models = [model] if baseline is None else [model, baseline]
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
         with torch.inference_mode():
-            model.eval()
-            warm = workload.batch([workload.request(int(i)) for i in trace[:mb]])
-            for _ in range(2):
-                model(to_device(warm, device))
-            _sync(device)
-            result = _run(model, workload, trace, keys, cache, mb, device)
+            for m in models:
+                m.eval()
+            plan, inputs = _plan(model, workload, trace, keys, LRUCache(s_cache), mb, device)
+            warm_up(models, inputs, device)
+            medians = time_interleaved(models, inputs, device)
     finally:
         torch.set_num_threads(old_threads)
-    latencies, hits, batches, makespan = result
+    clients = min(workload.concurrency, len(trace))
+    latencies, makespan = _timeline(plan, medians[0], serve_overhead_ms / 1e3, clients)
     lat_ms = np.asarray(latencies) * 1e3
+    n_miss = len(trace) - sum(plan.hits)
+    model_ms = 1e3 * sum(medians[0]) / n_miss
     metrics = {
         "latency_ms": float(np.median(lat_ms)),
+        "latency_mean_ms": float(np.mean(lat_ms)),
         "latency_p99_ms": float(np.percentile(lat_ms, 99)),
+        "model_latency_ms": model_ms,
         "throughput_rps": float(len(trace) / makespan) if makespan > 0 else 0.0,
-        "cache_hit_rate": float(np.mean(hits)),
+        "cache_hit_rate": float(np.mean(plan.hits)),
         "memory_mb": memory / 1e6,
         "max_batch": float(fits),
     }
-    return ServeResult(metrics, tuple(hits), tuple(batches), fits, float(margin) / 1e6)
-
-
-def _run(
-    model: nn.Module,
-    workload: Workload,
-    trace: np.ndarray,
-    keys: list[bytes],
-    cache: LRUCache,
-    max_batch: int,
-    device: torch.device,
-) -> tuple[list[float], list[bool], list[tuple[int, ...]], float]:
-    n = len(trace)
-    clients = min(workload.concurrency, n)
-    ready = [0.0] * clients  # when each client sends its next request
-    latencies = [0.0] * n
-    hits = [False] * n
-    batches: list[tuple[int, ...]] = []
-    server_free = 0.0
-    pos = 0
-    while pos < n:
-        misses: list[tuple[float, int, int]] = []  # (arrival, trace position, client)
-        for c in range(clients):
-            t = ready[c]
-            while pos < n:
-                key = keys[trace[pos]]
-                t0 = time.perf_counter()
-                out = cache.get(key)
-                dt = time.perf_counter() - t0
-                if out is None:
-                    misses.append((t, pos, c))
-                    pos += 1
-                    break
-                latencies[pos] = dt
-                hits[pos] = True
-                t += dt
-                pos += 1
-            ready[c] = t
-        for start in range(0, len(misses), max_batch):
-            chunk = misses[start : start + max_batch]
-            items = [workload.request(int(trace[p])) for _, p, _ in chunk]
-            x = to_device(workload.batch(items), device)
-            t0 = time.perf_counter()
-            out = _tensor_out(model(x))
-            _sync(device)
-            dur = time.perf_counter() - t0
-            out = out.detach().cpu()
-            begin = max(server_free, max(a for a, _, _ in chunk))
-            end = begin + dur
-            server_free = end
-            for row, (arrival, p, c) in enumerate(chunk):
-                latencies[p] = end - arrival
-                ready[c] = end
-                resp = out[row].clone()
-                cache.put(keys[trace[p]], resp, _nbytes(items[row]) + _nbytes(resp))
-            batches.append(tuple(p for _, p, _ in chunk))
-    makespan = max(max(ready), server_free)
-    return latencies, hits, batches, makespan
+    if baseline is not None:
+        metrics["baseline_model_latency_ms"] = 1e3 * sum(medians[1]) / n_miss
+        metrics["speedup"] = metrics["baseline_model_latency_ms"] / model_ms
+    batches = tuple(chunk for _, round_batches in plan.rounds for chunk in round_batches)
+    return ServeResult(metrics, tuple(plan.hits), batches, fits, float(margin) / 1e6)

@@ -106,6 +106,7 @@ class TrialObjective:
                     seed=seed,
                     accuracy_guard=spec.accuracy_guard(),
                     reporter=_TrialReporter(trial, self),
+                    serve_overhead_ms=self.ctx.serve_overhead_ms,
                 )
             finally:  # before any handler below writes: a signal then only stops the study
                 self.evaluating = False

@@ -19,7 +19,9 @@ VERSION = "0.1.0"
 SPEC_ATTR = attrs.SPEC
 BASELINE_ATTR = attrs.BASELINE
 ENV_ATTR = attrs.ENVIRONMENT
-DEFAULT_OBJECTIVES = ("accuracy:max", "latency_ms:min", "size_mb:min")
+# Mean request latency, not the median: with a hit rate above 50 % the median request is
+# a cache hit, so the median stops moving with the model's speed (README, Metrics).
+DEFAULT_OBJECTIVES = ("accuracy:max", "latency_mean_ms:min", "size_mb:min")
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
 
 # Fields that define what a study *is*; resuming with any of them changed is refused.

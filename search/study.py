@@ -47,6 +47,7 @@ class Context:
     space: Space
     device: torch.device
     budget_mb: float
+    serve_overhead_ms: float = 0.0  # the real server's per-request cost, added in the replay
 
 
 def resolve_device(text: str) -> torch.device:
@@ -121,7 +122,17 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
     workload_obj = load_workload(spec.workload, stored=stored)
     space = resolve_space(parse_space(spec.space_toml, name=spec.space), workload_obj)
     budget = spec.memory_budget_mb or _default_budget(workload_obj)
-    return Context(spec, workload_obj, space, resolve_device(device or spec.device), budget)
+    dev = resolve_device(device or spec.device)
+    return Context(spec, workload_obj, space, dev, budget,
+                   serve_overhead_ms=_serve_overhead_ms(workload_obj, dev, spec.workload))
+
+
+def _serve_overhead_ms(workload: Workload, device: torch.device, ref: str) -> float:
+    """Per-request overhead of the real server (`csearch serve`) for this workload's
+    requests, in ms: measured once per machine and request size, then read from the cache."""
+    from .serving import serve_overhead_ms
+
+    return serve_overhead_ms(workload, str(device), ref=ref)
 
 
 def resolve_space(space: Space, workload: Workload) -> Space:
@@ -192,7 +203,7 @@ def create_or_resume(
     if ctx is None:
         raise StudyNotFound(f"no study named {name!r}")
     base = evaluate(ctx.workload, baseline_config(), budget_mb=ctx.budget_mb,
-                    device=ctx.device, seed=spec.seed)
+                    device=ctx.device, seed=spec.seed, serve_overhead_ms=ctx.serve_overhead_ms)
     study = optuna.create_study(
         storage=storage, study_name=name, directions=spec.directions
     )
@@ -201,7 +212,8 @@ def create_or_resume(
         study.set_metric_names(spec.metric_names)
     study.set_user_attr(attrs.SPEC, spec.to_dict())
     study.set_user_attr(attrs.BASELINE, {**base.metrics, "memory_budget_mb": ctx.budget_mb})
-    study.set_user_attr(attrs.ENVIRONMENT, environment(ctx.device))
+    study.set_user_attr(attrs.ENVIRONMENT, {**environment(ctx.device),
+                                          "serve_overhead_ms": ctx.serve_overhead_ms})
     from .sensitivity import measure
 
     sens = measure(ctx)  # once per study, before any worker starts

@@ -42,7 +42,7 @@ def spec_options(f: Any) -> Any:
         click.option("--space", default="joint", show_default=True,
                      help="Built-in space name (see `csearch spaces`) or a TOML file."),
         click.option("--objective", "objectives", multiple=True, metavar="METRIC:max|min",
-                     help="Objective, repeatable. Default: accuracy:max latency_ms:min "
+                     help="Objective, repeatable. Default: accuracy:max latency_mean_ms:min "
                           "size_mb:min."),
         click.option("--constraint", "constraints", multiple=True, metavar="EXPR",
                      help="Feasibility constraint, repeatable, e.g. 'accuracy_drop<=0.01'. "

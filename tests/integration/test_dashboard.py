@@ -36,7 +36,7 @@ def test_api_lists_the_study_with_metric_names(dashboard):
     s = next(s for s in studies if s["study_name"] == STUDY)
     assert s["directions"] == ["maximize", "minimize", "minimize"]
     detail = get_json(f"{dashboard}/api/studies/{s['study_id']}?after=0")
-    assert detail["objective_names"] == ["accuracy", "latency_ms", "size_mb"]
+    assert detail["objective_names"] == ["accuracy", "latency_mean_ms", "size_mb"]
 
 
 def test_feasibility_in_the_api_and_feasible_best_trials(dashboard, real_study):

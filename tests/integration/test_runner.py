@@ -177,3 +177,20 @@ def test_an_interrupt_python_dropped_is_raised_at_the_next_stage():
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "interrupted: worker received SIGTERM"
     assert "metrics" not in trial.user_attrs
+
+
+def test_server_overhead_reaches_every_request_and_the_environment(monkeypatch):
+    from search import study as study_mod
+    from search.spec import BASELINE_ATTR, ENV_ATTR
+
+    monkeypatch.setattr(study_mod, "_serve_overhead_ms", lambda workload, device: 2.0)
+    spec = _spec("serving", objectives=("accuracy:max", "latency_mean_ms:min"), trials=1)
+    ctx = load_context(spec)
+    assert ctx.serve_overhead_ms == 2.0
+    study, _ = create_or_resume(optuna.storages.InMemoryStorage(), "s", spec, ctx)
+    assert study.user_attrs[ENV_ATTR]["serve_overhead_ms"] == 2.0
+    run_trials(study, ctx)
+    (t,) = study.trials
+    for m in (study.user_attrs[BASELINE_ATTR], t.user_attrs["metrics"]):
+        assert min(m["latency_ms"], m["latency_mean_ms"], m["latency_p99_ms"]) >= 2.0
+        assert m["baseline_model_latency_ms"] > 0 and m["speedup"] > 0

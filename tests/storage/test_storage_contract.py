@@ -162,7 +162,7 @@ def test_trial_and_pareto_rows_carry_the_contract_keys(finished):
         assert r["state"] == "COMPLETE"
         assert "prune.method" in r["params"] and "quant.method" in r["params"]
         assert set(METRICS) <= set(r["metrics"])
-        assert r["values"] == [r["metrics"]["accuracy"], r["metrics"]["latency_ms"],
+        assert r["values"] == [r["metrics"]["accuracy"], r["metrics"]["latency_mean_ms"],
                                r["metrics"]["size_mb"]]
         assert r["feasible"] in (True, False)
     front = pareto_rows(study)
@@ -184,7 +184,7 @@ def test_trial_and_pareto_rows_carry_the_contract_keys(finished):
 def test_metric_names_spec_and_baseline_are_stored(finished, ctx):
     backend, study = finished
     reopened = optuna.load_study(study_name=study.study_name, storage=backend.reopen())
-    assert reopened.metric_names == ["accuracy", "latency_ms", "size_mb"]
+    assert reopened.metric_names == ["accuracy", "latency_mean_ms", "size_mb"]
     assert [d.name for d in reopened.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
     attrs = reopened.user_attrs
     stored = StudySpec.from_dict(attrs[SPEC_ATTR])

@@ -66,6 +66,17 @@ def test_every_contract_metric_is_filled(baseline, compressed):
         assert 0 <= ev.metrics["cache_hit_rate"] <= 1
         assert ev.metrics["eval_seconds"] > 0
         assert ev.metrics["rejected_early"] == 0
+        # The base model was timed on the trial's own batches, interleaved with it.
+        m = ev.metrics
+        assert m["speedup"] == pytest.approx(m["baseline_model_latency_ms"]
+                                             / m["model_latency_ms"])
+        assert m["latency_ms"] <= m["latency_p99_ms"] and m["latency_mean_ms"] > 0
+
+
+def test_every_metric_has_a_unit():
+    from objectives.metrics import EXTRA_METRICS, UNITS
+
+    assert set(METRICS + EXTRA_METRICS) == set(UNITS)
 
 
 def test_size_is_the_artifact_byte_count(baseline, compressed):

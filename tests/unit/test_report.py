@@ -138,7 +138,7 @@ def test_hypervolume_two_objectives_equals_the_area():
 
 def test_importances_keys_and_too_few_trials(hand_study, synthetic_study):
     d = R.collect_importances(synthetic_study)
-    assert set(d.importances) | set(d.skipped) == set(NAMES)
+    assert set(d.importances) | set(d.skipped) == set(synthetic_study.metric_names)
     assert d.importances, d.skipped
     params = set().union(*(t.params for t in synthetic_study.trials))
     for imp in d.importances.values():

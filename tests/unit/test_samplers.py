@@ -14,7 +14,7 @@ from search.samplers import TPE_WINDOW, WindowedTPESampler, make_sampler
 from spaces import Space, load_space
 
 GROUPS = ["conv1", "conv2", "fc1", "fc2"]
-DIRECTIONS = ["maximize", "minimize", "minimize"]  # accuracy, latency_ms, size_mb
+DIRECTIONS = ["maximize", "minimize", "minimize"]  # accuracy, latency_mean_ms, size_mb
 
 
 @pytest.fixture(scope="module")

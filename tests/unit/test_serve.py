@@ -32,10 +32,12 @@ def act_bytes(small):
     return activation_bytes_per_sample(small.model, small.example_inputs(), CPU)
 
 
-def _replay(small, act_bytes=None, weight_bytes=100_000, seed=0, budget=BUDGET, **serve):
+def _replay(small, act_bytes=None, weight_bytes=100_000, seed=0, budget=BUDGET,
+            serve_overhead_ms=0.0, **serve):
     cfg = ServeConfig(**{"batch_size": 64, "memory_ratio": 0.25, **serve})
     return replay(small.model, small, cfg, budget_bytes=budget, weight_bytes=weight_bytes,
-                  device=CPU, seed=seed, act_bytes=act_bytes)
+                  device=CPU, seed=seed, act_bytes=act_bytes,
+                  serve_overhead_ms=serve_overhead_ms)
 
 
 # --- trace and cache --------------------------------------------------------------------
@@ -167,3 +169,145 @@ def test_infeasible_when_one_sample_does_not_fit_the_workspace(small, act_bytes)
     assert r.max_batch == 0
     assert r.feasible_margin_mb > 0
     assert max(len(b) for b in r.batches) == 1  # replayed one by one all the same
+
+
+# --- per-request overhead, mean vs median, model latency, interleaved baseline ----------
+# Forward times come from `objectives.timing`; these tests swap in fixed times, so what
+# they assert holds by construction, whatever the machine's speed.
+
+def _fixed_times(monkeypatch, per_input_s: dict[int, float]):
+    """Make model m's median forward time `per_input_s[m]` seconds for every batch."""
+    from objectives import serve
+
+    def fake(models, inputs, device):
+        return [[per_input_s[m]] * len(inputs) for m in range(len(models))]
+
+    monkeypatch.setattr(serve, "time_interleaved", fake)
+    monkeypatch.setattr(serve, "warm_up", lambda *a, **k: 0)
+
+
+def test_every_request_costs_at_least_the_server_overhead(small, act_bytes, monkeypatch):
+    _fixed_times(monkeypatch, {0: 0.002})
+    free = _replay(small, act_bytes, cache_ratio=0.3)
+    paid = _replay(small, act_bytes, cache_ratio=0.3, serve_overhead_ms=1.5)
+    assert free.metrics["cache_hit_rate"] > 0.5 and free.hits == paid.hits
+    m, m0 = paid.metrics, free.metrics
+    assert m0["latency_ms"] < 0.1 <= 1.5 <= m["latency_ms"]  # the median request is a hit
+    assert m["latency_mean_ms"] >= 1.5 and m["latency_p99_ms"] >= 1.5
+    assert m["latency_mean_ms"] > m0["latency_mean_ms"]
+    assert m["throughput_rps"] < m0["throughput_rps"]  # the closed-loop clients feel it
+    assert m["model_latency_ms"] == m0["model_latency_ms"]  # the model is no slower
+
+
+def test_timeline_charges_overhead_to_hits_and_misses():
+    from objectives.serve import _Plan, _timeline
+
+    # Two clients; round 1: client 0 misses (pos 0), client 1 hits (pos 1) then misses
+    # (pos 2), one batch of both misses; round 2: client 0 hits (pos 3).
+    plan = _Plan(hits=[False, True, False, True], lookup_s=[0.0, 1e-6, 0.0, 2e-6],
+                 client=[0, 1, 1, 0],
+                 rounds=[([[0], [1, 2]], [(0, 2)]), ([[3], []], [])])
+    lat, makespan = _timeline(plan, [0.010], overhead_s=0.001, clients=2)
+    assert lat[1] == pytest.approx(0.001 + 1e-6) and lat[3] == pytest.approx(0.001 + 2e-6)
+    # pos 2 was sent after pos 1's answer; the batch starts when both misses arrived.
+    start = 0.001 + 1e-6 + 0.001
+    assert lat[0] == pytest.approx(start + 0.010)
+    assert lat[2] == pytest.approx(start + 0.010 - (0.001 + 1e-6))
+    assert min(lat) >= 0.001
+    assert makespan == pytest.approx(start + 0.010 + 0.001 + 2e-6)
+
+
+def test_mean_moves_with_the_model_where_the_median_is_pinned_by_hits(small, act_bytes,
+                                                                       monkeypatch):
+    _fixed_times(monkeypatch, {0: 0.001})
+    fast = _replay(small, act_bytes, cache_ratio=0.3, serve_overhead_ms=0.5).metrics
+    _fixed_times(monkeypatch, {0: 0.004})
+    slow = _replay(small, act_bytes, cache_ratio=0.3, serve_overhead_ms=0.5).metrics
+    assert fast["cache_hit_rate"] == slow["cache_hit_rate"] > 0.5
+    assert fast["latency_ms"] == pytest.approx(slow["latency_ms"], abs=0.05)  # a hit's
+    assert slow["latency_mean_ms"] > 2 * fast["latency_mean_ms"]
+    assert slow["model_latency_ms"] == pytest.approx(4 * fast["model_latency_ms"])
+
+
+def test_model_latency_is_forward_time_per_miss_whatever_the_cache(small, act_bytes,
+                                                                   monkeypatch):
+    _fixed_times(monkeypatch, {0: 0.003})
+    rows = []
+    for beta in (0.0, 0.05, 0.3):
+        r = _replay(small, act_bytes, cache_ratio=beta, batch_size=1)  # one miss a batch
+        rows.append((r.metrics["cache_hit_rate"], r.metrics["latency_mean_ms"],
+                     r.metrics["model_latency_ms"]))
+    assert rows[0][0] < rows[1][0] < rows[2][0]
+    assert rows[0][1] > rows[1][1] > rows[2][1]  # the cache shortens the mean
+    assert all(m == pytest.approx(3.0) for _, _, m in rows)  # but not the model's time
+    # Batched: the batch's time is shared by the misses it serves.
+    r = _replay(small, act_bytes, cache_ratio=0.3, batch_size=8)
+    misses = r.hits.count(False)
+    assert r.metrics["model_latency_ms"] == pytest.approx(3.0 * len(r.batches) / misses)
+
+
+def test_interleaved_baseline_gives_speedup_on_the_same_batches(small, act_bytes,
+                                                                monkeypatch):
+    assert "speedup" not in _replay(small, act_bytes).metrics  # only with a baseline
+    _fixed_times(monkeypatch, {0: 0.001, 1: 0.003})
+    cfg = ServeConfig(batch_size=64, memory_ratio=0.25, cache_ratio=0.1)
+    r = replay(small.model, small, cfg, budget_bytes=BUDGET, weight_bytes=100_000,
+               device=CPU, act_bytes=act_bytes, baseline=small.model)
+    m = r.metrics
+    assert m["baseline_model_latency_ms"] == pytest.approx(3 * m["model_latency_ms"])
+    assert m["speedup"] == pytest.approx(3.0)
+
+
+def test_timing_alternates_models_and_takes_medians(monkeypatch):
+    from objectives import timing
+
+    calls = []
+    durations = {"a": iter([5.0] + [1.0] * 100), "b": iter([2.0] * 100)}  # a: one outlier
+
+    def fake_forward(model, x, device):
+        calls.append((model, x))
+        return None, next(durations[model])
+
+    monkeypatch.setattr(timing, "forward", fake_forward)
+    out = timing.time_interleaved(["a", "b"], [0], CPU)
+    assert out == [[1.0], [2.0]]  # the outlier is not in the median
+    rounds = len(calls) // 2
+    assert timing.MIN_ROUNDS <= rounds <= timing.MAX_ROUNDS
+    assert [m for m, _ in calls[:4]] == ["a", "b", "b", "a"]  # A B, then B A
+
+    noisy = iter(range(1, 10_000))  # never settles: stops at the bound
+    monkeypatch.setattr(timing, "forward", lambda *_: (None, float(next(noisy))))
+    timing.time_interleaved(["a"], [0, 1], CPU)
+    assert next(noisy) == 2 * timing.MAX_ROUNDS + 1
+
+
+def test_warm_up_runs_every_model_for_its_time_and_at_least_three_times():
+    from objectives import timing
+
+    counts = {"a": 0, "b": 0}
+
+    def model(name):
+        def run(x):
+            counts[name] += 1
+            return x
+        return run
+
+    passes = timing.warm_up([model("a"), model("b")], [torch.zeros(1)], CPU, seconds=0.0)
+    assert passes == 3 and counts == {"a": 3, "b": 3}
+
+
+def test_batches_take_misses_in_the_order_they_arrive(small):
+    """A miss after fewer of its client's requests in a round reaches the batcher first
+    (every request costs the server overhead), so no batch waits for a later one."""
+    from objectives.serve import LRUCache, _plan, _request_keys
+
+    keys = _request_keys(small)
+    trace = zipf_trace(len(keys), small.n_requests, small.zipf_skew, 0)
+    plan, inputs = _plan(small.model, small, trace, keys, LRUCache(300_000), 16, CPU)
+    spread = False
+    for sends, batches in plan.rounds:
+        order = [len(sends[plan.client[p]]) for b in batches for p in b]
+        assert order == sorted(order)
+        spread |= len(set(order)) > 1
+    assert spread  # some rounds mix misses after different numbers of hits
+    assert len(inputs) == sum(len(b) for _, b in plan.rounds)
