@@ -121,15 +121,15 @@ def prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, boo
     (unless `need_context`), so rerunning a finished command costs no model building.
     """
     from ..runner import remaining_budget
-    from ..storage import _check_sqlite, _file_path, backend_of, open_storage, resolve_url
+    from ..storage import backend_of, check_sqlite, file_path, open_storage, resolve_url
     from ..study import create_or_resume, load_context, load_study, stored_spec
 
     url = resolve_url(p["storage"])
     spec = make_spec(p, url)  # validates every given value before anything is written
     storage = None
     if backend_of(url) == "sqlite":
-        _check_sqlite(url, create=True)
-        path = _file_path(url)
+        check_sqlite(url, create=True)
+        path = file_path(url)
         if path is not None and path.exists():
             storage = open_storage(url, create=True)
     else:

@@ -21,10 +21,6 @@ from .retry import WORKER_START_WAIT, error_chain, restarting, retry_while_resta
 from .snapshot import ObjectiveRows, rdb_storage, read_objectives, read_trials
 from .urls import DEFAULT_STORAGE, artifact_dir_for, backend_of, file_path, redact, resolve_url
 
-# The names search/cli.py imported before this became a package.
-_check_sqlite = check_sqlite
-_file_path = file_path
-
 __all__ = [
     "DEFAULT_STORAGE",
     "GRACE_PERIOD",
