@@ -23,7 +23,7 @@ class Progress:
     not a terminal gets the trial lines and the final bar once, at `close`.
     """
 
-    KEYS = ("accuracy", "latency_ms", "size_mb", "memory_mb", "cache_hit_rate",
+    KEYS = ("accuracy", "latency_mean_ms", "size_mb", "memory_mb", "cache_hit_rate",
             "throughput_rps")
     WIDTH = 24
 
