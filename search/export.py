@@ -21,7 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FixedTrial, TrialState
 from torch import nn
 
-from objectives import evaluate, load_workload, rebuild, unpack_state
+from objectives import Workload, evaluate, load_workload, rebuild, unpack_state
 from objectives.workloads import allow as allow_workload
 from spaces import parse_space
 
@@ -30,13 +30,15 @@ from .errors import UsageError
 from .spec import VERSION
 from .study import Context, load_context, resolve_device, resolve_space, stored_spec
 
-__all__ = ["export_trial", "load", "MODEL_FILE", "META_FILE"]
+__all__ = ["export_trial", "load", "rebuild_export", "complete_trial", "stored_artifact",
+           "trial_meta", "MODEL_FILE", "META_FILE"]
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "csearch.json"
 
 
-def _artifact_bytes(spec: Any, trial: optuna.trial.FrozenTrial) -> bytes | None:
+def stored_artifact(spec: Any, trial: optuna.trial.FrozenTrial) -> bytes | None:
+    """The trial's packed model from the study's artifact store, or None if it has none."""
     artifact_id = trial.user_attrs.get(attrs.ARTIFACT_ID)
     store_dir = spec.artifacts
     if not artifact_id or not store_dir or not os.path.isdir(store_dir):
@@ -53,12 +55,8 @@ def _artifact_bytes(spec: Any, trial: optuna.trial.FrozenTrial) -> bytes | None:
         return Path(path).read_bytes()
 
 
-def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
-                 device: str = "cpu", workload: str | None = None) -> dict[str, Any]:
-    """Write the trial's model and metadata to `out_dir`; return the metadata.
-
-    The workload is built only when the trial has no stored artifact (then it is
-    re-evaluated); a plugin workload must then be named by `workload`."""
+def complete_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """Trial `number` of the study, refused unless it exists and is COMPLETE."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise UsageError(
@@ -67,9 +65,39 @@ def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
         )
     trial = trials[number]
     if trial.state != TrialState.COMPLETE:
-        raise UsageError(f"trial {number} is {trial.state.name}, only COMPLETE trials export")
+        raise UsageError(f"trial {number} is {trial.state.name}, only COMPLETE trials export "
+                         "or deploy")
+    return trial
+
+
+def trial_meta(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: bytes,
+               source: str) -> dict[str, Any]:
+    """What `csearch.json` holds: enough, with the packed bytes, to rebuild the model."""
     spec = stored_spec(study)
-    data = _artifact_bytes(spec, trial)
+    return {
+        "csearch": VERSION,
+        "study": study.study_name,
+        "trial": trial.number,
+        "workload": spec.workload,
+        "space_toml": spec.space_toml,
+        "params": trial.params,
+        "metrics": trial.user_attrs.get(attrs.METRICS, {}),
+        "baseline": study.user_attrs.get(attrs.BASELINE, {}),
+        "spec": spec.to_dict(),
+        "model_bytes": len(data),
+        "model_source": source,
+    }
+
+
+def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
+                 device: str = "cpu", workload: str | None = None) -> dict[str, Any]:
+    """Write the trial's model and metadata to `out_dir`; return the metadata.
+
+    The workload is built only when the trial has no stored artifact (then it is
+    re-evaluated); a plugin workload must then be named by `workload`."""
+    trial = complete_trial(study, number)
+    spec = stored_spec(study)
+    data = stored_artifact(spec, trial)
     source = "artifact"
     if data is None:
         ctx: Context = load_context(spec, device=device, stored=True, workload=workload)
@@ -81,19 +109,7 @@ def export_trial(study: optuna.Study, number: int, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_FILE).write_bytes(data)
-    meta = {
-        "csearch": VERSION,
-        "study": study.study_name,
-        "trial": number,
-        "workload": spec.workload,
-        "space_toml": spec.space_toml,
-        "params": trial.params,
-        "metrics": trial.user_attrs.get(attrs.METRICS, {}),
-        "baseline": study.user_attrs.get(attrs.BASELINE, {}),
-        "spec": spec.to_dict(),
-        "model_bytes": len(data),
-        "model_source": source,
-    }
+    meta = trial_meta(study, trial, data, source)
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return meta
 
@@ -108,6 +124,13 @@ def load(path: str | Path, device: str = "cpu", *, workload: str | None = None) 
     """
     path = Path(path)
     meta = json.loads((path / META_FILE).read_text())
+    return rebuild_export(meta, (path / MODEL_FILE).read_bytes(), device, workload=workload)[0]
+
+
+def rebuild_export(meta: dict[str, Any], data: bytes, device: str = "cpu", *,
+                   workload: str | None = None) -> tuple[nn.Module, Workload]:
+    """The model of `csearch.json`'s `meta` with packed weights `data`, and its workload
+    (see `load` for when a plugin workload is imported)."""
     if workload is not None:
         if workload != meta["workload"]:
             raise UsageError(
@@ -117,7 +140,5 @@ def load(path: str | Path, device: str = "cpu", *, workload: str | None = None) 
     workload_obj = load_workload(meta["workload"], stored=True)
     space = resolve_space(parse_space(meta["space_toml"], name="export"), workload_obj)
     config = space.sample(FixedTrial(meta["params"]))
-    state = unpack_state((path / MODEL_FILE).read_bytes())
-    return rebuild(workload_obj, config, state, resolve_device(device))
-
-
+    state = unpack_state(data)
+    return rebuild(workload_obj, config, state, resolve_device(device)), workload_obj

@@ -7,6 +7,12 @@ is a new module here with `@cli.command()` functions, plus one import line.
 """
 
 from .group import cli, main
-from . import lifecycle, listings, outputs, serving  # noqa: F401  (registers the commands)
+from . import (  # noqa: F401  (registers the commands)
+    lifecycle,
+    listings,
+    outputs,
+    registry,
+    serving,
+)
 
 __all__ = ["cli", "main"]
