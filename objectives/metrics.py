@@ -5,7 +5,7 @@ Kept free of torch so that listings and the CLI can validate metric names cheapl
 
 from __future__ import annotations
 
-__all__ = ["METRICS", "EXTRA_METRICS"]
+__all__ = ["METRICS", "EXTRA_METRICS", "LM_METRICS"]
 
 METRICS = (
     "accuracy",
@@ -21,3 +21,6 @@ METRICS = (
 )
 # Also measured on every trial, and usable in objectives and constraints.
 EXTRA_METRICS = ("max_batch", "effective_bits")
+# Causal-LM workloads (generation replay over a KV cache) also measure these.
+LM_METRICS = ("perplexity", "ttft_ms", "ttft_p99_ms", "tpot_ms", "throughput_tps",
+              "max_running", "prefix_hit_rate")
