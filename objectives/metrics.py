@@ -5,7 +5,7 @@ Kept free of torch so that listings and the CLI can validate metric names cheapl
 
 from __future__ import annotations
 
-__all__ = ["METRICS", "EXTRA_METRICS", "UNITS"]
+__all__ = ["METRICS", "EXTRA_METRICS", "LM_METRICS", "UNITS"]
 
 METRICS = (
     "accuracy",
@@ -41,4 +41,14 @@ UNITS = {
     "effective_bits": "bits/weight",
     "baseline_model_latency_ms": "ms",  # base model, same batches, timed interleaved
     "speedup": "x",  # baseline_model_latency_ms / model_latency_ms
+    "perplexity": "",
+    "ttft_ms": "ms",  # time to first token, p50
+    "ttft_p99_ms": "ms",
+    "tpot_ms": "ms",  # time per output token
+    "throughput_tps": "tokens/s",
+    "max_running": "sequences",
+    "prefix_hit_rate": "",
 }
+# Causal-LM workloads (generation replay over a KV cache) also measure these.
+LM_METRICS = ("perplexity", "ttft_ms", "ttft_p99_ms", "tpot_ms", "throughput_tps",
+              "max_running", "prefix_hit_rate")

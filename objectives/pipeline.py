@@ -192,12 +192,17 @@ def evaluate(
     model = apply_runtime(model, config.quant, device, quant_plan)
 
     reporter.stage("measure")
-    acc = float(workload.evaluate(model))
+    # A workload's `measure` hook sees the config (e.g. a causal LM's `quant.kv_bits`).
+    measured = dict(workload.measure(model, config)) if workload.measure else {}
+    acc = float(measured.pop("accuracy") if measured else workload.evaluate(model))
     if not math.isfinite(acc):
         raise EvaluationError(f"accuracy is {acc}")
 
     reporter.stage("serve")
-    served = replay(
+    served = workload.serve and workload.serve(  # a workload's own replay (causal LMs)
+        model, config, budget_bytes=budget_bytes, weight_bytes=len(artifact), device=device,
+        seed=seed)
+    served = served or replay(
         model,
         workload,
         config.serve,
@@ -213,6 +218,7 @@ def evaluate(
         "accuracy": acc,
         "accuracy_drop": base_acc - acc,
         **{k: v for k, v in served.metrics.items()},
+        **measured,
         "size_mb": len(artifact) / 1e6,
         "sparsity": 1.0 - nonzero / base_count,
         "effective_bits": eff_bits,

@@ -51,6 +51,14 @@ class Workload:
     # A pretrained model fine-tunes at rates that would barely move one trained from
     # scratch, so the built-in spaces take the workload's word for them.
     param_ranges: dict[str, dict[str, Any]] | None = None
+    # Optional trial hooks for models whose quality or serving depends on the trial's
+    # config beyond its weights (causal LMs: `quant.kv_bits`, a KV-cache serve replay).
+    # `measure(model, config) -> {"accuracy": ..., other metrics}` replaces `evaluate` for
+    # the trial's measurement; `serve(model, config, *, budget_bytes, weight_bytes,
+    # device, seed)` replaces the response-cache replay and returns an object with
+    # `metrics` (at least those of `serve.replay`) and `feasible_margin_mb`.
+    measure: Callable[[nn.Module, Any], dict[str, float]] | None = None
+    serve: Callable[..., Any] | None = None
     # csearch's own per-process state for this workload (base accuracy, request hashes,
     # teacher outputs): computed once, never part of the workload's identity.
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)

@@ -6,14 +6,14 @@ import math
 import re
 from dataclasses import dataclass
 
-from objectives.metrics import EXTRA_METRICS, METRICS
+from objectives.metrics import EXTRA_METRICS, LM_METRICS, METRICS
 
 from .errors import UsageError
 
 __all__ = ["Objective", "Constraint", "parse_objective", "parse_constraint", "KNOWN_METRICS"]
 
 # Every metric a study may optimise or constrain: the contract plus diagnostics.
-KNOWN_METRICS = METRICS + EXTRA_METRICS
+KNOWN_METRICS = METRICS + EXTRA_METRICS + LM_METRICS
 _DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 
 

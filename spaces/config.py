@@ -55,11 +55,13 @@ class PruneConfig:
 @dataclass(frozen=True)
 class QuantConfig:
     """`bits` and `group_size` apply to `lowbit` (int8 methods use 8 bits per channel).
-    `group_size` 0 means one scale per output channel."""
+    `group_size` 0 means one scale per output channel. `kv_bits` is the KV-cache format
+    of causal-LM workloads (16: fp16; 8: int8 per token and head); others ignore it."""
 
     method: str = "none"
     bits: int = 8
     group_size: int = 0
+    kv_bits: int = 16
 
 
 @dataclass(frozen=True)

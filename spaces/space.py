@@ -41,6 +41,7 @@ _BOUNDS: dict[str, tuple[float, float] | tuple[str, ...]] = {
     "quant.method": QUANT_METHODS,
     "quant.bits": (2, 8),
     "quant.group_size": (0, 1 << 20),
+    "quant.kv_bits": (8, 16),
     "train.lr": (1e-12, 10.0),
     "train.epochs": (0, 1000),
     "train.kd_temperature": (1e-3, 100.0),
@@ -50,6 +51,8 @@ _BOUNDS: dict[str, tuple[float, float] | tuple[str, ...]] = {
     "serve.cache_ratio": (0.0, 1.0),
     "serve.memory_ratio": (1e-6, 1.0),
 }
+# Integer parameters that take only these values (give them as `choices`).
+_DISCRETE: dict[str, tuple[int, ...]] = {"quant.kv_bits": (16, 8)}
 _KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 TEMPLATE = "*"  # `quant.bits[*]`: one parameter per layer group of the workload
 
@@ -274,6 +277,9 @@ def _param(name: str, spec: dict[str, Any], where: str) -> Param:
     if extra:
         raise bad(f"unknown key(s) {sorted(extra)}; valid: {', '.join(sorted(_KEYS))}")
     when = _when(spec.get("when", {}), bad)
+    allowed = _DISCRETE.get(base)
+    if allowed and any(c not in allowed for c in spec.get("choices", [None])):
+        raise bad(f"takes 'choices' from {', '.join(map(str, allowed))}")
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:

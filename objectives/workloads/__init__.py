@@ -35,6 +35,12 @@ BUILTIN_WORKLOADS: dict[str, tuple[str, str]] = {
         "all-MiniLM-L6-v2 sentence embeddings (22.7M parameters); accuracy = fidelity to fp32; "
         "layer groups: embeddings, qkv, attn_out, ffn_in, ffn_out",
     ),
+    "tiny-lm": (
+        "objectives.workloads.tiny_lm:make_tiny_lm_workload",
+        "1.6M-parameter Llama-style character LM trained at first use on the KJV Bible; "
+        "accuracy = held-out next-token top-1; served by a KV-cache generation replay; "
+        "layer groups: embeddings, attn, mlp, lm_head",
+    ),
 }
 
 _loaded: dict[str, Workload] = {}

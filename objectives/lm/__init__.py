@@ -1,0 +1,37 @@
+"""Causal-LM workloads: a Llama-family decoder's forward pass with pluggable attention,
+KV-cache formats (`quant.kv_bits`), a paged prefix-caching block pool, and the generation
+serve replay with continuous batching."""
+
+from .blocks import BlockPool, BlockPoolError, prefix_hashes
+from .corpus import CharTokenizer, kjv_text, split_lines, windows
+from .kv import KV_BITS, dequantize_kv, fake_quant_kv, kv_bytes_per_token, quantize_kv
+from .model import CausalLM, decoder_forward, full_attention, lm_logits, lm_shape
+from .replay import GenerationResult, GenerationSettings, generation_replay
+from .workload import LMData, make_lm_workload, next_token_metrics, unigram_metrics
+
+__all__ = [
+    "KV_BITS",
+    "BlockPool",
+    "BlockPoolError",
+    "CausalLM",
+    "CharTokenizer",
+    "GenerationResult",
+    "GenerationSettings",
+    "LMData",
+    "decoder_forward",
+    "dequantize_kv",
+    "fake_quant_kv",
+    "full_attention",
+    "generation_replay",
+    "kjv_text",
+    "kv_bytes_per_token",
+    "lm_logits",
+    "lm_shape",
+    "make_lm_workload",
+    "next_token_metrics",
+    "prefix_hashes",
+    "quantize_kv",
+    "split_lines",
+    "unigram_metrics",
+    "windows",
+]

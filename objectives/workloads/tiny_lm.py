@@ -1,0 +1,108 @@
+"""`tiny-lm`: a 1.6M-parameter Llama-style character-level decoder trained at first use on
+the King James Bible (public domain, 4.1M characters shipped as data/kjv.txt.xz), then
+cached on disk keyed by workload name, seed and code version.
+
+Training: a fixed number of AdamW steps on random 128-character windows of the training
+lines (95% of the verses; the rest are held out by hash), a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..lm.corpus import CharTokenizer, kjv_text, split_lines, windows
+from ..lm.model import CausalLM
+from ..lm.workload import LMData, make_lm_workload
+from ..workload import Workload
+from ._cache import cached_state_dict, cached_tensors
+
+__all__ = ["TINY_LM_SHAPE", "build_tiny_lm", "make_tiny_lm_workload", "train_lm"]
+
+_CODE_VERSION = 1
+# hidden, layers, heads, kv heads, MLP width
+TINY_LM_SHAPE = (192, 4, 6, 2, 512)
+_SEQ, _BATCH, _STEPS, _LR = 128, 32, 400, 3e-3
+
+
+def build_tiny_lm(vocab_size: int, shape: tuple[int, int, int, int, int] = TINY_LM_SHAPE
+                  ) -> CausalLM:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, layers, heads, kv_heads, mlp = shape
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=mlp,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=512, tie_word_embeddings=False, attn_implementation="sdpa",
+    )
+    return CausalLM(LlamaForCausalLM(config))
+
+
+def train_lm(model: CausalLM, train_ids: torch.Tensor, *, steps: int = _STEPS,
+             batch: int = _BATCH, seq: int = _SEQ, lr: float = _LR, seed: int = 0) -> None:
+    """Next-token cross-entropy, AdamW, linear warm-up then cosine decay."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(train_ids) - seq - 1, (batch,), generator=g).tolist()
+        x = torch.stack([train_ids[s:s + seq + 1] for s in starts])
+        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+
+
+def _data(seed: int) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
+    text = kjv_text()
+    tok = CharTokenizer.for_text(text)
+    train, held = split_lines(text)
+    d = cached_tensors(f"tiny-lm-data-v{_CODE_VERSION}", lambda: {
+        "train": torch.tensor(tok.encode(train), dtype=torch.uint8),
+        "heldout": torch.tensor(tok.encode(held), dtype=torch.uint8)})
+    return tok, d["train"].long(), d["heldout"].long()
+
+
+def _prompts(tok: CharTokenizer, held: str, n: int = 48) -> list[list[int]]:
+    """Beginnings (24-72 characters, at a word boundary) of the first `n` held-out verses
+    long enough; verses open alike ("And the LORD said unto"), so prefixes also recur."""
+    out = []
+    for i, line in enumerate(held.splitlines()):
+        if len(line) < 80:
+            continue
+        cut = line.rfind(" ", 0, 24 + (i * 7) % 49)
+        out.append(tok.encode(line[:cut + 1]))
+        if len(out) == n:
+            break
+    return out
+
+
+def make_tiny_lm_workload(seed: int = 0) -> Workload:
+    tok, train_ids, held_ids = _data(seed)
+
+    def build() -> CausalLM:
+        torch.manual_seed(seed)
+        m = build_tiny_lm(tok.vocab_size)
+        train_lm(m, train_ids, seed=seed)
+        return m
+
+    model = build_tiny_lm(tok.vocab_size)
+    model.load_state_dict(cached_state_dict(f"tiny-lm-s{seed}-v{_CODE_VERSION}", build))
+    model.eval()
+    _, held = split_lines(kjv_text())
+    data = LMData(
+        train=windows(train_ids, _SEQ + 1, 8 * 16, seed=seed + 1),
+        heldout=windows(held_ids, 257, 48),
+        prompts=_prompts(tok, held),
+        unigram=torch.bincount(train_ids, minlength=tok.vocab_size),
+    )
+    return make_lm_workload("tiny-lm", model, data, batch_size=16, memory_budget_mb=8.0,
+                            extras={"tokenizer": tok})
