@@ -183,7 +183,7 @@ def test_server_overhead_reaches_every_request_and_the_environment(monkeypatch):
     from search import study as study_mod
     from search.spec import BASELINE_ATTR, ENV_ATTR
 
-    monkeypatch.setattr(study_mod, "_serve_overhead_ms", lambda workload, device: 2.0)
+    monkeypatch.setattr(study_mod, "_serve_overhead_ms", lambda workload, device, ref: 2.0)
     spec = _spec("serving", objectives=("accuracy:max", "latency_mean_ms:min"), trials=1)
     ctx = load_context(spec)
     assert ctx.serve_overhead_ms == 2.0
