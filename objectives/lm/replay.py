@@ -173,6 +173,9 @@ def _result(run: _Run, trace: Sequence[int], prompts: Sequence[Sequence[int]],
         "latency_ms": float(np.median(latency)),
         "latency_mean_ms": float(np.mean(latency)),
         "latency_p99_ms": float(np.percentile(latency, 99)),
+        # Forward time per token the model computed: what compression changes, whatever
+        # the prefix cache spares.
+        "model_latency_ms": run.clock / max(run.computed_tokens, 1) * 1e3,
         "throughput_tps": generated / run.clock if run.clock > 0 else 0.0,
         "throughput_rps": len(done) / run.clock if run.clock > 0 else 0.0,
         "prefix_hit_rate": sum(s.reused for s in done) / max(prompt_tokens, 1),
