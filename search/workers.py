@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import attrs
 from ._optuna import storage_of, trial_id_of
 from .errors import CsearchError
+from .quiet import DEBUG_ENV, quiet_libraries
 from .runner import Interrupted, TrialObjective, run_trials, worker_id
 from .storage import (
     WORKER_START_WAIT,
@@ -140,13 +141,11 @@ def run_until_budget(
 
 def _child(study_name: str, url: str, index: int, device: str | None,
            workload: str | None = None, threads: int | None = None) -> None:
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    quiet_libraries(debug=os.environ.get(DEBUG_ENV) == "1")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         join_study(study_name, url, device=device, worker_index=index, workload=workload)
     except CsearchError as e:

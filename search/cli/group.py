@@ -7,15 +7,14 @@ stderr and exit status 2 (`--debug` shows the traceback instead).
 from __future__ import annotations
 
 import gc
-import logging
-import os
 import sys
-import warnings
 from typing import Any
 
 import click
 
 from spaces import CsearchError
+
+from ..quiet import quiet_libraries
 
 __all__ = ["cli", "main"]
 
@@ -50,22 +49,6 @@ class _Group(click.Group):
             raise _InternalError(f"{type(e).__name__}: {e}") from None
 
 
-# Loggers that warn while their library is imported: torchao about its CUDA-only .so files,
-# torch's pytree about torchao's enum registrations. Set before the import, a child
-# logger's level holds; torch's import resets the `torch` logger's own level.
-_IMPORT_NOISE = ("torch", "torch.utils._pytree", "torchao")
-
-
-def _quiet_libraries(debug: bool) -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
-    if not debug:
-        warnings.filterwarnings("ignore")
-        for name in _IMPORT_NOISE:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,7 +60,7 @@ def cli(debug: bool) -> None:
     Each trial really compresses, fine-tunes and serves the model and measures accuracy,
     latency, size and memory. Results go to an Optuna storage (default ./studies.db).
     """
-    _quiet_libraries(debug)
+    quiet_libraries(debug)
 
 
 

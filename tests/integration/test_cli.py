@@ -451,16 +451,18 @@ def test_delete_asks_then_deletes(tmp_path):
     _user_error(_invoke("delete", "--study", "gone", "--storage", url, "--yes"), "'gone'")
 
 
-def test_library_import_noise_stays_out_of_the_output(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_library_import_noise_stays_out_of_the_output(tmp_path, workers):
     """torchao warns while it is imported (its CUDA-only .so files, torch's pytree about
-    its enums); a trial that quantizes with torchao prints none of that without --debug."""
+    its enums); a trial that quantizes with torchao prints none of that without --debug,
+    in the command's process or in the workers `--workers N` spawns."""
     noisy = subprocess.run([sys.executable, "-c", "import torchao"], capture_output=True,
                            text=True, timeout=300)
     noise = [ln for ln in (noisy.stdout + noisy.stderr).splitlines() if ln.strip()]
     (tmp_path / "s.toml").write_text('[params."quant.method"]\nchoices = ["int8_weight_only"]\n')
     r = _script("run", "--study", "q", "--storage", f"sqlite:///{tmp_path / 'q.db'}",
-                "--trials", "1", "--space", str(tmp_path / "s.toml"), "--device", "cpu",
-                cwd=tmp_path)
+                "--trials", str(workers), "--workers", str(workers), "--space",
+                str(tmp_path / "s.toml"), "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout + r.stderr
     assert "Pareto front" in r.stdout
