@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from search.registry import ModelVersion
+
 SERVE = {"batch_size": 8, "threads": 1, "cache_ratio": 0.2, "memory_ratio": 0.3,
          "memory_budget_mb": 1.0}
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    name: str
-    version: int
-    study: str
-    trial: int
-    sha256: str
-    workload: str
-    params: dict
-    serve: dict
-    metrics: dict
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class FakeRegistry:
@@ -42,7 +29,8 @@ class FakeRegistry:
 
     def get(self, name: str, version: int) -> ModelVersion:
         serve = self._read(name)["versions"][str(version)]  # KeyError: no such version
-        return ModelVersion(name, version, "s", version, "-", "digits-cnn", {}, serve, {})
+        return ModelVersion(name, version, "s", version, "-", "digits-cnn", {}, serve, {},
+                            datetime.now(UTC))
 
     def production(self, name: str) -> int | None:
         return self._read(name).get("production")
