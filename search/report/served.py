@@ -12,12 +12,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from .. import attrs
 from ._common import Trials, _trials
 
 __all__ = ["ServedData", "collect_served", "plot_served"]
-
-SERVED_ATTR = "served"
-METRICS_ATTR = "metrics"
 
 # (label, replay metric, loadtest key)
 _PAIRS = (("mean", "latency_mean_ms", "mean_ms"),
@@ -47,10 +45,10 @@ def collect_served(study: optuna.Study, trials: Trials | None = None) -> ServedD
     data = ServedData(predicted={k: [] for k, _, _ in _PAIRS},
                       served={k: [] for k, _, _ in _PAIRS})
     for t in _trials(study, trials):
-        served = t.user_attrs.get(SERVED_ATTR)
+        served = t.user_attrs.get(attrs.SERVED)
         if t.state != TrialState.COMPLETE or not isinstance(served, dict):
             continue
-        metrics = t.user_attrs.get(METRICS_ATTR) or {}
+        metrics = t.user_attrs.get(attrs.METRICS) or {}
         data.numbers.append(t.number)
         for label, metric, key in _PAIRS:
             data.predicted[label].append(_num(metrics, metric))
