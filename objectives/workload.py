@@ -49,7 +49,8 @@ class Workload:
     # Optional ranges this model needs for parameters a space declares, as the space
     # format's parameter tables: `{"train.lr": {"low": 1e-5, "high": 1e-4, "log": True}}`.
     # A pretrained model fine-tunes at rates that would barely move one trained from
-    # scratch, so the built-in spaces take the workload's word for them.
+    # scratch, so the built-in spaces take the workload's word for them (a space file of the
+    # user's own keeps the ranges it sets).
     param_ranges: dict[str, dict[str, Any]] | None = None
     # Optional trial hooks for models whose quality or serving depends on the trial's
     # config beyond its weights (causal LMs: `quant.kv_bits`, a KV-cache serve replay).

@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 
 from objectives import Workload, evaluate, load_workload
 from objectives.workloads import allow as allow_workload
-from spaces import Config, Space, TrainConfig, load_space, parse_space
+from spaces import Config, Space, TrainConfig, builtin_spaces, load_space, parse_space
 
 from .errors import SpecError, StudyNotFound, UsageError
 from .spec import stored_spec
@@ -137,8 +137,9 @@ def _serve_overhead_ms(workload: Workload, device: torch.device, ref: str) -> fl
 
 def resolve_space(space: Space, workload: Workload) -> Space:
     """The space as this workload searches it: `name[*]` templates expanded to the
-    workload's layer groups (pruning ones only where something can be pruned), and the
-    workload's own parameter ranges applied. Refuses per-group parameters that name a
+    workload's layer groups (pruning ones only where something can be pruned), and, for a
+    built-in space, the workload's own parameter ranges applied: a user's space file says
+    what the user wants, so its ranges stand. Refuses per-group parameters that name a
     group the workload does not have."""
     from objectives.groups import group_names, prunable_groups
 
@@ -152,7 +153,7 @@ def resolve_space(space: Space, workload: Workload) -> Space:
     if space.has_templates():
         prunable = prunable_groups(workload)
         space = space.expand(groups, {"prune.amount": prunable, "prune.threshold": prunable})
-    if workload.param_ranges:
+    if workload.param_ranges and space.name in builtin_spaces():
         space = space.with_ranges(workload.param_ranges, f"of workload {workload.name!r}")
     return space
 

@@ -142,3 +142,11 @@ def test_workload_ranges_replace_the_space_ranges_but_keep_conditions():
     assert "serve.threads" not in by_name  # a range never adds a parameter
     assert parse_space(space.source).params == space.params  # stored as it is searched
 
+
+
+def test_workload_ranges_leave_a_user_space_file_as_written(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[params."train.lr"]\ntype = "float"\nlow = 1e-7\nhigh = 1e-7\n'
+                    '[params."train.epochs"]\ntype = "categorical"\nchoices = [1]\n')
+    lr = {p.name: p for p in resolve_space(load_space(str(path)), _embedding_workload()).params}
+    assert (lr["train.lr"].low, lr["train.lr"].high) == (1e-7, 1e-7)
