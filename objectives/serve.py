@@ -9,8 +9,11 @@ S_mem, capped by `serve.batch_size`) and run back to back. Which requests hit an
 batches form depend only on the seed and the config, never on timing, so the trace is
 served once to fix that plan, and then every batch is timed as the median of repeated
 forward passes after a warm-up (`timing.py`). Every request, hit or miss, also costs the
-real server's per-request overhead (`serve_overhead_ms`), so no latency is below it.
-Every duration is measured, none is modelled.
+real server's per-request overhead (`serve_overhead_ms`), so no latency is below it. The
+server spends that overhead serially, one request after another in front of the model (its
+HTTP front end and request handling saturate near 1 / overhead requests per second), so
+with many clients requests also queue for it. Every duration is measured; only the order
+of events is simulated.
 
 Memory: S_cache = round(S_total * cache_ratio) bytes of cached (request, response) pairs,
 S_mem = round(S_total * memory_ratio) bytes of activation workspace. Feasible when packed
@@ -20,6 +23,7 @@ weights + S_cache + S_mem <= S_total and one sample's activations fit in S_mem.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -206,35 +210,45 @@ def _plan(model: nn.Module, workload: Workload, trace: np.ndarray, keys: list[by
 
 def _timeline(plan: _Plan, durations: list[float], overhead_s: float,
               clients: int) -> tuple[list[float], float]:
-    """Closed-loop clients over the plan: each request costs `overhead_s` (parsing,
-    hashing, encoding, network: paid by hits and misses alike, not serialised on the
-    model) plus its cache lookup, or its wait for and run of its batch. Returns the
+    """Closed-loop clients over the plan, through the server's two stages: a front end that
+    spends `overhead_s` on every request, hit or miss (HTTP, parsing, hashing, encoding),
+    one request at a time in arrival order, as the real server does (its throughput of
+    cache hits is about 1 / overhead); and the model, which runs each batch once its
+    misses have passed the front end and the previous batch is done. Returns the
     per-request latencies and the makespan, in seconds."""
     n = len(plan.hits)
     ready = [0.0] * clients
     sent = [0.0] * n
     arrival = [0.0] * n
     latencies = [0.0] * n
-    server_free = 0.0
+    front_free = model_free = 0.0
     b = 0
     for sends, batches in plan.rounds:
-        for c, positions in enumerate(sends):
-            t = ready[c]
-            for p in positions:
-                if plan.hits[p]:
-                    latencies[p] = overhead_s + plan.lookup_s[p]
-                    t += latencies[p]
-                else:
-                    sent[p], arrival[p] = t, t + overhead_s
-            ready[c] = t
+        # The front end takes the round's requests in the order they are sent; a client
+        # sends its next request when the previous one is answered.
+        queue = [(ready[c], c, 0) for c, positions in enumerate(sends) if positions]
+        heapq.heapify(queue)
+        while queue:
+            t, c, k = heapq.heappop(queue)
+            p = sends[c][k]
+            front_free = max(front_free, t) + overhead_s
+            sent[p] = t
+            if plan.hits[p]:
+                done = front_free + plan.lookup_s[p]
+                latencies[p] = done - t
+                ready[c] = done
+                if k + 1 < len(sends[c]):
+                    heapq.heappush(queue, (done, c, k + 1))
+            else:
+                arrival[p] = front_free
         for chunk in batches:
-            end = max(server_free, max(arrival[p] for p in chunk)) + durations[b]
+            end = max(model_free, max(arrival[p] for p in chunk)) + durations[b]
             b += 1
-            server_free = end
+            model_free = end
             for p in chunk:
                 latencies[p] = end - sent[p]
                 ready[plan.client[p]] = end
-    return latencies, max(max(ready), server_free)
+    return latencies, max(max(ready), model_free, front_free)
 
 
 def replay(
