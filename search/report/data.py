@@ -273,10 +273,25 @@ class ServingData:
     cache_hit_rate: list[float] = field(default_factory=list)
     throughput_rps: list[float] = field(default_factory=list)
     feasible: list[bool] = field(default_factory=list)
+    # The server's per-request overhead (the study's `serve_overhead_ms`) caps the replay
+    # at 1000 / overhead requests per second. When every trial reaches that cap, latency
+    # is the server's, not the model's, and the page says so.
+    serve_overhead_ms: float | None = None
+
+    @property
+    def server_bound(self) -> bool:
+        if not self.serve_overhead_ms or not self.throughput_rps:
+            return False
+        cap = 1e3 / self.serve_overhead_ms
+        return min(self.throughput_rps) >= SERVER_BOUND * cap
+
+
+SERVER_BOUND = 0.97  # share of the overhead's cap at which a trial counts as server-bound
 
 
 def collect_serving(study: optuna.Study, trials: Trials | None = None) -> ServingData:
-    data = ServingData()
+    overhead = (study.user_attrs.get(attrs.ENVIRONMENT) or {}).get("serve_overhead_ms")
+    data = ServingData(serve_overhead_ms=float(overhead) if overhead else None)
     for t in _trials(study, trials):
         if t.state != TrialState.COMPLETE:
             continue

@@ -185,6 +185,17 @@ def _served_table(d: ServedData) -> str:
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _server_bound_note(d: ServingData) -> str:
+    if not d.server_bound:
+        return ""
+    cap = 1e3 / (d.serve_overhead_ms or 1.0)
+    return ('<p class="note">Server-bound: the server spends '
+            f"{d.serve_overhead_ms:.2f} ms on every request (<code>serve_overhead_ms</code>), "
+            f"which caps it at {cap:.0f} requests/s, and every trial's replay reached that "
+            "cap. Latency here is the server's, whatever the model; compare models by "
+            "<code>model_latency_ms</code> and <code>speedup</code>.</p>")
+
+
 def _figure_div(fig: Any, div_id: str) -> str:
     import plotly.io as pio
 
@@ -225,7 +236,8 @@ def render_html(rep: Report) -> str:
         section("Timeline", _figure_div(plot_timeline(rep.timeline), "fig-timeline"))
     if rep.serving.numbers:
         section("Cache and throughput against the memory split",
-                _figure_div(plot_serving(rep.serving), "fig-serving"))
+                _server_bound_note(rep.serving)
+                + _figure_div(plot_serving(rep.serving), "fig-serving"))
     if rep.served.numbers:
         section("Predicted against served latency",
                 '<p class="note">Trials measured on a real server with '

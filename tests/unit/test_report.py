@@ -169,6 +169,21 @@ def test_parallel_timeline_serving(hand_study):
     assert s.feasible == [True, True, False, True, True]
 
 
+def test_serving_is_marked_server_bound_only_when_every_trial_hits_the_overhead_cap(
+        hand_study, tmp_path):
+    s = R.collect_serving(hand_study)
+    assert s.serve_overhead_ms is None and not s.server_bound  # no overhead stored
+    # Every trial of hand_study replays at 1000 + 5000 * 0.1 = 1500 req/s.
+    env = hand_study.user_attrs[ENV_ATTR]
+    hand_study.set_user_attr(ENV_ATTR, {**env, "serve_overhead_ms": 1e3 / 1500})
+    s = R.collect_serving(hand_study)
+    assert s.serve_overhead_ms == pytest.approx(1e3 / 1500) and s.server_bound
+    assert "Server-bound" in R.render_html(R.build_report(hand_study))
+    hand_study.set_user_attr(ENV_ATTR, {**env, "serve_overhead_ms": 1e3 / 1600})
+    assert not R.collect_serving(hand_study).server_bound  # below the cap
+    assert "Server-bound" not in R.render_html(R.build_report(hand_study))
+
+
 def test_table_rows_with_export_commands(hand_study):
     from search.cli.outputs import export
 
