@@ -13,9 +13,10 @@ from spaces import Space
 
 from ._optuna.tpe import TPE_BEST, TPE_WINDOW, WindowedTPESampler
 from .errors import SpecError
+from .refine import RefineSampler
 from .spec import SAMPLERS
 
-__all__ = ["TPE_BEST", "TPE_WINDOW", "WindowedTPESampler", "make_sampler"]
+__all__ = ["RefineSampler", "TPE_BEST", "TPE_WINDOW", "WindowedTPESampler", "make_sampler"]
 
 
 def _grid(space: Space) -> dict[str, list[object]]:
@@ -32,13 +33,17 @@ def _grid(space: Space) -> dict[str, list[object]]:
     return grid
 
 
+def _tpe(seed: int | None) -> WindowedTPESampler:
+    return WindowedTPESampler(multivariate=True, group=True, seed=seed, constant_liar=True)
+
+
 def make_sampler(name: str, seed: int | None, space: Space) -> BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
-            return WindowedTPESampler(
-                multivariate=True, group=True, seed=seed, constant_liar=True,
-            )
+            return _tpe(seed)
+        if name == "refine":
+            return RefineSampler(_tpe(seed), space, seed=seed)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         if name == "nsga3":

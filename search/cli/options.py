@@ -47,10 +47,11 @@ def spec_options(f: Any) -> Any:
         click.option("--constraint", "constraints", multiple=True, metavar="EXPR",
                      help="Feasibility constraint, repeatable, e.g. 'accuracy_drop<=0.01'. "
                           "The memory budget is always a constraint."),
-        click.option("--sampler", type=click.Choice(["tpe", "nsga2", "nsga3", "gp", "random",
-                                                     "grid"]),
+        click.option("--sampler", type=click.Choice(["tpe", "refine", "nsga2", "nsga3", "gp",
+                                                     "random", "grid"]),
                      default="tpe", show_default=True,
-                     help="tpe is multivariate, grouped TPE."),
+                     help="tpe is multivariate, grouped TPE; refine spends half the trials on "
+                          "neighbours of the feasible front and the rest on tpe."),
         click.option("--trials", type=int, default=20, show_default=True,
                      help="Total budget of finished trials for the study (all workers). "
                           "Rerunning resumes up to it."),
