@@ -47,6 +47,7 @@ import optuna
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from search.refine import PLAN_ATTR, RefineSampler  # noqa: E402
 from search.results import is_feasible  # noqa: E402
 from search.runner import TrialObjective  # noqa: E402
 from search.samplers import make_sampler  # noqa: E402
@@ -85,6 +86,8 @@ def sampler_for(name: str, seed: int, space: object) -> optuna.samplers.BaseSamp
     name = name.removesuffix(WARM)
     if name == "optuna-tpe":  # Optuna's TPESampler as a plain script would make it
         return optuna.samplers.TPESampler(seed=seed)
+    if name == "refine-fixed":  # refine with a fixed half share (no adaptation)
+        return RefineSampler(make_sampler("tpe", seed, space), space, seed=seed)
     if name in VARIANTS:
         return tpe_variant(seed, **VARIANTS[name])
     return make_sampler(name, seed, space)
@@ -236,7 +239,10 @@ def compression_run(study: optuna.Study, ctx: object, name: str, seed: int,
     study.optimize(objective, n_trials=trials, catch=(Exception,))
     wall = time.perf_counter() - t0
     points: list[list | None] = []
+    params, parents = [], []
     for t in sorted(study.trials, key=lambda t: t.number):
+        params.append(t.params)
+        parents.append((t.system_attrs.get(PLAN_ATTR) or {}).get("parent"))
         if t.state != optuna.trial.TrialState.COMPLETE:
             points.append(None)
             continue
@@ -245,7 +251,7 @@ def compression_run(study: optuna.Study, ctx: object, name: str, seed: int,
                        bool(t.user_attrs.get("seeded"))])
     states = [t.state.name for t in study.trials]
     return {"question": "compression", "sampler": name, "seed": seed, "trials": trials,
-            "wall_s": wall, "points": points,
+            "wall_s": wall, "points": points, "params": params, "parents": parents,
             "states": {s: states.count(s) for s in set(states)}}
 
 

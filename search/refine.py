@@ -47,6 +47,7 @@ __all__ = ["PLAN_ATTR", "REFINE_SHARE", "RefineSampler", "mutate", "param_key"]
 
 PLAN_ATTR = "csearch:refine"  # system attr: {"parent": number, "params": planned params}
 REFINE_SHARE = 0.5  # share of the sampler's trials that refine the front
+ADAPTIVE_BOUNDS = (0.25, 0.75)  # an adaptive share stays within these
 _STEP = 0.1  # a float step: N(0, _STEP) of the range (log range if log)
 _N_CHANGES = (1, 2, 3)
 _P_CHANGES = (0.5, 0.3, 0.2)
@@ -190,10 +191,11 @@ class RefineSampler(BaseSampler):
     enqueued trials and any trial with no feasible front yet go to `base`."""
 
     def __init__(self, base: BaseSampler, space: Space, *, share: float = REFINE_SHARE,
-                 seed: int | None = None, tries: int = 20) -> None:
+                 adaptive: bool = False, seed: int | None = None, tries: int = 20) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be in [0, 1], got {share}")
         self._base, self._space, self._share, self._tries = base, space, share, tries
+        self._adaptive = adaptive
         self._rng = np.random.RandomState(seed)
         self._plans: dict[int, dict[str, Any]] = {}  # trial id -> planned params
         self._lock = threading.Lock()
@@ -208,21 +210,39 @@ class RefineSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._base.before_trial(study, trial)
-        if is_enqueued(trial) or trial.user_attrs.get(attrs.SEEDED):
+        if _enqueued(trial):
             return
         with self._lock:
-            if self._rng.rand() >= self._share:
+            trials = study.get_trials(deepcopy=False)
+            front = feasible_front(trials, study.directions)
+            if not front or self._rng.rand() >= self._share_now(trials, front):
                 return
-            plan = self._plan(study, trial)
+            plan = self._plan(study, trial, trials, front)
             if plan is not None:
                 self._plans[trial_id_of(trial)] = plan
 
-    def _plan(self, study: Study, trial: FrozenTrial) -> dict[str, Any] | None:
+    def _share_now(self, trials: list[FrozenTrial], front: list[FrozenTrial]) -> float:
+        """`share`, or if adaptive, the share that follows which of the two kinds of trial
+        lands on the feasible front more often (each rate counted from one success in two
+        trials, so neither starts at zero), within ADAPTIVE_BOUNDS: the search spends more
+        where it pays, and never stops exploring or refining."""
+        if not self._adaptive:
+            return self._share
+        counts = np.full(2, 2.0)  # finished trials: refine, base
+        wins = np.ones(2)  # front members: refine, base
+        for t in trials:
+            if t.state.is_finished() and not _enqueued(t):
+                counts[not t.system_attrs.get(PLAN_ATTR)] += 1
+        for t in front:
+            if not _enqueued(t):
+                wins[not t.system_attrs.get(PLAN_ATTR)] += 1
+        rate = wins / counts
+        lo, hi = ADAPTIVE_BOUNDS
+        return float(min(hi, max(lo, rate[0] / rate.sum())))
+
+    def _plan(self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial],
+              front: list[FrozenTrial]) -> dict[str, Any] | None:
         """A child of a front member that no other trial has or plans; stored on `trial`."""
-        trials = study.get_trials(deepcopy=False)
-        front = feasible_front(trials, study.directions)
-        if not front:
-            return None
         taken = {param_key(p) for t in trials if t.number != trial.number
                  for p in _configs(t)}
         for _ in range(3):  # a plan another worker stored at the same time: plan again
@@ -265,6 +285,11 @@ class RefineSampler(BaseSampler):
                     values: Any) -> None:
         self._plans.pop(trial_id_of(trial), None)
         self._base.after_trial(study, trial, state, values)
+
+
+def _enqueued(t: FrozenTrial) -> bool:
+    """Enqueued (a seed, a retry): its parameters were not the sampler's choice."""
+    return is_enqueued(t) or bool(t.user_attrs.get(attrs.SEEDED))
 
 
 def _configs(t: FrozenTrial) -> list[dict[str, Any]]:

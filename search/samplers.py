@@ -43,7 +43,7 @@ def make_sampler(name: str, seed: int | None, space: Space) -> BaseSampler:
         if name == "tpe":
             return _tpe(seed)
         if name == "refine":
-            return RefineSampler(_tpe(seed), space, seed=seed)
+            return RefineSampler(_tpe(seed), space, adaptive=True, seed=seed)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         if name == "nsga3":
