@@ -232,10 +232,10 @@ class RefineSampler(BaseSampler):
         wins = np.ones(2)  # front members: refine, base
         for t in trials:
             if t.state.is_finished() and not _enqueued(t):
-                counts[not t.system_attrs.get(PLAN_ATTR)] += 1
+                counts[int(not t.system_attrs.get(PLAN_ATTR))] += 1
         for t in front:
             if not _enqueued(t):
-                wins[not t.system_attrs.get(PLAN_ATTR)] += 1
+                wins[int(not t.system_attrs.get(PLAN_ATTR))] += 1
         rate = wins / counts
         lo, hi = ADAPTIVE_BOUNDS
         return float(min(hi, max(lo, rate[0] / rate.sum())))

@@ -201,3 +201,33 @@ def test_two_workers_never_share_a_parameter_set_on_postgres(joint, postgres_url
         assert all(plans)  # every one of them was a refinement
     finally:
         optuna.delete_study(study_name=study_name, storage=url)
+
+
+def _done(number: int, values: list[float], plan: bool, seeded: bool = False):
+    t = optuna.trial.create_trial(
+        values=values, params={}, distributions={},
+        system_attrs={PLAN_ATTR: {"parent": 0, "params": {}}} if plan else {},
+        user_attrs={"seeded": True} if seeded else {})
+    t.number = number
+    return t
+
+
+@pytest.mark.parametrize("refine_wins, expected", [(True, 0.75), (False, 0.25)])
+def test_adaptive_share_follows_which_kind_reaches_the_front(joint, refine_wins, expected):
+    """Six refinements and six base trials after a seed; the kind whose trials make up the
+    front gets the larger share, within the bounds; a fixed sampler keeps its share."""
+    trials = [_done(0, [0.5, 1.0, 1.0], plan=False, seeded=True)]
+    for i in range(12):
+        on_front = (i < 6) == refine_wins
+        x = i / 12
+        # front members trade accuracy for latency; the rest are dominated
+        values = [0.9 + 0.05 * x, 0.1 + x, 0.1] if on_front else [0.1, 5.0, 5.0]
+        trials.append(_done(i + 1, values, plan=i < 6))
+    front = feasible_front(trials, [optuna.study.StudyDirection.MAXIMIZE,
+                                    optuna.study.StudyDirection.MINIMIZE,
+                                    optuna.study.StudyDirection.MINIMIZE])
+    assert len(front) == 6
+    adaptive = RefineSampler(optuna.samplers.RandomSampler(), joint, adaptive=True)
+    assert adaptive._share_now(trials, front) == expected
+    fixed = RefineSampler(optuna.samplers.RandomSampler(), joint, share=0.5)
+    assert fixed._share_now(trials, front) == 0.5
