@@ -14,7 +14,14 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from search.refine import PLAN_ATTR, RefineSampler, feasible_front, mutate, param_key
+from search.refine import (
+    PLAN_ATTR,
+    RefineSampler,
+    feasible_front,
+    mutate,
+    param_key,
+    pattern_move,
+)
 from search.samplers import make_sampler
 from spaces import Space, load_space
 
@@ -231,3 +238,29 @@ def test_adaptive_share_follows_which_kind_reaches_the_front(joint, refine_wins,
     assert adaptive._share_now(trials, front) == expected
     fixed = RefineSampler(optuna.samplers.RandomSampler(), joint, share=0.5)
     assert fixed._share_now(trials, front) == 0.5
+
+
+def test_pattern_move_repeats_a_successful_numeric_step():
+    space = load_space("compression")
+    grand = {"prune.method": "global", "prune.amount": 0.9, "quant.method": "lowbit",
+             "quant.bits": 4, "quant.group_size": 0, "train.lr": 1e-3, "train.epochs": 2}
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({**grand, "prune.amount": 0.93, "quant.bits": 3,
+                         "quant.group_size": 16, "train.lr": 2e-3})
+    t = study.ask()
+    space.sample(t)
+    study.tell(t, [0.98, 0.01])
+    parent = study.trials[0]
+    moved = pattern_move(space, parent, grand, np.random.RandomState(0))
+    assert moved is not None
+    assert moved["prune.amount"] == pytest.approx(0.96)
+    assert moved["quant.bits"] == 2
+    assert moved["train.lr"] == pytest.approx(4e-3)  # a log parameter doubles again
+    assert moved["quant.group_size"] == 16  # a changed choice is kept, not stepped
+    assert moved["train.epochs"] == 2
+    # clipped at the range's end; nothing numeric moved -> no pattern move
+    again = pattern_move(space, parent, {**grand, "prune.amount": 0.6}, np.random.RandomState(0))
+    assert again is not None and again["prune.amount"] == pytest.approx(0.97)
+    assert pattern_move(space, parent, dict(parent.params, **{"quant.group_size": 0}),
+                        np.random.RandomState(0)) is None
