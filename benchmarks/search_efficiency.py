@@ -6,6 +6,14 @@ needs to reach 95% of the best hypervolume seen.
     python benchmarks/search_efficiency.py --quick          # 12 trials x 3 seeds x 4 samplers
     python benchmarks/search_efficiency.py --trials 24 --samplers tpe,random,tpe-s5
     python benchmarks/search_efficiency.py --summary benchmarks/results/efficiency.jsonl
+    python benchmarks/search_efficiency.py --question compression --seeds 5 \
+        --samplers refine,tpe,optuna-tpe,nsga2,gp          # issue 16 (compression_refine.py)
+
+`--question compression` asks issue 16's question instead (digits, `compression` space,
+accuracy max and size_mb min under accuracy_drop <= 0.01, evaluation seeds as `csearch
+run --seed SEED`), every sampler given the same warm start; `compression_refine.py` has
+its measures. `optuna-tpe` is Optuna's TPESampler with its defaults (as a plain script
+makes it), `refine-fixed` the refine sampler with a fixed half share.
 
 Every study runs in this process through csearch's own code: `search.study.build_spec`
 / `load_context` (the digits workload is built once, as a worker does) and
