@@ -37,7 +37,7 @@ class StudySpec:
     space_toml: str  # the resolved space, so workers need no file
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     constraints: tuple[str, ...] = ()
-    sampler: str = "tpe"
+    sampler: str = "refine"
     seed: int = 0
     device: str = "auto"
     trials: int | None = None

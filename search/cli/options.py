@@ -49,9 +49,10 @@ def spec_options(f: Any) -> Any:
                           "The memory budget is always a constraint."),
         click.option("--sampler", type=click.Choice(["tpe", "refine", "nsga2", "nsga3", "gp",
                                                      "random", "grid"]),
-                     default="tpe", show_default=True,
-                     help="tpe is multivariate, grouped TPE; refine spends half the trials on "
-                          "neighbours of the feasible front and the rest on tpe."),
+                     default="refine", show_default=True,
+                     help="refine: neighbours of the feasible front (a quarter to three "
+                          "quarters of the trials) and tpe for the rest; tpe: multivariate, "
+                          "grouped TPE."),
         click.option("--trials", type=int, default=20, show_default=True,
                      help="Total budget of finished trials for the study (all workers). "
                           "Rerunning resumes up to it."),
