@@ -44,7 +44,7 @@ from spaces import Param, Space
 
 from . import attrs
 from ._optuna import contains, is_enqueued, is_pareto_front, storage_of, trial_id_of
-from ._optuna.tpe import _crowding
+from ._optuna.tpe import _crowding, _numbered
 
 __all__ = ["PLAN_ATTR", "REFINE_SHARE", "RefineSampler", "mutate", "param_key",
            "pattern_move"]
@@ -221,6 +221,39 @@ def _tournament(front: list[FrozenTrial], directions: list[StudyDirection],
     return front[a] if crowd[a] >= crowd[b] else front[b]
 
 
+class _History:
+    """What a sampler knows of a study's finished trials, each folded in once: their
+    parameter sets, the feasible front (the front of the old front and the new trials is
+    the front of all), and how many trials of each kind (refine, base) finished. A suggest
+    then costs one pass over the trial list, not a front and a key per trial."""
+
+    def __init__(self) -> None:
+        self.reset(None)
+
+    def reset(self, owner: object) -> None:
+        self.owner = owner
+        self.done: set[int] = set()
+        self.keys: set[frozenset[tuple[str, Any]]] = set()
+        self.front: list[FrozenTrial] = []
+        self.counts = np.full(2, 2.0)  # finished trials, refine and base, from two each
+
+    def update(self, owner: object, directions: list[StudyDirection],
+               trials: list[FrozenTrial]) -> None:
+        if owner != self.owner:
+            self.reset(owner)
+        new = [t for t in trials if t.state.is_finished() and t.number not in self.done]
+        if not new:
+            return
+        for t in new:
+            self.done.add(t.number)
+            if t.params:
+                self.keys.add(param_key(t.params))
+            if not _enqueued(t):
+                self.counts[int(not t.system_attrs.get(PLAN_ATTR))] += 1
+        self.front = sorted(feasible_front(self.front + new, directions),
+                            key=lambda t: t.number)
+
+
 class RefineSampler(BaseSampler):
     """`share` of the trials refine the feasible front (see the module doc); the rest,
     enqueued trials and any trial with no feasible front yet go to `base`."""
@@ -234,6 +267,7 @@ class RefineSampler(BaseSampler):
         self._rng = np.random.RandomState(seed)
         self._plans: dict[int, dict[str, Any]] = {}  # trial id -> planned params
         self._lock = threading.Lock()
+        self._history = _History()
 
     def reseed_rng(self) -> None:
         self._base.reseed_rng()
@@ -249,25 +283,23 @@ class RefineSampler(BaseSampler):
             return
         with self._lock:
             trials = study.get_trials(deepcopy=False)
-            front = feasible_front(trials, study.directions)
-            if not front or self._rng.rand() >= self._share_now(trials, front):
+            h = self._history
+            h.update((id(storage_of(study)), study.study_name), study.directions, trials)
+            front = h.front
+            if not front or self._rng.rand() >= self._share_now(h.counts, front):
                 return
             plan = self._plan(study, trial, trials, front)
             if plan is not None:
                 self._plans[trial_id_of(trial)] = plan
 
-    def _share_now(self, trials: list[FrozenTrial], front: list[FrozenTrial]) -> float:
+    def _share_now(self, counts: np.ndarray, front: list[FrozenTrial]) -> float:
         """`share`, or if adaptive, the share that follows which of the two kinds of trial
         lands on the feasible front more often (each rate counted from one success in two
         trials, so neither starts at zero), within ADAPTIVE_BOUNDS: the search spends more
         where it pays, and never stops exploring or refining."""
         if not self._adaptive:
             return self._share
-        counts = np.full(2, 2.0)  # finished trials: refine, base
         wins = np.ones(2)  # front members: refine, base
-        for t in trials:
-            if t.state.is_finished() and not _enqueued(t):
-                counts[int(not t.system_attrs.get(PLAN_ATTR))] += 1
         for t in front:
             if not _enqueued(t):
                 wins[int(not t.system_attrs.get(PLAN_ATTR))] += 1
@@ -278,18 +310,19 @@ class RefineSampler(BaseSampler):
     def _plan(self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial],
               front: list[FrozenTrial]) -> dict[str, Any] | None:
         """A child of a front member that no other trial has or plans; stored on `trial`."""
-        taken = {param_key(p) for t in trials if t.number != trial.number
-                 for p in _configs(t)}
-        by_number = {t.number: t for t in trials}
+        taken = set(self._history.keys)
+        taken.update(param_key(p) for t in trials if t.state in _OPEN
+                     and t.number != trial.number for p in _configs(t))
+        at = _numbered(trials)
         for _ in range(3):  # a plan another worker stored at the same time: plan again
             child, parent = None, None
             for _ in range(self._tries):
                 parent = _tournament(front, study.directions, self._rng)
                 cand = None
                 grand = (parent.system_attrs.get(PLAN_ATTR) or {}).get("parent")
-                if grand in by_number and self._rng.rand() < PATTERN_P:
-                    cand = pattern_move(self._space, parent, by_number[grand].params,
-                                        self._rng)
+                g = at(grand) if grand is not None else None
+                if g is not None and self._rng.rand() < PATTERN_P:
+                    cand = pattern_move(self._space, parent, g.params, self._rng)
                 if cand is None:
                     cand = mutate(self._space, parent, self._rng)
                 if param_key(cand) not in taken:

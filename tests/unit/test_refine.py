@@ -22,6 +22,7 @@ from search.refine import (
     param_key,
     pattern_move,
 )
+from search.refine import _History
 from search.samplers import make_sampler
 from spaces import Space, load_space
 
@@ -230,14 +231,37 @@ def test_adaptive_share_follows_which_kind_reaches_the_front(joint, refine_wins,
         # front members trade accuracy for latency; the rest are dominated
         values = [0.9 + 0.05 * x, 0.1 + x, 0.1] if on_front else [0.1, 5.0, 5.0]
         trials.append(_done(i + 1, values, plan=i < 6))
-    front = feasible_front(trials, [optuna.study.StudyDirection.MAXIMIZE,
-                                    optuna.study.StudyDirection.MINIMIZE,
-                                    optuna.study.StudyDirection.MINIMIZE])
+    dirs = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE,
+            optuna.study.StudyDirection.MINIMIZE]
+    history = _History()
+    history.update("study", dirs, trials)
+    front = history.front
+    assert [t.number for t in front] == [t.number for t in feasible_front(trials, dirs)]
     assert len(front) == 6
+    assert history.counts.tolist() == [8.0, 8.0]  # six of each, counted from two; no seed
     adaptive = RefineSampler(optuna.samplers.RandomSampler(), joint, adaptive=True)
-    assert adaptive._share_now(trials, front) == expected
+    assert adaptive._share_now(history.counts, front) == expected
     fixed = RefineSampler(optuna.samplers.RandomSampler(), joint, share=0.5)
-    assert fixed._share_now(trials, front) == 0.5
+    assert fixed._share_now(history.counts, front) == 0.5
+
+
+def test_history_folds_trials_in_once_and_matches_a_full_recount(joint):
+    """The incremental front and parameter sets equal those computed from all trials, as
+    trials finish in any order (a late finisher included)."""
+    study = _random_trials(joint, 30, seed=9)
+    trials = study.get_trials(deepcopy=False)
+    history = _History()
+    order = list(range(30))
+    random.Random(9).shuffle(order)
+    for k in range(0, 30, 7):  # fold in growing, shuffled subsets, as workers finish
+        seen = sorted(order[:k + 7])
+        history.update("s", study.directions, [trials[i] for i in seen])
+        part = [trials[i] for i in seen]
+        assert [t.number for t in history.front] == [
+            t.number for t in feasible_front(part, study.directions)]
+        assert history.keys == {param_key(t.params) for t in part}
+    history.update("other study", study.directions, [])
+    assert not history.front and not history.keys  # a new study starts afresh
 
 
 def test_pattern_move_repeats_a_successful_numeric_step():
