@@ -6,6 +6,14 @@ needs to reach 95% of the best hypervolume seen.
     python benchmarks/search_efficiency.py --quick          # 12 trials x 3 seeds x 4 samplers
     python benchmarks/search_efficiency.py --trials 24 --samplers tpe,random,tpe-s5
     python benchmarks/search_efficiency.py --summary benchmarks/results/efficiency.jsonl
+    python benchmarks/search_efficiency.py --question compression --seeds 5 \
+        --samplers refine,tpe,optuna-tpe,nsga2,gp          # issue 16 (compression_refine.py)
+
+`--question compression` asks issue 16's question instead (digits, `compression` space,
+accuracy max and size_mb min under accuracy_drop <= 0.01, evaluation seeds as `csearch
+run --seed SEED`), every sampler given the same warm start; `compression_refine.py` has
+its measures. `optuna-tpe` is Optuna's TPESampler with its defaults (as a plain script
+makes it), `refine-fixed` the refine sampler with a fixed half share.
 
 Every study runs in this process through csearch's own code: `search.study.build_spec`
 / `load_context` (the digits workload is built once, as a worker does) and
@@ -47,11 +55,16 @@ import optuna
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from search.refine import PLAN_ATTR, RefineSampler  # noqa: E402
 from search.results import is_feasible  # noqa: E402
 from search.runner import TrialObjective  # noqa: E402
 from search.samplers import make_sampler  # noqa: E402
 from search.spec import DEFAULT_OBJECTIVES  # noqa: E402
 from search.study import build_spec, load_context  # noqa: E402
+
+# Issue 16's question (`--question compression`).
+QUESTION_OBJECTIVES = ("accuracy:max", "size_mb:min")
+QUESTION_CONSTRAINTS = ("accuracy_drop<=0.01",)
 
 # Reference point (minimisation form): 1 - accuracy, latency_ms, size_mb.
 REF = np.array([0.05, 12.0, 0.6])
@@ -79,6 +92,10 @@ WARM = "+warm"  # suffix: start the way `csearch run` does (sensitivity pass, se
 
 def sampler_for(name: str, seed: int, space: object) -> optuna.samplers.BaseSampler:
     name = name.removesuffix(WARM)
+    if name == "optuna-tpe":  # Optuna's TPESampler as a plain script would make it
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "refine-fixed":  # refine with a fixed half share (no adaptation)
+        return RefineSampler(make_sampler("tpe", seed, space), space, seed=seed)
     if name in VARIANTS:
         return tpe_variant(seed, **VARIANTS[name])
     return make_sampler(name, seed, space)
@@ -143,13 +160,15 @@ def warm_start(study: optuna.Study, ctx: object) -> object:
     return warm
 
 
-def run_one(ctx: object, name: str, seed: int, trials: int) -> dict:
+def run_one(ctx: object, name: str, seed: int, trials: int, question: bool = False) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=ctx.spec.directions,
                                 sampler=sampler_for(name, seed, ctx.space),
                                 study_name=f"{name}-{seed}")
     if name.endswith(WARM):
         ctx = warm_start(study, ctx)
+    if question:
+        return compression_run(study, ctx, name, seed, trials)
     objective = TrialObjective(ctx)
     t0 = time.perf_counter()
     study.optimize(objective, n_trials=trials, catch=(Exception,))
@@ -219,6 +238,31 @@ def summarize(rows: list[dict]) -> None:
                       "(a run that never reaches it counts as trials + 1)")
 
 
+def compression_run(study: optuna.Study, ctx: object, name: str, seed: int,
+                    trials: int) -> dict:
+    """A run of issue 16's question; per finished trial (number order) the point
+    [1 - accuracy, size_mb, feasible, seeded], or None if it did not complete."""
+    objective = TrialObjective(ctx)
+    t0 = time.perf_counter()
+    study.optimize(objective, n_trials=trials, catch=(Exception,))
+    wall = time.perf_counter() - t0
+    points: list[list | None] = []
+    params, parents = [], []
+    for t in sorted(study.trials, key=lambda t: t.number):
+        params.append(t.params)
+        parents.append((t.system_attrs.get(PLAN_ATTR) or {}).get("parent"))
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            points.append(None)
+            continue
+        m = t.user_attrs["metrics"]
+        points.append([1 - m["accuracy"], m["size_mb"], bool(is_feasible(t)),
+                       bool(t.user_attrs.get("seeded"))])
+    states = [t.state.name for t in study.trials]
+    return {"question": "compression", "sampler": name, "seed": seed, "trials": trials,
+            "wall_s": wall, "points": points, "params": params, "parents": parents,
+            "states": {s: states.count(s) for s in set(states)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=40)
@@ -230,27 +274,58 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="12 trials per run")
     ap.add_argument("--out", default="benchmarks/results/efficiency.jsonl")
     ap.add_argument("--summary", metavar="JSONL", help="only print the table of a results file")
+    ap.add_argument("--question", choices=("joint", "compression"), default="joint",
+                    help="compression: issue 16's digits question (benchmarks/compression_"
+                         "refine.py's doc); every sampler gets the same warm start")
+    ap.add_argument("--jobs", help="comma-separated SAMPLER:SEED runs, in this order, instead "
+                                   "of every sampler x every seed (to split a benchmark "
+                                   "across processes)")
     a = ap.parse_args()
     if a.summary:
-        summarize([json.loads(line) for line in open(a.summary)])
+        rows = [json.loads(line) for line in open(a.summary)]
+        if rows and rows[0].get("question") == "compression":
+            from compression_refine import summarize_compression
+
+            summarize_compression(rows)
+        else:
+            summarize(rows)
         return
     trials = 12 if a.quick else a.trials
-    spec = build_spec(workload="digits-cnn", space="joint", objectives=DEFAULT_OBJECTIVES,
-                      constraints=(), sampler="tpe", seed=0, device="cpu", trials=trials,
+    question = a.question == "compression"
+    spec = build_spec(workload="digits-cnn", space="compression" if question else "joint",
+                      objectives=QUESTION_OBJECTIVES if question else DEFAULT_OBJECTIVES,
+                      constraints=QUESTION_CONSTRAINTS if question else (), sampler="tpe",
+                      seed=0, device="cpu", trials=trials,
                       timeout=None, memory_budget_mb=None, artifacts=None)
-    ctx = load_context(spec)
+    base_ctx = load_context(spec)
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     rows = []
-    for seed in range(a.seeds):
-        for name in a.samplers.split(","):
-            r = run_one(ctx, name, seed, trials)
-            rows.append(r)
-            with open(a.out, "a") as f:
-                f.write(json.dumps(r) + "\n")
-            final = hv_curve(r["points"])[-1]
-            print(f"{name} seed {seed}: final HV {final:.4f} in {r['wall_s']:.0f}s "
-                  f"{r['states']}", flush=True)
-    summarize(rows)
+    jobs = [(n, int(k)) for n, k in (j.rsplit(":", 1) for j in a.jobs.split(","))] \
+        if a.jobs else [(n, k) for k in range(a.seeds) for n in a.samplers.split(",")]
+    for name, seed in jobs:
+        ctx = base_ctx
+        if question:  # as `csearch run --seed SEED`: evaluation seeds SEED + trial number
+            from dataclasses import replace
+
+            ctx = replace(base_ctx, spec=replace(base_ctx.spec, seed=seed))
+        if question and not name.endswith(WARM):
+            name += WARM  # the issue compares samplers given the same seeds
+        r = run_one(ctx, name, seed, trials, question)
+        rows.append(r)
+        with open(a.out, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        if question:
+            print(f"{name} seed {seed}: {r['wall_s']:.0f}s {r['states']}", flush=True)
+            continue
+        final = hv_curve(r["points"])[-1]
+        print(f"{name} seed {seed}: final HV {final:.4f} in {r['wall_s']:.0f}s "
+              f"{r['states']}", flush=True)
+    if question:
+        from compression_refine import summarize_compression
+
+        summarize_compression(rows)
+    else:
+        summarize(rows)
 
 
 if __name__ == "__main__":

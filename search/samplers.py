@@ -1,6 +1,9 @@
-"""Sampler choice. The default is multivariate, grouped TPE: independent TPE ignores how
-pruning, quantization and serving parameters interact. It models a bounded window of the
-history (`WindowedTPESampler`) so that its cost per trial stops growing with the study."""
+"""Sampler choice. The default, `refine`, spends part of the trials on neighbours of the
+feasible front (search/refine.py: the seeds are good, and their neighbours are what TPE
+does not find in a small budget) and the rest on multivariate, grouped TPE: independent
+TPE ignores how pruning, quantization and serving parameters interact. TPE models a
+bounded window of the history (`WindowedTPESampler`) so that its cost per trial stops
+growing with the study."""
 
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ from spaces import Space
 
 from ._optuna.tpe import TPE_BEST, TPE_WINDOW, WindowedTPESampler
 from .errors import SpecError
+from .refine import RefineSampler
 from .spec import SAMPLERS
 
-__all__ = ["TPE_BEST", "TPE_WINDOW", "WindowedTPESampler", "make_sampler"]
+__all__ = ["RefineSampler", "TPE_BEST", "TPE_WINDOW", "WindowedTPESampler", "make_sampler"]
 
 
 def _grid(space: Space) -> dict[str, list[object]]:
@@ -32,13 +36,17 @@ def _grid(space: Space) -> dict[str, list[object]]:
     return grid
 
 
+def _tpe(seed: int | None) -> WindowedTPESampler:
+    return WindowedTPESampler(multivariate=True, group=True, seed=seed, constant_liar=True)
+
+
 def make_sampler(name: str, seed: int | None, space: Space) -> BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
-            return WindowedTPESampler(
-                multivariate=True, group=True, seed=seed, constant_liar=True,
-            )
+            return _tpe(seed)
+        if name == "refine":
+            return RefineSampler(_tpe(seed), space, adaptive=True, seed=seed)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         if name == "nsga3":

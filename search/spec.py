@@ -22,7 +22,7 @@ ENV_ATTR = attrs.ENVIRONMENT
 # Mean request latency, not the median: with a hit rate above 50 % the median request is
 # a cache hit, so the median stops moving with the model's speed (README, Metrics).
 DEFAULT_OBJECTIVES = ("accuracy:max", "latency_mean_ms:min", "size_mb:min")
-SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "grid")
+SAMPLERS = ("tpe", "refine", "nsga2", "nsga3", "gp", "random", "grid")
 
 # Fields that define what a study *is*; resuming with any of them changed is refused.
 # Budgets (trials, timeout), the device and the artifact switch may change between runs.
@@ -37,7 +37,7 @@ class StudySpec:
     space_toml: str  # the resolved space, so workers need no file
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     constraints: tuple[str, ...] = ()
-    sampler: str = "tpe"
+    sampler: str = "refine"
     seed: int = 0
     device: str = "auto"
     trials: int | None = None

@@ -9,6 +9,8 @@ against the newest release). The rest of csearch imports the public wrappers bel
 from __future__ import annotations
 
 from .access import (
+    contains,
+    is_enqueued,
     note_attrs,
     stale_trial_ids_of,
     storage_of,
@@ -31,7 +33,9 @@ __all__ = [
     "BatchingRDBStorage",
     "WindowedTPESampler",
     "constraints_from_system_attrs",
+    "contains",
     "hypervolume",
+    "is_enqueued",
     "is_pareto_front",
     "non_domination_rank",
     "normalize_value",

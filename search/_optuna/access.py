@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
@@ -45,3 +46,17 @@ def note_attrs(trial: optuna.Trial, user: dict[str, Any], system: dict[str, Any]
     if cached is not None:
         cached.user_attrs.update(user)
         cached.system_attrs.update(system)
+
+
+def is_enqueued(trial: FrozenTrial) -> bool:
+    """Whether the trial came from `Study.enqueue_trial` (its fixed params win over any
+    sampler's suggestion)."""
+    return bool(trial.system_attrs.get("fixed_params"))  # Optuna's private attr name
+
+
+def contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether a distribution can return `value` (Optuna's check is private)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (TypeError, ValueError):
+        return False

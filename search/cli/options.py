@@ -47,10 +47,12 @@ def spec_options(f: Any) -> Any:
         click.option("--constraint", "constraints", multiple=True, metavar="EXPR",
                      help="Feasibility constraint, repeatable, e.g. 'accuracy_drop<=0.01'. "
                           "The memory budget is always a constraint."),
-        click.option("--sampler", type=click.Choice(["tpe", "nsga2", "nsga3", "gp", "random",
-                                                     "grid"]),
-                     default="tpe", show_default=True,
-                     help="tpe is multivariate, grouped TPE."),
+        click.option("--sampler", type=click.Choice(["tpe", "refine", "nsga2", "nsga3", "gp",
+                                                     "random", "grid"]),
+                     default="refine", show_default=True,
+                     help="refine: neighbours of the feasible front (a quarter to three "
+                          "quarters of the trials) and tpe for the rest; tpe: multivariate, "
+                          "grouped TPE."),
         click.option("--trials", type=int, default=20, show_default=True,
                      help="Total budget of finished trials for the study (all workers). "
                           "Rerunning resumes up to it."),

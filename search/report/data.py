@@ -36,6 +36,8 @@ class ParetoData:
     """Every complete trial's objective values; `feasible` and `on_front` flag each one.
 
     The front is computed among feasible trials only, like `study.best_trials`.
+    `seeded` flags the trials csearch enqueued (warm-start seeds, re-queued retries), so
+    a reader sees what the search itself added.
     """
 
     names: list[str]
@@ -44,9 +46,14 @@ class ParetoData:
     values: list[list[float]] = field(default_factory=list)
     feasible: list[bool] = field(default_factory=list)
     on_front: list[bool] = field(default_factory=list)
+    seeded: list[bool] = field(default_factory=list)
 
     def front_numbers(self) -> list[int]:
         return [n for n, f in zip(self.numbers, self.on_front) if f]
+
+    def front_from_search(self) -> list[int]:
+        """Front trials the sampler chose (not enqueued)."""
+        return [n for n, f, s in zip(self.numbers, self.on_front, self.seeded) if f and not s]
 
 
 def collect_pareto(study: optuna.Study, trials: Trials | None = None) -> ParetoData:
@@ -64,6 +71,7 @@ def collect_pareto(study: optuna.Study, trials: Trials | None = None) -> ParetoD
     data.values = values.tolist()
     data.feasible = feasible.tolist()
     data.on_front = on_front.tolist()
+    data.seeded = [bool(t.user_attrs.get(attrs.SEEDED)) for t in done]
     return data
 
 

@@ -33,6 +33,10 @@ def plot_sensitivity(data: SensitivityData) -> Any:
     return fig
 
 
+_SEEDED = "Seeded (enqueued)"
+_SEED_MARKER = dict(symbol="diamond-open", size=14, color="#222", line=dict(width=2))
+
+
 def _go() -> Any:
     import plotly.graph_objects as go
 
@@ -46,7 +50,9 @@ def axis_label(name: str, direction: str) -> str:
 def plot_pareto(data: ParetoData) -> list[Any]:
     """2D scatter of every pair of objectives (one figure), plus a 3D view for three.
 
-    Feasible Pareto trials in colour, other feasible trials light blue, infeasible grey.
+    Feasible Pareto trials in colour, other feasible trials light blue, infeasible grey;
+    seeded (enqueued) trials are ringed by an open diamond, so what the search added
+    stands apart from its starting points.
     """
     go = _go()
     from plotly.subplots import make_subplots
@@ -56,6 +62,7 @@ def plot_pareto(data: ParetoData) -> list[Any]:
     num = np.array(data.numbers)
     feas = np.array(data.feasible, dtype=bool)
     front = np.array(data.on_front, dtype=bool)
+    seeded = np.array(data.seeded or [False] * len(num), dtype=bool)
     groups = [("Infeasible", ~feas, dict(color=_GREY, size=6)),
               ("Feasible", feas & ~front, dict(color="#9ecae1", size=6)),
               ("Pareto front", front, dict(color="#d62728", size=9,
@@ -72,10 +79,20 @@ def plot_pareto(data: ParetoData) -> list[Any]:
                 showlegend=c == 1, customdata=num[mask],
                 hovertemplate="trial %{customdata}<br>%{x:.4g}, %{y:.4g}<extra>" + name
                               + "</extra>"), row=1, col=c)
+        if seeded.any():
+            fig.add_trace(go.Scatter(
+                x=vals[seeded, i] if k > 1 else num[seeded], y=vals[seeded, j],
+                mode="markers", name=_SEEDED, legendgroup=_SEEDED, showlegend=c == 1,
+                marker=_SEED_MARKER, customdata=num[seeded],
+                hovertemplate="trial %{customdata} (seeded)<br>%{x:.4g}, %{y:.4g}<extra>"
+                              "</extra>"), row=1, col=c)
         fig.update_xaxes(title_text=axis_label(data.names[i], data.directions[i]) if k > 1
                          else "trial", row=1, col=c)
         fig.update_yaxes(title_text=axis_label(data.names[j], data.directions[j]), row=1, col=c)
-    fig.update_layout(title="Pareto front (feasible trials; infeasible in grey)",
+    n_search = len(data.front_from_search())
+    fig.update_layout(title="Pareto front (feasible trials; infeasible in grey; "
+                            f"{n_search} of {int(front.sum())} front trials found by the "
+                            "search, seeded trials ringed)",
                       height=430, margin=dict(t=60, l=60, r=20, b=50))
     figs.append(fig)
     if k == 3:
@@ -86,6 +103,12 @@ def plot_pareto(data: ParetoData) -> list[Any]:
                 name=name, customdata=num[mask],
                 marker=dict(color=marker["color"], size=3 if name != "Pareto front" else 5),
                 hovertemplate="trial %{customdata}<extra>" + name + "</extra>"))
+        if seeded.any():
+            f3.add_trace(go.Scatter3d(
+                x=vals[seeded, 0], y=vals[seeded, 1], z=vals[seeded, 2], mode="markers",
+                name=_SEEDED, customdata=num[seeded],
+                marker=dict(symbol="diamond-open", size=7, color="#222"),
+                hovertemplate="trial %{customdata} (seeded)<extra></extra>"))
         f3.update_layout(title="Pareto front, 3D", height=560, margin=dict(t=50, l=0, r=0, b=0),
                          scene=dict(**{f"{a}axis_title": axis_label(n, d) for a, n, d in
                                        zip("xyz", data.names, data.directions)}))

@@ -35,12 +35,14 @@ T0 = datetime(2026, 1, 1, 12)
 
 
 def _trial(number, values=None, feasible=True, state=TrialState.COMPLETE, worker="h:1",
-           beta=0.2, gamma=0.1, method="magnitude"):
+           beta=0.2, gamma=0.1, method="magnitude", seeded=None):
     params = {"prune.method": method, "serve.cache_ratio": beta, "serve.memory_ratio": gamma}
     dists = {"prune.method": CategoricalDistribution(["none", "magnitude"]),
              "serve.cache_ratio": FloatDistribution(0.0, 0.6),
              "serve.memory_ratio": FloatDistribution(0.02, 0.4)}
     system, user = {}, {"worker": worker}
+    if seeded is not None:
+        user["seeded"] = seeded
     if state == TrialState.COMPLETE:
         margin = -0.1 if feasible else 0.2
         system = {"constraints:memory_budget": margin, "constraints": [margin]}
@@ -91,6 +93,37 @@ def test_pareto_points_and_infeasible_flag(hand_study):
     assert not d.on_front[d.numbers.index(2)]  # dominates everything, but infeasible
     assert d.front_numbers() == sorted(t.number for t in hand_study.best_trials)
     assert d.values[d.numbers.index(6)] == [0.995, 1.5, 0.45]
+
+
+def test_pareto_marks_seeded_trials():
+    """Seeded (enqueued) trials are flagged, on the data and on every Pareto figure, so a
+    reader sees which front trials the search found itself."""
+    study = optuna.create_study(directions=DIRS)
+    study.set_metric_names(NAMES)
+    study.add_trials([
+        _trial(0, [0.99, 0.5, 0.5], seeded="sensitivity"),  # on the front, seeded
+        _trial(1, [0.98, 1.0, 0.4], seeded=True),  # on the front, seeded
+        _trial(2, [0.97, 3.0, 0.6]),  # dominated, the search's
+        _trial(3, [0.995, 1.5, 0.45]),  # on the front, the search's
+        _trial(4, [0.96, 3.5, 0.7], seeded=True),  # dominated, seeded
+    ])
+    d = R.collect_pareto(study)
+    assert d.seeded == [True, True, False, False, True]
+    assert d.front_numbers() == [0, 1, 3]
+    assert d.front_from_search() == [3]
+    fig2d, fig3d = R.plot_pareto(d)
+    marks = [t for t in fig2d.data if t.name == "Seeded (enqueued)"]
+    assert len(marks) == 3  # one per pair of objectives
+    assert sorted(marks[0].customdata.tolist()) == [0, 1, 4]
+    assert "1 of 3 front trials found by the search" in fig2d.layout.title.text
+    marks3 = [t for t in fig3d.data if t.name == "Seeded (enqueued)"]
+    assert len(marks3) == 1 and sorted(marks3[0].customdata.tolist()) == [0, 1, 4]
+
+
+def test_pareto_without_seeds_has_no_seed_marks(hand_study):
+    d = R.collect_pareto(hand_study)
+    assert d.seeded == [False] * 5 and d.front_from_search() == [1, 6]
+    assert not [t for t in R.plot_pareto(d)[0].data if t.name == "Seeded (enqueued)"]
 
 
 def test_pareto_front_matches_optuna_on_a_larger_study(synthetic_study):
