@@ -27,6 +27,7 @@ from . import attrs
 from ._optuna import note_attrs, storage_of, study_id_of, trial_id_of
 from .attrs import TrialResult, store_results
 from .errors import StorageError
+from .placement import placed_gpu
 from .spool import Spool
 from .storage import count_trials, error_chain, sampling_pass, set_trial_attrs
 from .study import Context
@@ -80,6 +81,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def trial_device(device: object) -> dict[str, str]:
+    """Where a trial runs: the torch device, and the GPU the worker was placed on."""
+    gpu = placed_gpu()
+    return {attrs.DEVICE: str(device), **({attrs.GPU: gpu} if gpu is not None else {})}
+
+
 @dataclass
 class TrialObjective:
     """Optuna objective: sample a config, evaluate it, record metrics and feasibility."""
@@ -94,7 +101,8 @@ class TrialObjective:
         seed = spec.seed + trial.number
         with sampling_pass(trial.storage, trial_id_of(trial)):  # one commit, not one per param
             config = self.ctx.space.sample(trial)
-            _set_attrs(trial, {attrs.EVAL_SEED: seed, attrs.WORKER: worker_id()})
+            _set_attrs(trial, {attrs.EVAL_SEED: seed, attrs.WORKER: worker_id(),
+                               **trial_device(self.ctx.device)})
         self.evaluating = True
         try:
             try:

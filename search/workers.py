@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import attrs
 from ._optuna import storage_of, trial_id_of
 from .errors import CsearchError
+from .placement import gpu_for, place_on_gpu, visible_gpus, wants_gpu
 from .quiet import DEBUG_ENV, quiet_libraries
 from .runner import Interrupted, TrialObjective, run_trials, worker_id
 from .storage import (
@@ -140,7 +141,10 @@ def run_until_budget(
 
 
 def _child(study_name: str, url: str, index: int, device: str | None,
-           workload: str | None = None, threads: int | None = None) -> None:
+           workload: str | None = None, threads: int | None = None,
+           gpu: str | None = None) -> None:
+    if gpu is not None:  # first: nothing has initialised CUDA in this fresh process yet
+        place_on_gpu(gpu)
     quiet_libraries(debug=os.environ.get(DEBUG_ENV) == "1")
     if threads:
         import torch
@@ -158,17 +162,23 @@ def _child(study_name: str, url: str, index: int, device: str | None,
 
 
 def run_local_workers(study_name: str, url: str, n: int, device: str | None = None,
-                      workload: str | None = None) -> list[int]:
+                      workload: str | None = None,
+                      gpus: list[str] | None = None) -> list[int]:
     """Start `n` spawned worker processes on this machine and wait for them.
 
     Returns their exit codes. Each process opens its own engine (never share one across
-    fork) and builds its own workload. SIGINT/SIGTERM here are passed on to the workers.
+    fork) and builds its own workload. With device `auto` or `cuda` and GPUs visible
+    (`gpus`, default `placement.visible_gpus()`), worker i sees only GPU i mod G.
+    SIGINT/SIGTERM here are passed on to the workers.
     """
     ctx = multiprocessing.get_context("spawn")
     # Each local worker gets its share of the cores: N workers each using every core
     # oversubscribe the CPU (benchmarks/RESULTS.md has the measurement).
     threads = max(1, (os.cpu_count() or 1) // n)
-    procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload, threads),
+    if gpus is None:
+        gpus = visible_gpus() if wants_gpu(device) else []
+    procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload, threads,
+                                              gpu_for(i, gpus)),
                          daemon=False)
              for i in range(n)]
     for p in procs:

@@ -124,9 +124,11 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
     from ..study import load_study, resolve_device, stored_spec
     from ..workers import join_study
 
+    from ..placement import claim_gpu, place_on_gpu, placed_gpu, visible_gpus, wants_gpu
+
     url = resolve_url(storage)
-    if device is not None:
-        resolve_device(device)
+    if device is not None and not wants_gpu(device):
+        resolve_device(device)  # (auto and cuda are checked once placed: CUDA not yet started)
     if threads is not None:
         if threads < 1:
             from ..errors import UsageError
@@ -143,6 +145,11 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
                                      st.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
 
     st, spec, running = retry_while_restarting(start, WORKER_START_WAIT)
+    if placed_gpu() is None and wants_gpu(device or spec.device):
+        gpu = claim_gpu(visible_gpus())  # one GPU per worker on this machine, round-robin
+        if gpu is not None:
+            place_on_gpu(gpu)
+    resolve_device(device or spec.device)
     if backend_of(url) == "sqlite" and running:
         click.echo("warning: other workers are running on this SQLite file; for many workers "
                    "use PostgreSQL (--storage postgresql://...) or a journal file", err=True)
