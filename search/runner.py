@@ -45,6 +45,13 @@ __all__ = [
     "Interrupted",
 ]
 
+try:  # a storage proxy that went away looks like a lost database (optional extra)
+    from grpc import RpcError as _RpcError
+
+    _PROXY_ERRORS: tuple[type[BaseException], ...] = (_RpcError,)
+except ImportError:
+    _PROXY_ERRORS = ()
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 LEGACY_CONSTRAINTS_ATTR = attrs.LEGACY_CONSTRAINTS
 MEMORY_CONSTRAINT = "memory_budget"
@@ -55,6 +62,7 @@ DB_ERRORS = (
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.DBAPIError,
     ConnectionError,
+    *_PROXY_ERRORS,
 )
 
 
