@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -113,7 +114,9 @@ def run_until_budget(
         if not isinstance(info.exc_value, Interrupted):
             previous_hook(info)
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Signal handlers can only be set in the main thread (a Ray task may run elsewhere).
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     for s in old:
         signal.signal(s, handler)
     previous_hook = sys.unraisablehook

@@ -20,11 +20,19 @@ from .tables import pareto_table
 @spec_options
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Local worker processes (spawned, one storage engine each).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]",
+              help="Start the workers as Ray tasks: on the Ray cluster at ADDRESS (e.g. "
+                   "ray://head:10001 or auto), or on a local Ray instance when no address "
+                   "is given. Needs pip install csearch[ray].")
+@click.option("--gpus-per-worker", type=click.FloatRange(0, min_open=False), default=0,
+              show_default=True, help="With --ray: GPUs Ray gives each worker.")
 @click.option("--quiet", "-q", is_flag=True,
               help="No per-trial lines and no progress bar (also off when stdout is not a "
                    "terminal).")
 @click.pass_context
-def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
+def run(ctx: click.Context, workers: int, quiet: bool, ray_address: str | None,
+        gpus_per_worker: float, **p: Any) -> None:
     """Create or resume a study and run trials up to its budget.
 
     Prints the feasible Pareto front at the end. Running the same command again resumes
@@ -36,6 +44,12 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
 
     if workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {workers}")
+    if ray_address is not None:
+        from ..raylaunch import check_ray
+
+        check_ray()  # before anything is created: the error names the extra
+    elif gpus_per_worker:
+        raise UsageError("--gpus-per-worker is for --ray; local workers get one GPU each")
     study, tctx, created = prepare(p, need_context=False)
     url = url_of(p)
     done0 = count_finished(study)
@@ -54,7 +68,9 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
           f"device {tctx.device}, budget {tctx.budget_mb:g} MB", quiet)
     progress = _Progress(tctx.spec, study, quiet or not sys.stdout.isatty())
     t0 = time.perf_counter()
-    if workers == 1:
+    if ray_address is not None:
+        _run_on_ray(study, tctx, url, workers, ray_address, gpus_per_worker, progress, quiet)
+    elif workers == 1:
         from ..workers import run_until_budget
 
         try:
@@ -86,6 +102,29 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
     click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
     click.echo(pareto_table(rows, tctx.spec.metric_names, study.user_attrs.get("baseline")))
 
+
+
+def _run_on_ray(study: Any, tctx: Any, url: str, workers: int, address: str,
+                gpus_per_worker: float, progress: Any, quiet: bool) -> None:
+    from ..errors import UsageError
+    from ..raylaunch import run_ray_workers
+    from ..storage import backend_of
+
+    remote = address != "local"
+    if remote and backend_of(url) in ("sqlite", "journal"):
+        raise UsageError(f"--ray {address}: workers on a Ray cluster need a database they "
+                         "all reach (postgresql://, mysql:// or a csearch proxy's grpc://), "
+                         "not a local file")
+    poller = progress.poll_in_background(study)  # the workers report to the database
+    try:
+        ran = run_ray_workers(study.study_name, url, workers,
+                              address=address if remote else None,
+                              gpus_per_worker=gpus_per_worker, device=tctx.spec.device,
+                              workload=tctx.spec.workload)
+    finally:
+        poller.stop()
+        progress.close()
+    info("Ray workers: " + ", ".join(f"{w} ran {n}" for w, n in ran), quiet)
 
 
 @cli.command()
