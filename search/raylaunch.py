@@ -10,6 +10,7 @@ as they do for workers started by hand. Ray is optional: `pip install csearch[ra
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -66,7 +67,8 @@ def run_ray_workers(study_name: str, url: str, n: int, *, address: str | None,
     ray = check_ray()
     env = {k: v for k, v in os.environ.items() if k.startswith(_PASSED_ENV)}
     init: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
-                            "include_dashboard": False}
+                            "include_dashboard": False, "configure_logging": True,
+                            "logging_level": logging.WARNING}
     if address:
         init["address"] = address
     else:
