@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from conftest import missing_service
 from test_workers import CLI, ROOT, _cleanup, _create, _env, _finish, _study, _wait_running, _worker
 
 
@@ -26,6 +27,10 @@ def _free_port() -> int:
 @pytest.fixture
 def proxied(postgres_url, study_name, tmp_path):
     """(grpc URL, direct URL, study name) with a proxy running for the test."""
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        missing_service("grpcio (pip install csearch[grpc])")  # fails under .ci/run
     port = _free_port()
     proc = subprocess.Popen(
         [*CLI, "proxy", "--storage", postgres_url, "--port", str(port), "--pool-size", "3"],
@@ -87,6 +92,7 @@ def test_proxy_without_grpcio_names_the_extra(monkeypatch):
 
 
 def test_grpc_url_without_a_proxy_is_one_clear_error(monkeypatch):
+    pytest.importorskip("grpc")  # without it: the extra's error, tested above
     from search.errors import StorageError
     from search.storage import backends, open_storage
 

@@ -10,6 +10,7 @@ import sys
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from conftest import missing_service
 from test_workers import CLI, ROOT, _cleanup, _env, _study
 
 
@@ -35,6 +36,10 @@ def test_gpus_per_worker_without_ray_is_refused(tmp_path):
 
 
 def test_run_ray_two_workers_share_the_budget(postgres_url, study_name, tmp_path):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        missing_service("Ray (pip install csearch[ray])")  # fails under .ci/run
     url, name = postgres_url, study_name
     try:
         r = subprocess.run(
