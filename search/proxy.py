@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+
 import optuna
 
 from .errors import UsageError
 from .storage import backend_of, open_storage, redact
+from .storage.backends import GRPC_EXTRA
 
 __all__ = ["GRPC_EXTRA", "check_grpc", "serve_proxy"]
-
-GRPC_EXTRA = "pip install csearch[grpc]"
 
 
 def check_grpc() -> None:
