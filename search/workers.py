@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,13 +27,16 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from . import attrs
-from ._optuna import storage_of, trial_id_of
+from ._optuna import storage_of, study_id_of, trial_id_of
 from .errors import CsearchError
 from .placement import gpu_for, place_on_gpu, visible_gpus, wants_gpu
 from .quiet import DEBUG_ENV, quiet_libraries
-from .runner import Interrupted, TrialObjective, run_trials, worker_id
+from .runner import Interrupted, TrialObjective, reap_stale, run_trials, worker_id
 from .storage import (
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
     WORKER_START_WAIT,
+    count_trials,
     close_storages,
     open_storage,
     retry_while_restarting,
@@ -40,7 +44,7 @@ from .storage import (
 )
 from .study import Context, load_context, load_study, stored_spec
 
-__all__ = ["join_study", "run_until_budget", "run_local_workers", "Interrupted"]
+__all__ = ["join_study", "run_until_budget", "run_local_workers", "settle", "Interrupted"]
 
 
 def _finish_interrupted(study: Study, reason: str) -> None:
@@ -203,3 +207,22 @@ def run_local_workers(study_name: str, url: str, n: int, device: str | None = No
             signal.signal(s, h)
     return [p.exitcode or 0 for p in procs]
 
+
+
+def settle(study: Study, wait_s: float | None = None) -> int:
+    """After every worker a command started has exited: fail the trials they left RUNNING.
+
+    A worker killed near the end of a study leaves a trial that no live worker reaps (the
+    others stopped at the budget before its heartbeat went stale). Such a trial is failed
+    (and re-queued by the heartbeat callback) once stale, waiting up to the grace period
+    and two beats. Returns how many trials are still RUNNING (a live worker elsewhere)."""
+    if wait_s is None:
+        wait_s = GRACE_PERIOD + 2 * HEARTBEAT_INTERVAL
+    deadline = time.monotonic() + wait_s
+    storage, study_id = storage_of(study), study_id_of(study)
+    while True:
+        running = count_trials(storage, study_id, (TrialState.RUNNING,))
+        if not running or time.monotonic() >= deadline:
+            return running
+        reap_stale(study)
+        time.sleep(0.5)

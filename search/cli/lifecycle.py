@@ -95,6 +95,8 @@ def run(ctx: click.Context, workers: int, quiet: bool, ray_address: str | None,
             progress.close()
         if any(codes):
             click.echo(f"warning: worker exit codes {codes}", err=True)
+    if ray_address is not None or workers > 1:
+        _settle(study, quiet)
     elapsed = time.perf_counter() - t0
     done = count_finished(study)
     info(f"{done - done0} trial(s) in {elapsed:.1f}s; {done}/{tctx.spec.trials} finished", quiet)
@@ -102,6 +104,23 @@ def run(ctx: click.Context, workers: int, quiet: bool, ray_address: str | None,
     click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
     click.echo(pareto_table(rows, tctx.spec.metric_names, study.user_attrs.get("baseline")))
 
+
+
+def _settle(study: Any, quiet: bool) -> None:
+    """Every worker has exited: a trial still RUNNING is a killed worker's (see settle)."""
+    from ..storage import count_trials
+    from ..workers import settle
+    from .._optuna import storage_of, study_id_of
+    from optuna.trial import TrialState
+
+    running = count_trials(storage_of(study), study_id_of(study), (TrialState.RUNNING,))
+    if not running:
+        return
+    info(f"{running} trial(s) still RUNNING after the workers exited: failing them once "
+         "their heartbeat is stale", quiet)
+    left = settle(study)
+    if left:
+        click.echo(f"warning: {left} trial(s) still RUNNING (a worker elsewhere?)", err=True)
 
 
 def _run_on_ray(study: Any, tctx: Any, url: str, workers: int, address: str,
