@@ -73,3 +73,25 @@ def test_run_workers_4_on_injected_gpus_0_1(postgres_url, study_name, tmp_path):
         assert {r["gpu"] for r in rows if r["state"] != "WAITING"} == {"0", "1"}
     finally:
         _cleanup(url, name)
+
+
+def test_settle_fails_a_dead_workers_trial_left_running(tmp_path):
+    """What `run --workers/--ray` does once its workers have exited: a trial left RUNNING
+    by a killed worker is failed when its heartbeat is stale, and re-queued."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from search._optuna import trial_id_of, unwrap_storage
+    from search.storage import open_storage
+    from search.workers import settle
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    storage.record_heartbeat(trial_id_of(trial))  # then the worker dies
+    unwrap_storage(storage).grace_period = 1
+    assert settle(study, wait_s=0) == 1  # not stale yet, no waiting asked for
+    assert settle(study, wait_s=20) == 0
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING], states  # failed and re-queued
