@@ -19,15 +19,17 @@ from ._optuna import note_attrs, trial_id_of
 from .storage import set_trial_attrs
 
 __all__ = [
-    "ARTIFACT_ID", "BASELINE", "CONSTRAINT_PREFIX", "EVAL_SEED", "ENVIRONMENT", "FAIL_REASON",
-    "INTERRUPTED", "LEGACY_CONSTRAINTS", "METRICS", "PARTIAL_METRICS", "PRUNED_REASON",
-    "RECOVERED_FROM", "REJECTED", "RETRY_OF", "SEEDED", "SENSITIVITY", "SERVED", "SPEC", "WORKER",
-    "TrialResult", "store_results",
+    "ARTIFACT_ID", "BASELINE", "CONSTRAINT_PREFIX", "DEVICE", "EVAL_SEED", "ENVIRONMENT",
+    "FAIL_REASON", "GPU", "INTERRUPTED", "LEGACY_CONSTRAINTS", "METRICS", "PARTIAL_METRICS",
+    "PRUNED_REASON", "RECOVERED_FROM", "REJECTED", "RETRY_OF", "SEEDED", "SENSITIVITY", "SERVED",
+    "SPEC", "WORKER", "TrialResult", "store_results",
 ]
 
 # --- trial user attrs --------------------------------------------------------------------
 METRICS = "metrics"  # every measured metric, objective or not
 WORKER = "worker"  # host:pid of the process that evaluated the trial
+DEVICE = "device"  # the torch device the trial was evaluated on (cpu, cuda, cuda:1)
+GPU = "gpu"  # the GPU csearch placed the trial's worker on (its CUDA_VISIBLE_DEVICES)
 EVAL_SEED = "eval_seed"  # the evaluation's seed, so export rebuilds the same artifact
 ARTIFACT_ID = "artifact_id"  # the packed model in the study's artifact store
 FAIL_REASON = "fail_reason"  # why a FAIL trial failed

@@ -77,6 +77,8 @@ def trial_row(t: FrozenTrial, stale: bool = False) -> dict[str, Any]:
         "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
         "duration_s": t.duration.total_seconds() if t.duration else None,
         "worker": t.user_attrs.get(attrs.WORKER),
+        "device": t.user_attrs.get(attrs.DEVICE),
+        "gpu": t.user_attrs.get(attrs.GPU),
     }
     for key in (attrs.FAIL_REASON, attrs.PRUNED_REASON):
         if key in t.user_attrs:

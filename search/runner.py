@@ -27,6 +27,7 @@ from . import attrs
 from ._optuna import note_attrs, storage_of, study_id_of, trial_id_of
 from .attrs import TrialResult, store_results
 from .errors import StorageError
+from .placement import placed_gpu
 from .spool import Spool
 from .storage import count_trials, error_chain, sampling_pass, set_trial_attrs
 from .study import Context
@@ -44,6 +45,13 @@ __all__ = [
     "Interrupted",
 ]
 
+try:  # a storage proxy that went away looks like a lost database (optional extra)
+    from grpc import RpcError as _RpcError
+
+    _PROXY_ERRORS: tuple[type[BaseException], ...] = (_RpcError,)
+except ImportError:
+    _PROXY_ERRORS = ()
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 LEGACY_CONSTRAINTS_ATTR = attrs.LEGACY_CONSTRAINTS
 MEMORY_CONSTRAINT = "memory_budget"
@@ -54,6 +62,7 @@ DB_ERRORS = (
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.DBAPIError,
     ConnectionError,
+    *_PROXY_ERRORS,
 )
 
 
@@ -80,6 +89,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def trial_device(device: object) -> dict[str, str]:
+    """Where a trial runs: the torch device, and the GPU the worker was placed on."""
+    gpu = placed_gpu()
+    return {attrs.DEVICE: str(device), **({attrs.GPU: gpu} if gpu is not None else {})}
+
+
 @dataclass
 class TrialObjective:
     """Optuna objective: sample a config, evaluate it, record metrics and feasibility."""
@@ -94,7 +109,8 @@ class TrialObjective:
         seed = spec.seed + trial.number
         with sampling_pass(trial.storage, trial_id_of(trial)):  # one commit, not one per param
             config = self.ctx.space.sample(trial)
-            _set_attrs(trial, {attrs.EVAL_SEED: seed, attrs.WORKER: worker_id()})
+            _set_attrs(trial, {attrs.EVAL_SEED: seed, attrs.WORKER: worker_id(),
+                               **trial_device(self.ctx.device)})
         self.evaluating = True
         try:
             try:

@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,12 +27,16 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from . import attrs
-from ._optuna import storage_of, trial_id_of
+from ._optuna import storage_of, study_id_of, trial_id_of
 from .errors import CsearchError
+from .placement import gpu_for, place_on_gpu, visible_gpus, wants_gpu
 from .quiet import DEBUG_ENV, quiet_libraries
-from .runner import Interrupted, TrialObjective, run_trials, worker_id
+from .runner import Interrupted, TrialObjective, reap_stale, run_trials, worker_id
 from .storage import (
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
     WORKER_START_WAIT,
+    count_trials,
     close_storages,
     open_storage,
     retry_while_restarting,
@@ -38,7 +44,7 @@ from .storage import (
 )
 from .study import Context, load_context, load_study, stored_spec
 
-__all__ = ["join_study", "run_until_budget", "run_local_workers", "Interrupted"]
+__all__ = ["join_study", "run_until_budget", "run_local_workers", "settle", "Interrupted"]
 
 
 def _finish_interrupted(study: Study, reason: str) -> None:
@@ -112,7 +118,9 @@ def run_until_budget(
         if not isinstance(info.exc_value, Interrupted):
             previous_hook(info)
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Signal handlers can only be set in the main thread (a Ray task may run elsewhere).
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     for s in old:
         signal.signal(s, handler)
     previous_hook = sys.unraisablehook
@@ -140,7 +148,10 @@ def run_until_budget(
 
 
 def _child(study_name: str, url: str, index: int, device: str | None,
-           workload: str | None = None, threads: int | None = None) -> None:
+           workload: str | None = None, threads: int | None = None,
+           gpu: str | None = None) -> None:
+    if gpu is not None:  # first: nothing has initialised CUDA in this fresh process yet
+        place_on_gpu(gpu)
     quiet_libraries(debug=os.environ.get(DEBUG_ENV) == "1")
     if threads:
         import torch
@@ -158,17 +169,23 @@ def _child(study_name: str, url: str, index: int, device: str | None,
 
 
 def run_local_workers(study_name: str, url: str, n: int, device: str | None = None,
-                      workload: str | None = None) -> list[int]:
+                      workload: str | None = None,
+                      gpus: list[str] | None = None) -> list[int]:
     """Start `n` spawned worker processes on this machine and wait for them.
 
     Returns their exit codes. Each process opens its own engine (never share one across
-    fork) and builds its own workload. SIGINT/SIGTERM here are passed on to the workers.
+    fork) and builds its own workload. With device `auto` or `cuda` and GPUs visible
+    (`gpus`, default `placement.visible_gpus()`), worker i sees only GPU i mod G.
+    SIGINT/SIGTERM here are passed on to the workers.
     """
     ctx = multiprocessing.get_context("spawn")
     # Each local worker gets its share of the cores: N workers each using every core
     # oversubscribe the CPU (benchmarks/RESULTS.md has the measurement).
     threads = max(1, (os.cpu_count() or 1) // n)
-    procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload, threads),
+    if gpus is None:
+        gpus = visible_gpus() if wants_gpu(device) else []
+    procs = [ctx.Process(target=_child, args=(study_name, url, i, device, workload, threads,
+                                              gpu_for(i, gpus)),
                          daemon=False)
              for i in range(n)]
     for p in procs:
@@ -190,3 +207,22 @@ def run_local_workers(study_name: str, url: str, n: int, device: str | None = No
             signal.signal(s, h)
     return [p.exitcode or 0 for p in procs]
 
+
+
+def settle(study: Study, wait_s: float | None = None) -> int:
+    """After every worker a command started has exited: fail the trials they left RUNNING.
+
+    A worker killed near the end of a study leaves a trial that no live worker reaps (the
+    others stopped at the budget before its heartbeat went stale). Such a trial is failed
+    (and re-queued by the heartbeat callback) once stale, waiting up to the grace period
+    and two beats. Returns how many trials are still RUNNING (a live worker elsewhere)."""
+    if wait_s is None:
+        wait_s = GRACE_PERIOD + 2 * HEARTBEAT_INTERVAL
+    deadline = time.monotonic() + wait_s
+    storage, study_id = storage_of(study), study_id_of(study)
+    while True:
+        running = count_trials(storage, study_id, (TrialState.RUNNING,))
+        if not running or time.monotonic() >= deadline:
+            return running
+        reap_stale(study)
+        time.sleep(0.5)

@@ -18,6 +18,7 @@ from .access import (
     trial_id_of,
     unwrap_storage,
 )
+from .grpc import HEARTBEAT_ATTR, HeartbeatGrpcStorage
 from .multi_objective import (
     constraints_from_system_attrs,
     hypervolume,
@@ -31,6 +32,8 @@ from .tpe import WindowedTPESampler
 
 __all__ = [
     "BatchingRDBStorage",
+    "HEARTBEAT_ATTR",
+    "HeartbeatGrpcStorage",
     "WindowedTPESampler",
     "constraints_from_system_attrs",
     "contains",

@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (registers the commands)
     lifecycle,
     listings,
     outputs,
+    proxy,
     registry,
     serving,
 )

@@ -20,11 +20,19 @@ from .tables import pareto_table
 @spec_options
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Local worker processes (spawned, one storage engine each).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]",
+              help="Start the workers as Ray tasks: on the Ray cluster at ADDRESS (e.g. "
+                   "ray://head:10001 or auto), or on a local Ray instance when no address "
+                   "is given. Needs pip install csearch[ray].")
+@click.option("--gpus-per-worker", type=click.FloatRange(0, min_open=False), default=0,
+              show_default=True, help="With --ray: GPUs Ray gives each worker.")
 @click.option("--quiet", "-q", is_flag=True,
               help="No per-trial lines and no progress bar (also off when stdout is not a "
                    "terminal).")
 @click.pass_context
-def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
+def run(ctx: click.Context, workers: int, quiet: bool, ray_address: str | None,
+        gpus_per_worker: float, **p: Any) -> None:
     """Create or resume a study and run trials up to its budget.
 
     Prints the feasible Pareto front at the end. Running the same command again resumes
@@ -36,6 +44,12 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
 
     if workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {workers}")
+    if ray_address is not None:
+        from ..raylaunch import check_ray
+
+        check_ray()  # before anything is created: the error names the extra
+    elif gpus_per_worker:
+        raise UsageError("--gpus-per-worker is for --ray; local workers get one GPU each")
     study, tctx, created = prepare(p, need_context=False)
     url = url_of(p)
     done0 = count_finished(study)
@@ -54,7 +68,9 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
           f"device {tctx.device}, budget {tctx.budget_mb:g} MB", quiet)
     progress = _Progress(tctx.spec, study, quiet or not sys.stdout.isatty())
     t0 = time.perf_counter()
-    if workers == 1:
+    if ray_address is not None:
+        _run_on_ray(study, tctx, url, workers, ray_address, gpus_per_worker, progress, quiet)
+    elif workers == 1:
         from ..workers import run_until_budget
 
         try:
@@ -79,6 +95,8 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
             progress.close()
         if any(codes):
             click.echo(f"warning: worker exit codes {codes}", err=True)
+    if ray_address is not None or workers > 1:
+        _settle(study, quiet)
     elapsed = time.perf_counter() - t0
     done = count_finished(study)
     info(f"{done - done0} trial(s) in {elapsed:.1f}s; {done}/{tctx.spec.trials} finished", quiet)
@@ -86,6 +104,46 @@ def run(ctx: click.Context, workers: int, quiet: bool, **p: Any) -> None:
     click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
     click.echo(pareto_table(rows, tctx.spec.metric_names, study.user_attrs.get("baseline")))
 
+
+
+def _settle(study: Any, quiet: bool) -> None:
+    """Every worker has exited: a trial still RUNNING is a killed worker's (see settle)."""
+    from ..storage import count_trials
+    from ..workers import settle
+    from .._optuna import storage_of, study_id_of
+    from optuna.trial import TrialState
+
+    running = count_trials(storage_of(study), study_id_of(study), (TrialState.RUNNING,))
+    if not running:
+        return
+    info(f"{running} trial(s) still RUNNING after the workers exited: failing them once "
+         "their heartbeat is stale", quiet)
+    left = settle(study)
+    if left:
+        click.echo(f"warning: {left} trial(s) still RUNNING (a worker elsewhere?)", err=True)
+
+
+def _run_on_ray(study: Any, tctx: Any, url: str, workers: int, address: str,
+                gpus_per_worker: float, progress: Any, quiet: bool) -> None:
+    from ..errors import UsageError
+    from ..raylaunch import run_ray_workers
+    from ..storage import backend_of
+
+    remote = address != "local"
+    if remote and backend_of(url) in ("sqlite", "journal"):
+        raise UsageError(f"--ray {address}: workers on a Ray cluster need a database they "
+                         "all reach (postgresql://, mysql:// or a csearch proxy's grpc://), "
+                         "not a local file")
+    poller = progress.poll_in_background(study)  # the workers report to the database
+    try:
+        ran = run_ray_workers(study.study_name, url, workers,
+                              address=address if remote else None,
+                              gpus_per_worker=gpus_per_worker, device=tctx.spec.device,
+                              workload=tctx.spec.workload)
+    finally:
+        poller.stop()
+        progress.close()
+    info("Ray workers: " + ", ".join(f"{w} ran {n}" for w, n in ran), quiet)
 
 
 @cli.command()
@@ -124,9 +182,11 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
     from ..study import load_study, resolve_device, stored_spec
     from ..workers import join_study
 
+    from ..placement import claim_gpu, place_on_gpu, placed_gpu, visible_gpus, wants_gpu
+
     url = resolve_url(storage)
-    if device is not None:
-        resolve_device(device)
+    if device is not None and not wants_gpu(device):
+        resolve_device(device)  # (auto and cuda are checked once placed: CUDA not yet started)
     if threads is not None:
         if threads < 1:
             from ..errors import UsageError
@@ -143,6 +203,11 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
                                      st.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
 
     st, spec, running = retry_while_restarting(start, WORKER_START_WAIT)
+    if placed_gpu() is None and wants_gpu(device or spec.device):
+        gpu = claim_gpu(visible_gpus())  # one GPU per worker on this machine, round-robin
+        if gpu is not None:
+            place_on_gpu(gpu)
+    resolve_device(device or spec.device)
     if backend_of(url) == "sqlite" and running:
         click.echo("warning: other workers are running on this SQLite file; for many workers "
                    "use PostgreSQL (--storage postgresql://...) or a journal file", err=True)

@@ -59,8 +59,21 @@ def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ..
     if not any(r.get("reason") for r in rows):
         headers.pop()
         body = [b[:-1] for b in body]
+    # Where each trial ran, when that differs between trials (workers on several GPUs).
+    where = [_where(r) for r in rows]
+    if len(set(where) - {""}) > 1:
+        headers.insert(3, "device")
+        for b, w in zip(body, where):
+            b.insert(3, w)
     click.echo(table(headers, body, None if full else table_width(),
                      shrink=(("reason", 12), ("params", 12))))
+
+
+def _where(row: dict) -> str:
+    """`gpu 1` for a worker placed on GPU 1, else the torch device (`cpu`, `cuda:0`)."""
+    if row.get("gpu") is not None:
+        return f"gpu {row['gpu']}"
+    return row.get("device") or ""
 
 
 @cli.command()

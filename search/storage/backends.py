@@ -32,7 +32,9 @@ GRACE_PERIOD = int(os.environ.get("CSEARCH_GRACE_PERIOD", "30"))
 MAX_RETRY = 3  # how often a trial of a killed worker is retried
 SQLITE_TIMEOUT = 60  # busy timeout: many workers on one SQLite file wait, not fail
 
-_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
+_SCHEMES = ("sqlite", "postgresql", "mysql", "journal", "grpc")
+GRPC_EXTRA = "pip install csearch[grpc]"
+PROXY_WAIT = float(os.environ.get("CSEARCH_PROXY_WAIT", "20"))  # seconds to reach a proxy
 
 
 def check_sqlite(url: str, create: bool) -> None:
@@ -68,13 +70,14 @@ def _normalise(url: str) -> str:
     return url
 
 
-def _engine_kwargs(url: str) -> dict[str, Any]:
+def _engine_kwargs(url: str, pool_size: int | None = None) -> dict[str, Any]:
     backend = backend_of(url)
     if backend == "sqlite":
         return {"connect_args": {"timeout": SQLITE_TIMEOUT}}
     # Bounded pool, and connections checked before use so a restarted server is survived.
-    kw: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2,
-                          "pool_recycle": 3600}
+    # A given pool size (the storage proxy's) is a hard limit: no overflow.
+    kw: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size or 2,
+                          "max_overflow": 0 if pool_size else 2, "pool_recycle": 3600}
     if backend == "postgresql":
         # application_name lets an operator map connections to workers (pg_stat_activity).
         kw["connect_args"] = {"connect_timeout": 10,
@@ -84,19 +87,32 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return kw
 
 
-def open_storage(url: str, *, create: bool = False, heartbeat: bool = True) -> BaseStorage:
+def _heartbeat_kwargs() -> dict[str, Any]:
+    return {
+        "heartbeat_interval": HEARTBEAT_INTERVAL,
+        "grace_period": GRACE_PERIOD,
+        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+    }
+
+
+def open_storage(url: str, *, create: bool = False, heartbeat: bool = True,
+                 pool_size: int | None = None) -> BaseStorage:
     """Open (and, with `create`, initialise) the storage at `url`.
 
     Read-only commands pass `create=False` so that a mistyped path creates nothing.
+    `pool_size` caps the database connections of this process (default 2, 2 overflow).
     """
     backend = backend_of(url)
     if backend not in _SCHEMES:
         raise StorageError(
             f"unsupported storage URL {redact(url)!r}; use sqlite:///FILE, "
-            "postgresql://USER@HOST/DB, mysql://USER@HOST/DB or journal:///FILE"
+            "postgresql://USER@HOST/DB, mysql://USER@HOST/DB, journal:///FILE or "
+            "grpc://HOST:PORT (a `csearch proxy`)"
         )
     if backend == "journal":
         return _open_journal(url, create)
+    if backend == "grpc":
+        return _open_grpc(url, heartbeat)
     if backend == "sqlite":
         check_sqlite(url, create)
     try:
@@ -107,21 +123,13 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = True) -> B
         raise StorageError(f"malformed storage URL {redact(url)!r}: {e}") from None
     if not create and backend != "sqlite":
         _check_tables(url)
-    hb: dict[str, Any] = {}
-    if heartbeat:
-        hb = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRY
-            ),
-        }
+    hb = _heartbeat_kwargs() if heartbeat else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = ResilientRDBStorage(
                 _normalise(url),
-                engine_kwargs=_engine_kwargs(url),
+                engine_kwargs=_engine_kwargs(url, pool_size),
                 skip_table_creation=not create,
                 **hb,
             )
@@ -152,7 +160,7 @@ class ResilientRDBStorage(BatchingRDBStorage):
             pass
 
 
-_OPENED: weakref.WeakSet[ResilientRDBStorage] = weakref.WeakSet()
+_OPENED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def close_storages() -> None:
@@ -160,7 +168,47 @@ def close_storages() -> None:
     command: a SQLite file is then checkpointed, so it holds every write by itself
     (no -wal file left beside it), whatever the interpreter's exit skips."""
     for storage in list(_OPENED):
-        storage.engine.dispose()
+        if isinstance(storage, ResilientRDBStorage):
+            storage.engine.dispose()
+        else:
+            storage.close()  # a gRPC channel
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """HOST and PORT of a grpc://HOST:PORT storage URL."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        raise StorageError(f"malformed storage URL {url!r}: {e}") from None
+    if not host or port is None or parts.path not in ("", "/"):
+        raise StorageError(f"storage URL {url!r}: a proxy's URL is grpc://HOST:PORT")
+    return host, port
+
+
+def _open_grpc(url: str, heartbeat: bool) -> BaseStorage:
+    """The client of a `csearch proxy`, with csearch's heartbeat (see _optuna/grpc.py)."""
+    host, port = grpc_address(url)
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise StorageError(f"storage {url}: the gRPC proxy client needs grpcio; "
+                           f"{GRPC_EXTRA}") from None
+    from .._optuna import HeartbeatGrpcStorage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = HeartbeatGrpcStorage(host=host, port=port,
+                                       **(_heartbeat_kwargs() if heartbeat else {}))
+    try:
+        storage.wait_server_ready(timeout=PROXY_WAIT)
+    except ConnectionError:
+        storage.close()
+        raise StorageError(f"no storage proxy answers at {url} (waited {PROXY_WAIT:g} s); "
+                           "start one with `csearch proxy --storage URL --port "
+                           f"{port}`") from None
+    _OPENED.add(storage)
+    return storage
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

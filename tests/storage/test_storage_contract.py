@@ -389,6 +389,7 @@ def _plain_objective(ctx, evaluation):
         ctx.space.sample(trial)
         trial.set_user_attr("eval_seed", ctx.spec.seed + trial.number)
         trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("device", str(ctx.device))  # no "gpu": not placed on one
         m = evaluation.metrics
         constraints = {str(c): c.value(m) for c in ctx.spec.parsed_constraints()}
         constraints[MEMORY_CONSTRAINT] = evaluation.memory_margin_mb
