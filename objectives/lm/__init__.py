@@ -5,16 +5,26 @@ serve replay with continuous batching."""
 from .blocks import BlockPool, BlockPoolError, prefix_hashes
 from .corpus import CharTokenizer, kjv_text, split_lines, windows
 from .kv import KV_BITS, dequantize_kv, fake_quant_kv, kv_bytes_per_token, quantize_kv
-from .model import CausalLM, decoder_forward, full_attention, lm_logits, lm_shape
+from .model import (
+    LM_FAMILIES,
+    CausalLM,
+    conv1d_to_linear,
+    decoder_forward,
+    full_attention,
+    lm_logits,
+    lm_shape,
+)
 from .replay import GenerationResult, GenerationSettings, generation_replay
 from .workload import LMData, make_lm_workload, next_token_metrics, unigram_metrics
 
 __all__ = [
     "KV_BITS",
+    "LM_FAMILIES",
     "BlockPool",
     "BlockPoolError",
     "CausalLM",
     "CharTokenizer",
+    "conv1d_to_linear",
     "GenerationResult",
     "GenerationSettings",
     "LMData",

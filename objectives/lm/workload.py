@@ -132,4 +132,6 @@ def make_lm_workload(name: str, model: nn.Module, data: LMData, *, batch_size: i
         # torch-pruning's structured pass does not handle Llama attention (rotary heads,
         # grouped KV); unstructured pruning and quantization apply unchanged.
         param_ranges={"prune.method": {"choices": ["none", "magnitude", "global"]}},
+        # A space without serving knobs still serves with a KV cache and a workspace.
+        param_defaults={"serve.cache_ratio": 0.3, "serve.memory_ratio": 0.15},
     )
