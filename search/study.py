@@ -142,6 +142,7 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
             )
         allow_workload(workload)
     workload_obj = load_workload(spec.workload, stored=stored)
+    _check_metrics(spec, workload_obj)
     space = resolve_space(parse_space(spec.space_toml, name=spec.space), workload_obj)
     budget = spec.memory_budget_mb or _default_budget(workload_obj)
     dev = resolve_device(device or spec.device)
@@ -160,13 +161,34 @@ def _serve_overhead_ms(workload: Workload, device: torch.device, ref: str) -> fl
     return serve_overhead_ms(workload, str(device), ref=ref)
 
 
+def _check_metrics(spec: StudySpec, workload: Workload) -> None:
+    """LM metrics (`ttft_ms`, `throughput_tps`, ...) exist only for causal-LM workloads."""
+    from objectives.lm.workload import is_lm_workload
+    from objectives.metrics import LM_METRICS
+
+    if is_lm_workload(workload):
+        return
+    used = [*spec.metric_names, *(c.metric for c in spec.parsed_constraints())]
+    lm_only = [m for m in used if m in LM_METRICS]
+    if lm_only:
+        raise SpecError(
+            f"metric {lm_only[0]!r} is measured only for causal-LM workloads (tiny-lm, "
+            f"causal-lm:DIR), not for {spec.workload!r}; LM-only metrics: "
+            f"{', '.join(LM_METRICS)}")
+
+
 def resolve_space(space: Space, workload: Workload) -> Space:
     """The space as this workload searches it: `name[*]` templates expanded to the
     workload's layer groups (pruning ones only where something can be pruned), and the
     workload's own parameter ranges applied. Refuses per-group parameters that name a
     group the workload does not have."""
     from objectives.groups import group_names, prunable_groups
+    from objectives.lm.workload import is_lm_workload
 
+    if not is_lm_workload(workload) and "quant.kv_bits" in space.names():
+        # No KV cache to quantize: not searched (a trial's config keeps the default).
+        space = replace(space, params=tuple(p for p in space.params
+                                            if p.name != "quant.kv_bits"))
     groups = group_names(workload)
     unknown = sorted(space.groups() - set(groups))
     if unknown:

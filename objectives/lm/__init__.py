@@ -15,7 +15,13 @@ from .model import (
     lm_shape,
 )
 from .replay import GenerationResult, GenerationSettings, generation_replay
-from .workload import LMData, make_lm_workload, next_token_metrics, unigram_metrics
+from .workload import (
+    LMData,
+    is_lm_workload,
+    make_lm_workload,
+    next_token_metrics,
+    unigram_metrics,
+)
 
 __all__ = [
     "KV_BITS",
@@ -33,6 +39,7 @@ __all__ = [
     "fake_quant_kv",
     "full_attention",
     "generation_replay",
+    "is_lm_workload",
     "kjv_text",
     "kv_bytes_per_token",
     "lm_logits",

@@ -113,7 +113,8 @@ def test_run_export_and_reload_reproduces_accuracy(model_dir: tuple[Path, Path],
     db = f"sqlite:///{tmp_path / 'lm.db'}"
     r = csearch("run", "--workload", f"causal-lm:{d}", "--workload-data", str(data),
                 "--space", "compression", "--trials", "4", "--study", "lm", "--storage", db,
-                "--seed", "3")
+                "--seed", "3", "--objective", "accuracy:max", "--objective", "throughput_tps:max",
+                "--objective", "size_mb:min")
     assert r.returncode == 0, r.stderr
     r = csearch("trials", "--study", "lm", "--storage", db, "--format", "json")
     assert r.returncode == 0, r.stderr
@@ -161,3 +162,22 @@ def test_bad_user_model_input_is_one_line_and_exit_2(model_dir: tuple[Path, Path
                                                   "architectures": ["BertModel"]}))
     _bad(["--workload", f"causal-lm:{bert}", "--workload-data", str(data)], tmp_path,
          "is not a causal LM")
+
+
+def test_lm_metrics_on_a_non_lm_workload_are_refused(tmp_path: Path) -> None:
+    _bad(["--workload", "digits-cnn", "--objective", "accuracy:max",
+          "--objective", "ttft_ms:min"], tmp_path, "only for causal-LM workloads")
+    _bad(["--workload", "digits-cnn", "--constraint", "throughput_tps>=10"], tmp_path,
+         "'throughput_tps' is measured only for causal-LM")
+
+
+def test_kv_bits_is_searched_only_where_there_is_a_kv_cache(
+        model_dir: tuple[Path, Path]) -> None:
+    from objectives import load_workload
+    from search.study import resolve_space, workload_ref
+    from spaces import load_space
+
+    lm = load_workload(workload_ref(f"causal-lm:{model_dir[0]}", str(model_dir[1])))
+    assert "quant.kv_bits" in resolve_space(load_space("lm"), lm).names()
+    digits = resolve_space(load_space("lm"), load_workload("digits-cnn"))
+    assert "quant.kv_bits" not in digits.names() and "quant.method" in digits.names()
