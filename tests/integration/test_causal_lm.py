@@ -87,13 +87,36 @@ def test_conv1d_to_linear_keeps_the_outputs() -> None:
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
-def test_the_workload_serves_the_models_own_forward_pass(model_dir: tuple[Path, Path]) -> None:
+@pytest.fixture(scope="module")
+def llama_dir(model_dir: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (grouped KV heads, tied embeddings) beside the same tokenizer."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("llama") / "tiny-llama"
+    shutil.copytree(model_dir[0], out, ignore=shutil.ignore_patterns("*.safetensors",
+                                                                      "config.json"))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=128,
+                                 tie_word_embeddings=True, bos_token_id=1,
+                                 eos_token_id=1)).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_the_workload_serves_the_models_own_forward_pass(
+        kind: str, model_dir: tuple[Path, Path], llama_dir: Path) -> None:
     from objectives import load_workload
     from search.study import workload_ref
 
-    ref = workload_ref(f"causal-lm:{model_dir[0]}", str(model_dir[1]))
-    w = load_workload(ref)
+    d = model_dir[0] if kind == "gpt2" else llama_dir
+    w = load_workload(workload_ref(f"causal-lm:{d}", str(model_dir[1])))
     assert not any(type(m).__name__ == "Conv1D" for m in w.model.modules())
+    head, emb = w.model.lm.get_output_embeddings(), w.model.lm.get_input_embeddings()
+    assert head.weight is not emb.weight  # untied: each is compressed on its own
     x = w.extras["lm_data"].heldout[:2, :40]
     b, n = x.shape
     with torch.no_grad():
