@@ -51,9 +51,9 @@ def best(name: str, storage: str, bound: float, fp32_only: bool) -> dict | None:
                               "--format", "json"))
     ok = [t for t in rows if t["state"] == "COMPLETE" and t["feasible"]
           and t["metrics"]["accuracy_drop"] <= bound]
-    if fp32_only:
-        ok = [t for t in ok if t["params"].get("quant.method", "none") == "none"
-              and t["params"].get("prune.method", "none") == "none"]
+    if fp32_only:  # every weight stored fp32 and none pruned (per-group quantizers too)
+        ok = [t for t in ok if t["metrics"]["effective_bits"] >= 32
+              and t["metrics"]["sparsity"] == 0]
     return max(ok, key=lambda t: t["metrics"]["throughput_tps"], default=None)
 
 

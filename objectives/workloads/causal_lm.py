@@ -145,7 +145,8 @@ def make_causal_lm_workload(model_dir: str, data: str, seed: int = 0) -> Workloa
     d = Path(model_dir)
     _check_model_dir(d)
     try:
-        text = Path(data).read_text(encoding="utf-8", errors="replace")[:_MAX_CHARS]
+        with open(data, encoding="utf-8", errors="replace") as f:
+            text = f.read(_MAX_CHARS)
     except OSError as e:
         raise WorkloadError(f"cannot read the workload data {data!r}: {e}") from e
     model = _load_model(d)
