@@ -48,7 +48,9 @@ UNITS = {
     "throughput_tps": "tokens/s",
     "max_running": "sequences",
     "prefix_hit_rate": "",
+    "kv_cache_mb": "MB",  # S_cache, the KV block pool
+    "workspace_mb": "MB",  # S_mem, the activation workspace
 }
 # Causal-LM workloads (generation replay over a KV cache) also measure these.
 LM_METRICS = ("perplexity", "ttft_ms", "ttft_p99_ms", "tpot_ms", "throughput_tps",
-              "max_running", "prefix_hit_rate")
+              "max_running", "prefix_hit_rate", "kv_cache_mb", "workspace_mb")

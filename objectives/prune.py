@@ -146,6 +146,12 @@ def structured_prune(model: nn.Module, ratio: float, example_inputs: Any) -> nn.
     """
     if ratio <= 0:
         return model
+    from .lm.model import CausalLM
+
+    if isinstance(model, CausalLM):  # rotary, grouped-KV attention: pruned explicitly
+        from .lm.structured import prune_decoder
+
+        return prune_decoder(model, ratio)
     import torch_pruning as tp
 
     layers = prunable_layers(model)

@@ -52,6 +52,10 @@ class Workload:
     # scratch, so the built-in spaces take the workload's word for them (a space file of the
     # user's own keeps the ranges it sets).
     param_ranges: dict[str, dict[str, Any]] | None = None
+    # Optional values for parameters a space leaves out, instead of the config defaults
+    # (`{"serve.cache_ratio": 0.3}`): a causal LM served with no KV cache cannot run, so
+    # `compression` or `training`, which declare no serving knobs, need its split.
+    param_defaults: dict[str, Any] | None = None
     # Optional trial hooks for models whose quality or serving depends on the trial's
     # config beyond its weights (causal LMs: `quant.kv_bits`, a KV-cache serve replay).
     # `measure(model, config) -> {"accuracy": ..., other metrics}` replaces `evaluate` for

@@ -33,3 +33,5 @@ def quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # transformers' "Loading weights" bar (a causal-lm:DIR workload), read at its import.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

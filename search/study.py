@@ -35,6 +35,7 @@ __all__ = [
     "baseline_config",
     "resolve_space",
     "environment",
+    "workload_ref",
 ]
 
 
@@ -65,6 +66,27 @@ def resolve_device(text: str) -> torch.device:
             )
         return dev
     raise UsageError(f"unknown device {text!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def workload_ref(workload: str, data: str | None = None) -> str:
+    """The reference a spec stores for `--workload W [--workload-data FILE]`: a
+    `causal-lm:DIR` workload gets its checked, absolute paths, so a worker started
+    anywhere rebuilds it from the spec alone."""
+    from objectives.workloads.causal_lm import causal_lm_ref, is_causal_lm_ref, parse_causal_lm_ref
+
+    if not is_causal_lm_ref(workload):
+        if data is not None:
+            raise UsageError(f"--workload-data {data!r} applies only to a causal-lm:MODEL_DIR "
+                             f"workload, not {workload!r}")
+        return workload
+    if data is None:
+        model_dir, data = parse_causal_lm_ref(workload)
+    else:
+        model_dir = workload.removeprefix("causal-lm:")
+        if "?data=" in model_dir:
+            raise UsageError(f"--workload {workload!r} already names its data; "
+                             "drop --workload-data or the ?data= part")
+    return causal_lm_ref(model_dir, data)
 
 
 def build_spec(
@@ -120,11 +142,15 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
             )
         allow_workload(workload)
     workload_obj = load_workload(spec.workload, stored=stored)
+    _check_metrics(spec, workload_obj)
     space = resolve_space(parse_space(spec.space_toml, name=spec.space), workload_obj)
     budget = spec.memory_budget_mb or _default_budget(workload_obj)
     dev = resolve_device(device or spec.device)
-    return Context(spec, workload_obj, space, dev, budget,
-                   serve_overhead_ms=_serve_overhead_ms(workload_obj, dev, spec.workload))
+    # A workload with its own serve replay (causal LMs) does not use the HTTP server's
+    # per-request overhead, so it is not measured for it.
+    overhead = 0.0 if workload_obj.serve else _serve_overhead_ms(workload_obj, dev,
+                                                                 spec.workload)
+    return Context(spec, workload_obj, space, dev, budget, serve_overhead_ms=overhead)
 
 
 def _serve_overhead_ms(workload: Workload, device: torch.device, ref: str) -> float:
@@ -135,6 +161,22 @@ def _serve_overhead_ms(workload: Workload, device: torch.device, ref: str) -> fl
     return serve_overhead_ms(workload, str(device), ref=ref)
 
 
+def _check_metrics(spec: StudySpec, workload: Workload) -> None:
+    """LM metrics (`ttft_ms`, `throughput_tps`, ...) exist only for causal-LM workloads."""
+    from objectives.lm.workload import is_lm_workload
+    from objectives.metrics import LM_METRICS
+
+    if is_lm_workload(workload):
+        return
+    used = [*spec.metric_names, *(c.metric for c in spec.parsed_constraints())]
+    lm_only = [m for m in used if m in LM_METRICS]
+    if lm_only:
+        raise SpecError(
+            f"metric {lm_only[0]!r} is measured only for causal-LM workloads (tiny-lm, "
+            f"causal-lm:DIR), not for {spec.workload!r}; LM-only metrics: "
+            f"{', '.join(LM_METRICS)}")
+
+
 def resolve_space(space: Space, workload: Workload) -> Space:
     """The space as this workload searches it: `name[*]` templates expanded to the
     workload's layer groups (pruning ones only where something can be pruned), and, for a
@@ -142,7 +184,12 @@ def resolve_space(space: Space, workload: Workload) -> Space:
     what the user wants, so its ranges stand. Refuses per-group parameters that name a
     group the workload does not have."""
     from objectives.groups import group_names, prunable_groups
+    from objectives.lm.workload import is_lm_workload
 
+    if not is_lm_workload(workload) and "quant.kv_bits" in space.names():
+        # No KV cache to quantize: not searched (a trial's config keeps the default).
+        space = replace(space, params=tuple(p for p in space.params
+                                            if p.name != "quant.kv_bits"))
     groups = group_names(workload)
     unknown = sorted(space.groups() - set(groups))
     if unknown:
@@ -155,12 +202,17 @@ def resolve_space(space: Space, workload: Workload) -> Space:
         space = space.expand(groups, {"prune.amount": prunable, "prune.threshold": prunable})
     if workload.param_ranges and space.name in builtin_spaces():
         space = space.with_ranges(workload.param_ranges, f"of workload {workload.name!r}")
+    if workload.param_defaults:
+        space = space.with_defaults(workload.param_defaults, f"of workload {workload.name!r}")
     return space
 
 
-def baseline_config() -> Config:
-    """The uncompressed model, no fine-tuning, default serving."""
-    return Config(train=TrainConfig(epochs=0))
+def baseline_config(workload: Workload | None = None) -> Config:
+    """The uncompressed model, no fine-tuning, default serving (the workload's own
+    serving defaults, `Workload.param_defaults`, where it has them)."""
+    serve = {k: v for k, v in ((workload and workload.param_defaults) or {}).items()
+             if k.startswith("serve.")}
+    return replace(Config.from_flat(serve), train=TrainConfig(epochs=0))
 
 
 def environment(device: torch.device) -> dict[str, object]:
@@ -203,7 +255,7 @@ def create_or_resume(
         return study, False
     if ctx is None:
         raise StudyNotFound(f"no study named {name!r}")
-    base = evaluate(ctx.workload, baseline_config(), budget_mb=ctx.budget_mb,
+    base = evaluate(ctx.workload, baseline_config(ctx.workload), budget_mb=ctx.budget_mb,
                     device=ctx.device, seed=spec.seed, serve_overhead_ms=ctx.serve_overhead_ms)
     study = optuna.create_study(
         storage=storage, study_name=name, directions=spec.directions

@@ -113,13 +113,18 @@ class Space:
     name: str
     params: tuple[Param, ...]
     source: str = field(default="", compare=False)  # TOML text with includes resolved
+    # Values of parameters the space leaves out, instead of the config defaults: a
+    # workload's own (`Workload.param_defaults`); never sampled, so never stored.
+    defaults: tuple[tuple[str, Any], ...] = ()
 
     def sample(self, trial: BaseTrial) -> Config:
         values: dict[str, Any] = {}
         for p in self.params:
             if p.active(values):
                 values[p.name] = p.suggest(trial)
-        return Config.from_flat(values)
+        declared = set(self.names())
+        return Config.from_flat({**{k: v for k, v in self.defaults if k not in declared},
+                                 **values})
 
     def names(self) -> list[str]:
         return [p.name for p in self.params]
@@ -171,6 +176,17 @@ class Space:
                 p = replace(new, when=p.when)
             out.append(p)
         return _rebuilt(self.name, out)
+
+
+    def with_defaults(self, values: Mapping[str, Any], where: str) -> Space:
+        """The space with `values` for the parameters it leaves out (checked like a
+        space's own values); parameters it declares keep their ranges."""
+        for name, value in values.items():
+            def bad(msg: str, name: str = name) -> SpaceError:
+                return SpaceError(f"default {name!r} {where}: {msg}")
+            base, bounds = _base_and_bounds(name, bad)
+            _check_value(name, value, PARAM_FIELDS[base], bounds, bad)
+        return replace(self, defaults=tuple(sorted(values.items())))
 
 
 def _rebuilt(name: str, params: list[Param]) -> Space:

@@ -5,16 +5,32 @@ serve replay with continuous batching."""
 from .blocks import BlockPool, BlockPoolError, prefix_hashes
 from .corpus import CharTokenizer, kjv_text, split_lines, windows
 from .kv import KV_BITS, dequantize_kv, fake_quant_kv, kv_bytes_per_token, quantize_kv
-from .model import CausalLM, decoder_forward, full_attention, lm_logits, lm_shape
+from .model import (
+    LM_FAMILIES,
+    CausalLM,
+    conv1d_to_linear,
+    decoder_forward,
+    full_attention,
+    lm_logits,
+    lm_shape,
+)
 from .replay import GenerationResult, GenerationSettings, generation_replay
-from .workload import LMData, make_lm_workload, next_token_metrics, unigram_metrics
+from .workload import (
+    LMData,
+    is_lm_workload,
+    make_lm_workload,
+    next_token_metrics,
+    unigram_metrics,
+)
 
 __all__ = [
     "KV_BITS",
+    "LM_FAMILIES",
     "BlockPool",
     "BlockPoolError",
     "CausalLM",
     "CharTokenizer",
+    "conv1d_to_linear",
     "GenerationResult",
     "GenerationSettings",
     "LMData",
@@ -23,6 +39,7 @@ __all__ = [
     "fake_quant_kv",
     "full_attention",
     "generation_replay",
+    "is_lm_workload",
     "kjv_text",
     "kv_bytes_per_token",
     "lm_logits",

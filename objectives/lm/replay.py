@@ -155,11 +155,12 @@ def generation_replay(
         torch.set_num_threads(old_threads)
     if pool.in_use:
         raise RuntimeError(f"{pool.in_use} KV blocks still in use after the replay")
-    return _result(run, trace, prompts, memory, capacity, margin)
+    return _result(run, trace, prompts, memory, capacity, margin, (s_cache, s_mem))
 
 
 def _result(run: _Run, trace: Sequence[int], prompts: Sequence[Sequence[int]],
-            memory: int, capacity: int, margin: float) -> GenerationResult:
+            memory: int, capacity: int, margin: float, split: tuple[int, int]
+            ) -> GenerationResult:
     done = sorted(run.done, key=lambda s: s.pos)
     ttft = np.array([s.first - s.arrival for s in done]) * 1e3
     latency = np.array([s.end - s.arrival for s in done]) * 1e3
@@ -183,6 +184,8 @@ def _result(run: _Run, trace: Sequence[int], prompts: Sequence[Sequence[int]],
         "max_running": float(run.max_running),
         "max_batch": float(capacity),
         "memory_mb": memory / 1e6,
+        "kv_cache_mb": split[0] / 1e6,  # S_cache: the KV block pool's bytes
+        "workspace_mb": split[1] / 1e6,  # S_mem: the activation workspace
     }
     return GenerationResult(metrics, tuple(tuple(s.tokens[len(s.prompt):]) for s in done),
                             tuple(s.reused for s in done), run.max_running, capacity,

@@ -22,6 +22,7 @@ from .replay import GenerationResult, GenerationSettings, generation_replay
 
 __all__ = [
     "LMData",
+    "is_lm_workload",
     "lm_distill_loss",
     "lm_loss",
     "make_lm_workload",
@@ -40,6 +41,12 @@ class LMData:
     heldout: torch.Tensor
     prompts: list[list[int]]
     unigram: torch.Tensor | None = None
+
+
+def is_lm_workload(workload: Workload) -> bool:
+    """Built by `make_lm_workload`: served by generation over a KV cache, so
+    `quant.kv_bits` and the LM metrics (`ttft_ms`, ...) mean something for it."""
+    return isinstance(workload.extras.get("lm_data"), LMData)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -129,7 +136,6 @@ def make_lm_workload(name: str, model: nn.Module, data: LMData, *, batch_size: i
                 "mlp": ["*mlp.*"], "lm_head": ["*lm_head"]},
         measure=measure,
         serve=serve,
-        # torch-pruning's structured pass does not handle Llama attention (rotary heads,
-        # grouped KV); unstructured pruning and quantization apply unchanged.
-        param_ranges={"prune.method": {"choices": ["none", "magnitude", "global"]}},
+        # A space without serving knobs still serves with a KV cache and a workspace.
+        param_defaults={"serve.cache_ratio": 0.3, "serve.memory_ratio": 0.15},
     )

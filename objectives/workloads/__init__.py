@@ -9,6 +9,7 @@ operator has not named in this process (`allow`).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -17,6 +18,7 @@ from importlib.metadata import entry_points
 
 from ..errors import WorkloadError
 from ..workload import Workload
+from .causal_lm import is_causal_lm_ref, parse_causal_lm_ref
 
 __all__ = ["BUILTIN_WORKLOADS", "list_workloads", "resolve_factory", "load_workload", "allow",
            "is_plugin_ref"]
@@ -61,12 +63,16 @@ def _entry_point(ref: str) -> str | None:
 
 def is_plugin_ref(ref: str) -> bool:
     """A `module:factory` reference that is neither built in nor an installed entry point."""
-    return ref not in BUILTIN_WORKLOADS and _entry_point(ref) is None
+    return (ref not in BUILTIN_WORKLOADS and not is_causal_lm_ref(ref)
+            and _entry_point(ref) is None)
 
 
 def list_workloads() -> dict[str, str]:
     """Names of built-in and installed workloads with a one-line description."""
     out = {name: desc for name, (_, desc) in BUILTIN_WORKLOADS.items()}
+    out["causal-lm:MODEL_DIR"] = (
+        "your local Hugging Face causal LM (llama, mistral, qwen2 or gpt2; config, "
+        "safetensors, tokenizer) on your text file: --workload-data FILE")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         out.setdefault(ep.name, f"plugin {ep.value}")
     return out
@@ -78,6 +84,10 @@ def resolve_factory(ref: str, *, stored: bool = False) -> Callable[[], Workload]
     `stored=True` is for references read from a database or an export: a plugin
     reference is then imported only if the operator named it in this process (`allow`).
     """
+    if is_causal_lm_ref(ref):  # a local model directory: loads weights, imports no code
+        from .causal_lm import make_causal_lm_workload
+
+        return functools.partial(make_causal_lm_workload, *parse_causal_lm_ref(ref))
     if ref in BUILTIN_WORKLOADS:
         ref = BUILTIN_WORKLOADS[ref][0]
     elif (value := _entry_point(ref)) is not None:

@@ -37,8 +37,12 @@ def format_option(f: Any) -> Any:
 def spec_options(f: Any) -> Any:
     opts = [
         click.option("--workload", default="digits-cnn", show_default=True,
-                     help="Built-in workload name (see `csearch workloads`) or "
-                          "package.module:factory."),
+                     help="Built-in workload name (see `csearch workloads`), "
+                          "package.module:factory, or causal-lm:MODEL_DIR (a local Hugging "
+                          "Face causal LM; with --workload-data)."),
+        click.option("--workload-data", default=None, metavar="FILE",
+                     help="Text file a causal-lm:MODEL_DIR workload is judged and "
+                          "fine-tuned on (1 line in 10 held out)."),
         click.option("--space", default="joint", show_default=True,
                      help="Built-in space name (see `csearch spaces`) or a TOML file."),
         click.option("--objective", "objectives", multiple=True, metavar="METRIC:max|min",
@@ -77,11 +81,13 @@ def make_spec(p: dict[str, Any], url: str) -> Any:
     from ..storage import artifact_dir_for
     from ..study import build_spec
 
+    from ..study import workload_ref
+
     art = p["artifacts"]
     artifacts = (None if art == "none" else str(artifact_dir_for(url)) if art == "auto"
                  else os.path.abspath(art))
     return build_spec(
-        workload=p["workload"], space=p["space"],
+        workload=workload_ref(p["workload"], p.get("workload_data")), space=p["space"],
         objectives=tuple(p["objectives"]) or DEFAULT_OBJECTIVES,
         constraints=tuple(p["constraints"]), sampler=p["sampler"], seed=p["seed"],
         device=p["device"], trials=p["trials"], timeout=p["timeout"],
@@ -91,7 +97,8 @@ def make_spec(p: dict[str, Any], url: str) -> Any:
 
 # Spec fields each `spec_options` option sets.
 _SPEC_FIELDS = {
-    "workload": ("workload",), "space": ("space", "space_toml"), "objectives": ("objectives",),
+    "workload": ("workload",), "workload_data": ("workload",),
+    "space": ("space", "space_toml"), "objectives": ("objectives",),
     "constraints": ("constraints",), "sampler": ("sampler",), "seed": ("seed",),
     "device": ("device",), "trials": ("trials",), "timeout": ("timeout",),
     "memory_budget_mb": ("memory_budget_mb",), "artifacts": ("artifacts",),

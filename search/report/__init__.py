@@ -31,6 +31,7 @@ from .figures import (
     plot_serving,
     plot_timeline,
 )
+from .memory import MemorySplitData, collect_memory_split, plot_memory_split
 from .page import Report, build_report, render_html, write_report
 from .served import ServedData, collect_served, plot_served
 from .tables import (
@@ -47,6 +48,7 @@ __all__ = [
     "ContextData",
     "HypervolumeData",
     "ImportanceData",
+    "MemorySplitData",
     "ParallelData",
     "ParetoData",
     "Report",
@@ -59,6 +61,7 @@ __all__ = [
     "collect_context",
     "collect_hypervolume",
     "collect_importances",
+    "collect_memory_split",
     "collect_parallel",
     "collect_pareto",
     "collect_pareto_table",
@@ -69,6 +72,7 @@ __all__ = [
     "export_command",
     "plot_hypervolume",
     "plot_importances",
+    "plot_memory_split",
     "plot_parallel",
     "plot_pareto",
     "plot_sensitivity",

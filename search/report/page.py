@@ -43,6 +43,7 @@ from .figures import (
     plot_serving,
     plot_timeline,
 )
+from .memory import MemorySplitData, collect_memory_split, plot_memory_split
 from .served import ServedData, collect_served, plot_served
 from .tables import (
     ContextData,
@@ -138,6 +139,7 @@ class Report:
     table: TableData
     sensitivity: SensitivityData = field(default_factory=SensitivityData)
     served: ServedData = field(default_factory=ServedData)
+    memory: MemorySplitData = field(default_factory=MemorySplitData)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -166,6 +168,7 @@ def build_report(study: optuna.Study, storage_url: str | None = None) -> Report:
         table=timed("table", collect_pareto_table, study, trials, storage_url, pareto),
         sensitivity=timed("sensitivity", collect_sensitivity, study, trials),
         served=timed("served", collect_served, study, trials),
+        memory=timed("memory", collect_memory_split, study, trials, pareto),
         timings=timings,
     )
 
@@ -238,6 +241,13 @@ def render_html(rep: Report) -> str:
         section("Cache and throughput against the memory split",
                 _server_bound_note(rep.serving)
                 + _figure_div(plot_serving(rep.serving), "fig-serving"))
+    if rep.memory.numbers:
+        section("Memory split of the Pareto trials",
+                '<p class="note">Packed weights, the KV-cache block pool '
+                "(S_cache = budget &times; serve.cache_ratio) and the activation workspace "
+                "(S_mem = budget &times; serve.memory_ratio) of each feasible Pareto trial; "
+                "hover for its accuracy, tokens/s and running sequences.</p>"
+                + _figure_div(plot_memory_split(rep.memory), "fig-memory"))
     if rep.served.numbers:
         section("Predicted against served latency",
                 '<p class="note">Trials measured on a real server with '

@@ -373,3 +373,34 @@ def test_served_against_predicted(hand_study, tmp_path):
     out = tmp_path / "r.html"
     R.write_report(hand_study, out)
     assert 'id="fig-served"' in out.read_text()
+
+
+def test_memory_split_of_an_lm_studys_pareto_trials(hand_study, tmp_path):
+    """Front {1, 3}: 1 carries the split in its metrics, 3 only in its params (an older
+    trial), and is read as budget x ratio; non-LM studies have no such figure."""
+    assert R.collect_memory_split(hand_study).numbers == []  # no throughput_tps: not an LM
+    lm = optuna.create_study(directions=DIRS, study_name="lm")
+    lm.set_metric_names(NAMES)
+    lm.set_user_attr(SPEC_ATTR, StudySpec(workload="tiny-lm", space="lm", space_toml="",
+                                          trials=4).to_dict())
+    lm.set_user_attr(BASELINE_ATTR, {"accuracy": 0.55, "memory_budget_mb": 8.0})
+    lm.set_user_attr(ENV_ATTR, {"device": "cpu"})
+    trials = [_trial(0, [0.5, 2.0, 1.6]), _trial(1, [0.54, 1.0, 1.5], beta=0.3, gamma=0.15),
+              _trial(2, [0.56, 0.5, 0.2], feasible=False), _trial(6, [0.55, 1.5, 1.2],
+                                                                  beta=0.25, gamma=0.1)]
+    for t, extra in zip(trials, [{}, {"kv_cache_mb": 2.4, "workspace_mb": 1.2},
+                                 {"kv_cache_mb": 1.0, "workspace_mb": 1.0}, {}]):
+        t.user_attrs["metrics"].update({"throughput_tps": 100.0 + t.values[2],
+                                        "max_running": 4.0, **extra})
+    lm.add_trials(trials)
+    d = R.collect_memory_split(lm)
+    assert d.numbers == [1, 3] and d.budget_mb == 8.0
+    assert d.weights_mb == [1.5, 1.2]
+    assert d.kv_cache_mb == [2.4, pytest.approx(8.0 * 0.25)]
+    assert d.workspace_mb == [1.2, pytest.approx(8.0 * 0.1)]
+    assert d.throughput_tps == [101.5, 101.2]
+    fig = R.plot_memory_split(d)
+    assert [tr.name for tr in fig.data] == ["weights (packed)", "KV cache (S_cache)",
+                                            "workspace (S_mem)"]
+    assert 'id="fig-memory"' in R.render_html(R.build_report(lm))
+    assert 'id="fig-memory"' not in R.render_html(R.build_report(hand_study))

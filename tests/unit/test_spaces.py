@@ -71,6 +71,16 @@ def test_left_out_parameters_take_defaults():
     assert config.prune == Config().prune and config.train == Config().train
 
 
+def test_a_workloads_defaults_fill_only_left_out_parameters():
+    space = parse_space('[params."serve.cache_ratio"]\ntype = "float"\nlow = 0.1\nhigh = 0.2\n')
+    space = space.with_defaults({"serve.cache_ratio": 0.5, "serve.memory_ratio": 0.15}, "test")
+    config = space.sample(optuna.trial.FixedTrial({"serve.cache_ratio": 0.12}))
+    assert config.serve.cache_ratio == 0.12  # declared: sampled, the default never applies
+    assert config.serve.memory_ratio == 0.15  # left out: the workload's value
+    with pytest.raises(SpaceError, match="serve.memory_ratio"):
+        space.with_defaults({"serve.memory_ratio": 2.0}, "test")
+
+
 def test_joint_includes_every_builtin_parameter():
     joint = set(load_space("joint").names())
     for name in ("compression", "serving", "training"):

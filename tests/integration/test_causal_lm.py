@@ -1,0 +1,206 @@
+"""The user-model path: a local Hugging Face causal LM (a tiny GPT-2 saved with
+`save_pretrained`, with a tokenizer trained here) plus a text file runs a study through
+the CLI, exports, and `search.export.load` reloads it with the trial's accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import objectives.workloads as registry
+from objectives.lm.corpus import kjv_text
+from objectives.lm.model import conv1d_to_linear, decoder_forward, full_attention, lm_logits
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def csearch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _tiny_gpt2(vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=2,
+                                      n_head=2, n_inner=64, bos_token_id=1, eos_token_id=1))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(model directory, text file): a byte-level BPE tokenizer trained on the text and a
+    GPT-2 of 2 layers briefly trained on it, both saved with `save_pretrained`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("causal_lm")
+    text = "\n".join(kjv_text().splitlines()[:1500]) + "\n"
+    data = root / "my.txt"
+    data.write_text(text)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text.splitlines(), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+    out = root / "tiny-gpt2"
+    fast.save_pretrained(out)
+    model = _tiny_gpt2(len(fast))
+    ids = torch.tensor(fast(text)["input_ids"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        starts = torch.randint(0, len(ids) - 33, (8,), generator=g).tolist()
+        x = torch.stack([ids[s:s + 33] for s in starts])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(out)
+    return out, data
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_loaded", {})
+    monkeypatch.setattr(registry, "_allowed", set())
+
+
+def test_conv1d_to_linear_keeps_the_outputs() -> None:
+    model = _tiny_gpt2(50).eval()
+    x = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        before = model(input_ids=x).logits
+        conv1d_to_linear(model)
+        after = model(input_ids=x).logits
+    assert isinstance(model.transformer.h[0].attn.c_attn, torch.nn.Linear)
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (96, 32)  # [out, in]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(model_dir: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (grouped KV heads, tied embeddings) beside the same tokenizer."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("llama") / "tiny-llama"
+    shutil.copytree(model_dir[0], out, ignore=shutil.ignore_patterns("*.safetensors",
+                                                                      "config.json"))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=128,
+                                 tie_word_embeddings=True, bos_token_id=1,
+                                 eos_token_id=1)).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_the_workload_serves_the_models_own_forward_pass(
+        kind: str, model_dir: tuple[Path, Path], llama_dir: Path) -> None:
+    from objectives import load_workload
+    from search.study import workload_ref
+
+    d = model_dir[0] if kind == "gpt2" else llama_dir
+    w = load_workload(workload_ref(f"causal-lm:{d}", str(model_dir[1])))
+    assert not any(type(m).__name__ == "Conv1D" for m in w.model.modules())
+    head, emb = w.model.lm.get_output_embeddings(), w.model.lm.get_input_embeddings()
+    assert head.weight is not emb.weight  # untied: each is compressed on its own
+    x = w.extras["lm_data"].heldout[:2, :40]
+    b, n = x.shape
+    with torch.no_grad():
+        hf = w.model(x)
+        ours = lm_logits(w.model, decoder_forward(w.model, x.reshape(-1),
+                                                  torch.arange(n).repeat(b),
+                                                  full_attention(None), batch=b))
+    torch.testing.assert_close(ours.view(b, n, -1), hf, rtol=1e-4, atol=1e-4)
+
+
+def test_run_export_and_reload_reproduces_accuracy(model_dir: tuple[Path, Path],
+                                                   tmp_path: Path) -> None:
+    from objectives.workloads.causal_lm import parse_causal_lm_ref
+    from search.export import load
+
+    d, data = model_dir
+    db = f"sqlite:///{tmp_path / 'lm.db'}"
+    r = csearch("run", "--workload", f"causal-lm:{d}", "--workload-data", str(data),
+                "--space", "compression", "--trials", "4", "--study", "lm", "--storage", db,
+                "--seed", "3", "--objective", "accuracy:max", "--objective", "throughput_tps:max",
+                "--objective", "size_mb:min")
+    assert r.returncode == 0, r.stderr
+    r = csearch("trials", "--study", "lm", "--storage", db, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    trials = [t for t in json.loads(r.stdout) if t["state"] == "COMPLETE"]
+    assert len(trials) == 4
+    assert all({"ttft_ms", "throughput_tps", "perplexity"} <= set(t["metrics"]) for t in trials)
+    trial = max(trials, key=lambda t: (t["params"].get("quant.method", "none") != "none",
+                                       t["metrics"]["sparsity"]))
+    out = tmp_path / "export"
+    r = csearch("export", "--study", "lm", "--storage", db, "--trial", str(trial["number"]),
+                "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "csearch.json").read_text())
+    assert parse_causal_lm_ref(meta["workload"]) == (str(d), str(data))  # absolute paths
+    model = load(out)
+    w = registry.load_workload(meta["workload"], stored=True)
+    acc = w.evaluate(model)
+    assert abs(acc - trial["metrics"]["accuracy"]) <= 0.01
+    assert not any(type(m).__name__ == "Conv1D" for m in model.modules())
+
+
+def _bad(args: list[str], tmp_path: Path, needle: str) -> None:
+    db = tmp_path / "bad.db"
+    r = csearch("run", *args, "--trials", "1", "--storage", f"sqlite:///{db}")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert needle in lines[0], lines[0]
+    assert not db.exists()
+
+
+def test_bad_user_model_input_is_one_line_and_exit_2(model_dir: tuple[Path, Path],
+                                                    tmp_path: Path) -> None:
+    d, data = model_dir
+    _bad(["--workload", f"causal-lm:{tmp_path / 'nope'}", "--workload-data", str(data)],
+         tmp_path, "does not exist")
+    _bad(["--workload", f"causal-lm:{d}", "--workload-data", str(tmp_path / "nope.txt")],
+         tmp_path, "no such file")
+    _bad(["--workload", f"causal-lm:{d}"], tmp_path, "--workload-data")
+    _bad(["--workload", "digits-cnn", "--workload-data", str(data)], tmp_path,
+         "applies only to a causal-lm")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert",
+                                                  "architectures": ["BertModel"]}))
+    _bad(["--workload", f"causal-lm:{bert}", "--workload-data", str(data)], tmp_path,
+         "is not a causal LM")
+
+
+def test_lm_metrics_on_a_non_lm_workload_are_refused(tmp_path: Path) -> None:
+    _bad(["--workload", "digits-cnn", "--objective", "accuracy:max",
+          "--objective", "ttft_ms:min"], tmp_path, "only for causal-LM workloads")
+    _bad(["--workload", "digits-cnn", "--constraint", "throughput_tps>=10"], tmp_path,
+         "'throughput_tps' is measured only for causal-LM")
+
+
+def test_kv_bits_is_searched_only_where_there_is_a_kv_cache(
+        model_dir: tuple[Path, Path]) -> None:
+    from objectives import load_workload
+    from search.study import resolve_space, workload_ref
+    from spaces import load_space
+
+    lm = load_workload(workload_ref(f"causal-lm:{model_dir[0]}", str(model_dir[1])))
+    assert "quant.kv_bits" in resolve_space(load_space("lm"), lm).names()
+    digits = resolve_space(load_space("lm"), load_workload("digits-cnn"))
+    assert "quant.kv_bits" not in digits.names() and "quant.method" in digits.names()
