@@ -5,7 +5,7 @@ tokens/s does it give against the best feasible fp32-weight configuration?
 
 Two studies at the same budget, with the real CLI:
   1. `--space lm` (joint + quant.kv_bits), objectives accuracy and throughput_tps;
-  2. fp32 weights only (`benchmarks/spaces/lm_fp32_serving.toml`: no pruning, no
+  2. fp32 weights only (`benchmarks/lm_fp32_serving.toml`: no pruning, no
      quantization, no fine-tuning; the serving split, batch cap, threads and KV format
      searched), so the fp32 side gets its best split, not a default one.
 Both keep the trials within 1 point of the base model's next-token accuracy.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FP32_SPACE = ROOT / "benchmarks" / "spaces" / "lm_fp32_serving.toml"
+FP32_SPACE = ROOT / "benchmarks" / "lm_fp32_serving.toml"
 SHOW = ("accuracy", "accuracy_drop", "throughput_tps", "ttft_ms", "tpot_ms", "max_running",
         "size_mb", "kv_cache_mb", "workspace_mb", "memory_mb")
 
