@@ -19,17 +19,18 @@ from dataclasses import dataclass, field, replace
 import optuna
 import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.trial import FrozenTrial, Trial
 
 from objectives import EarlyStopped, Reporter, evaluate
 
 from . import attrs
-from ._optuna import note_attrs, storage_of, study_id_of, trial_id_of
+from ._optuna import note_attrs, storage_of, trial_id_of
 from .attrs import TrialResult, store_results
+from .budget import FINISHED, BudgetGate, count_finished
 from .errors import StorageError
 from .placement import placed_gpu
 from .spool import Spool
-from .storage import count_trials, error_chain, sampling_pass, set_trial_attrs
+from .storage import error_chain, sampling_pass, set_trial_attrs
 from .study import Context
 
 __all__ = [
@@ -52,7 +53,6 @@ try:  # a storage proxy that went away looks like a lost database (optional extr
 except ImportError:
     _PROXY_ERRORS = ()
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 LEGACY_CONSTRAINTS_ATTR = attrs.LEGACY_CONSTRAINTS
 MEMORY_CONSTRAINT = "memory_budget"
 # What a lost database connection looks like through Optuna and SQLAlchemy.
@@ -103,8 +103,12 @@ class TrialObjective:
     spool: Spool | None = None
     evaluating: bool = field(default=False, init=False)  # read by signal handlers
     interrupt: str | None = field(default=None, init=False)  # set by signal handlers
+    stopping: bool = field(default=False, init=False)  # a signal asked the study to stop
+    gate: BudgetGate | None = field(default=None, init=False)  # held until the trial exists
 
     def __call__(self, trial: Trial) -> tuple[float, ...]:
+        if self.gate is not None:
+            self.gate.release()  # the trial exists: the next worker may count and create
         spec = self.ctx.spec
         seed = spec.seed + trial.number
         with sampling_pass(trial.storage, trial_id_of(trial)):  # one commit, not one per param
@@ -180,10 +184,6 @@ def _set_attrs(trial: Trial, user: dict[str, object],
     system = system or {}
     set_trial_attrs(trial.storage, trial_id_of(trial), user, system)
     note_attrs(trial, user, system)
-
-
-def count_finished(study: optuna.Study) -> int:
-    return count_trials(storage_of(study), study_id_of(study), FINISHED)
 
 
 class _StopAtBudget:
@@ -314,19 +314,27 @@ def run_trials(
                 if not _is_db_error(e):
                     raise
                 _wait_for_database(study, time.monotonic() + outage_seconds)
-        while True:
+        # With a budget, one trial per `optimize` call, each admitted by the budget gate
+        # (exact across workers); without one, a single call until the timeout.
+        gate = BudgetGate(study, spec.trials) if spec.trials is not None else None
+        objective.gate = gate
+        while not objective.stopping:
             try:
-                remaining = remaining_budget(study, spec.trials)
-                if remaining == 0:
-                    break
                 timeout = None
                 if spec.timeout is not None:
                     timeout = spec.timeout - (time.monotonic() - start)
                     if timeout <= 0:
                         break
-                study.optimize(objective, n_trials=remaining, timeout=timeout,
-                               catch=(Exception,), callbacks=callbacks)
-                break
+                if gate is not None and not gate.open():
+                    break
+                try:
+                    study.optimize(objective, n_trials=1 if gate else None, timeout=timeout,
+                                   catch=(Exception,), callbacks=callbacks)
+                finally:
+                    if gate is not None:
+                        gate.release()
+                if gate is None:
+                    break
             except Exception as e:
                 if not (_is_db_error(e) or _finished_elsewhere(e)):
                     raise

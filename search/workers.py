@@ -104,9 +104,10 @@ def run_until_budget(
     def handler(signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         received.append(name)
+        objective.stopping = True  # no further trial (the runner starts one per optimize)
         try:
             study.stop()
-        except RuntimeError:  # not inside optimize yet: stop before the first trial
+        except RuntimeError:  # not inside optimize: stop before the next trial
             raise Interrupted(f"worker received {name}") from None
         if objective.evaluating:
             objective.interrupt = f"worker received {name}"

@@ -16,7 +16,7 @@ from .backends import (
     load_study,
     open_storage,
 )
-from .batching import count_trials, sampling_pass, set_trial_attrs
+from .batching import budget_lock, count_trials, sampling_pass, set_trial_attrs
 from .retry import WORKER_START_WAIT, error_chain, restarting, retry_while_restarting
 from .snapshot import ObjectiveRows, rdb_storage, read_objectives, read_trials
 from .urls import DEFAULT_STORAGE, artifact_dir_for, backend_of, file_path, redact, resolve_url
@@ -30,6 +30,7 @@ __all__ = [
     "ResilientRDBStorage",
     "artifact_dir_for",
     "backend_of",
+    "budget_lock",
     "check_sqlite",
     "close_storages",
     "count_trials",

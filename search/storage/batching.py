@@ -10,7 +10,7 @@ from optuna.storages import BaseStorage
 
 from .._optuna import BatchingRDBStorage, unwrap_storage
 
-__all__ = ["sampling_pass", "set_trial_attrs", "count_trials"]
+__all__ = ["sampling_pass", "set_trial_attrs", "count_trials", "budget_lock"]
 
 
 @contextmanager
@@ -42,6 +42,40 @@ def count_trials(storage: BaseStorage, study_id: int, states: tuple[Any, ...]) -
     if isinstance(backend, BatchingRDBStorage):
         return backend.count_trials(study_id, states)
     return len(storage.get_all_trials(study_id, deepcopy=False, states=states))
+
+
+@contextmanager
+def budget_lock(storage: BaseStorage, study_id: int) -> Iterator[None]:
+    """Hold the study's budget lock: one worker at a time counts the trials and creates the
+    next one, so workers sharing a study stop at exactly its budget instead of each
+    starting one more trial past it. A PostgreSQL advisory lock or a MySQL named lock, on
+    a connection of its own; on other storages (one process: SQLite, in-memory, journal
+    files, a gRPC proxy) nothing to lock."""
+    import sqlalchemy
+
+    backend = unwrap_storage(storage)
+    engine = getattr(backend, "engine", None)
+    dialect = engine.dialect.name if engine is not None else ""
+    if dialect not in ("postgresql", "mysql"):
+        yield
+        return
+    key = _LOCK_BASE + int(study_id)
+    lock, unlock = _LOCKS[dialect]
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(lock), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text(unlock), {"k": key})
+            conn.commit()
+
+
+_LOCK_BASE = 0x6373_0000_0000  # "cs": keeps csearch's advisory locks apart from others'
+_LOCKS = {
+    "postgresql": ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"),
+    "mysql": ("SELECT GET_LOCK(CONCAT('csearch-budget-', :k), 600)",
+              "SELECT RELEASE_LOCK(CONCAT('csearch-budget-', :k))"),
+}
 
 
 def set_trial_attrs(storage: BaseStorage, trial_id: int, user: Mapping[str, Any] | None = None,

@@ -94,7 +94,7 @@ def test_workers_share_one_budget(pg, tmp_path):
     assert [c for c, _ in codes] == [0, 0], codes
     trials = _study(url, name).get_trials()
     finished = [t for t in trials if t.state.is_finished()]
-    assert 6 <= len(finished) <= 7  # at most workers - 1 overshoot
+    assert len(finished) == len(trials) == 6  # exactly the budget: no worker starts a 7th
     assert len({t.number for t in trials}) == len(trials)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     workers = {t.user_attrs.get("worker") for t in finished}
