@@ -8,14 +8,23 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from conftest import missing_service
-from test_workers import CLI, ROOT, _cleanup, _create, _env, _finish, _study, _wait_running, _worker
+from test_workers import (
+    CLI,
+    ROOT,
+    _cleanup,
+    _create,
+    _env,
+    _finish,
+    _study,
+    _worker,
+    sigkill_one_worker_then_finish,
+)
 
 
 def _free_port() -> int:
@@ -64,21 +73,7 @@ def test_workers_through_proxy_share_one_budget(proxied, tmp_path):
 def test_sigkilled_worker_behind_proxy_is_failed_and_retried(proxied, tmp_path):
     grpc_url, url, name = proxied
     _create(grpc_url, name, 3, tmp_path, space="training")
-    victim = _worker(grpc_url, name, tmp_path)
-    killed = _wait_running(url, name, victim.pid)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    time.sleep(4)  # past the grace period of 3 s
-    survivor = _worker(grpc_url, name, tmp_path)
-    code, err = _finish(survivor)
-    assert code == 0, err
-    trials = _study(url, name).get_trials()
-    by_number = {t.number: t for t in trials}
-    assert by_number[killed].state == TrialState.FAIL
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
-    assert retries and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == by_number[killed].params
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    sigkill_one_worker_then_finish(grpc_url, url, name, tmp_path)
 
 
 def test_proxy_without_grpcio_names_the_extra(monkeypatch):

@@ -104,12 +104,21 @@ def test_workers_share_one_budget(pg, tmp_path):
 def test_sigkilled_worker_trial_is_failed_and_retried(pg, tmp_path):
     url, name = pg
     _create(url, name, 4, tmp_path, space="training")
-    victim = _worker(url, name, tmp_path)
+    trials = sigkill_one_worker_then_finish(url, url, name, tmp_path)
+    assert len({t.number for t in trials}) == len(trials)
+
+
+def sigkill_one_worker_then_finish(worker_url: str, url: str, name: str,
+                                   tmp_path) -> list[optuna.trial.FrozenTrial]:
+    """SIGKILL a worker (on `worker_url`) mid-trial, let a second one finish the study, and
+    check on the database (`url`) that the killed trial is FAIL, retried with its params
+    and COMPLETE, and nothing is left RUNNING. Returns the study's trials."""
+    victim = _worker(worker_url, name, tmp_path)
     killed = _wait_running(url, name, victim.pid)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
-    time.sleep(4)  # past the grace period: the killed trial's heartbeat is stale
-    survivor = _worker(url, name, tmp_path)
+    time.sleep(4)  # past the grace period (3 s): the killed trial's heartbeat is stale
+    survivor = _worker(worker_url, name, tmp_path)
     code, err = _finish(survivor)
     assert code == 0, err
     trials = _study(url, name).get_trials()
@@ -119,7 +128,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried(pg, tmp_path):
     assert retries and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == by_number[killed].params
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert len({t.number for t in trials}) == len(trials)
+    return trials
 
 
 def test_sigterm_fails_trial_cleanly_and_requeues_it(pg, tmp_path):
