@@ -5,7 +5,8 @@ the budget is reached, but by then the other workers may each have started one m
 trial: N workers overshoot by up to N - 1. A `BudgetGate` makes "count the trials, then
 create the next one" one step across workers: it takes the study's database lock
 (`storage.budget_lock`), counts finished and running trials, and keeps the lock until the
-new trial exists (the objective's first line calls `release`).
+new trial exists (the objective's first line calls `release`). Each trial is its own
+`optimize` call, admitted by the gate, so no end-of-trial budget callback is needed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from optuna.trial import TrialState
 from ._optuna import storage_of, study_id_of
 from .storage import budget_lock, count_trials
 
-__all__ = ["FINISHED", "BudgetGate", "count_finished"]
+__all__ = ["FINISHED", "BudgetGate", "count_finished", "remaining_budget"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _TAKEN = (*FINISHED, TrialState.RUNNING)  # a running trial holds its place in the budget
@@ -26,6 +27,12 @@ _TAKEN = (*FINISHED, TrialState.RUNNING)  # a running trial holds its place in t
 
 def count_finished(study: optuna.Study) -> int:
     return count_trials(storage_of(study), study_id_of(study), FINISHED)
+
+
+def remaining_budget(study: optuna.Study, trials: int | None) -> int | None:
+    if trials is None:
+        return None
+    return max(0, trials - count_finished(study))
 
 
 class BudgetGate:

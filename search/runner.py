@@ -26,7 +26,7 @@ from objectives import EarlyStopped, Reporter, evaluate
 from . import attrs
 from ._optuna import note_attrs, storage_of, trial_id_of
 from .attrs import TrialResult, store_results
-from .budget import FINISHED, BudgetGate, count_finished
+from .budget import FINISHED, BudgetGate, count_finished, remaining_budget
 from .errors import StorageError
 from .placement import placed_gpu
 from .spool import Spool
@@ -186,24 +186,6 @@ def _set_attrs(trial: Trial, user: dict[str, object],
     note_attrs(trial, user, system)
 
 
-class _StopAtBudget:
-    """Optuna's MaxTrialsCallback on finished states (one budget for all workers), but
-    counted with one COUNT query after each trial instead of a read of the trials."""
-
-    def __init__(self, trials: int):
-        self.trials = trials
-
-    def __call__(self, study: optuna.Study, _trial: FrozenTrial) -> None:
-        if count_finished(study) >= self.trials:
-            study.stop()
-
-
-def remaining_budget(study: optuna.Study, trials: int | None) -> int | None:
-    if trials is None:
-        return None
-    return max(0, trials - count_finished(study))
-
-
 def reap_stale(study: optuna.Study) -> None:
     """Fail (and re-queue, via the heartbeat callback) trials whose worker died."""
     with warnings.catch_warnings():
@@ -300,8 +282,6 @@ def run_trials(
             on_trial(st, ft)
 
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [count]
-    if spec.trials is not None:
-        callbacks.append(_StopAtBudget(spec.trials))
     try:
         while True:  # start-up reads and writes, retried if the database is restarting
             try:

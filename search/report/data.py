@@ -270,6 +270,9 @@ def collect_timeline(study: optuna.Study, trials: Trials | None = None) -> Timel
     return data
 
 
+SERVER_BOUND = 0.97  # share of the overhead's cap at which a trial counts as server-bound
+
+
 @dataclass
 class ServingData:
     """The serving memory split (β = serve.cache_ratio, γ = serve.memory_ratio) of each
@@ -292,9 +295,6 @@ class ServingData:
             return False
         cap = 1e3 / self.serve_overhead_ms
         return min(self.throughput_rps) >= SERVER_BOUND * cap
-
-
-SERVER_BOUND = 0.97  # share of the overhead's cap at which a trial counts as server-bound
 
 
 def collect_serving(study: optuna.Study, trials: Trials | None = None) -> ServingData:
