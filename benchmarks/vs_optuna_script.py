@@ -75,7 +75,7 @@ def plain_study(url: str, trials: int, sampler_kind: str, enqueue: list[dict],
         if p["prune.method"] == "magnitude":
             p["prune.threshold"] = trial.suggest_float("prune.threshold", 0.001, 0.2, log=True)
         if p["prune.method"] == "global":
-            p["prune.amount"] = trial.suggest_float("prune.amount", 0.3, 0.97)
+            p["prune.amount"] = trial.suggest_float("prune.amount", 0.3, 0.99)
         if p["prune.method"] == "structured":
             p["prune.structured_ratio"] = trial.suggest_float("prune.structured_ratio", 0.1, 0.7)
         p["quant.method"] = trial.suggest_categorical(
@@ -94,7 +94,7 @@ def plain_study(url: str, trials: int, sampler_kind: str, enqueue: list[dict],
                 p[f"quant.bits[{g}]"] = trial.suggest_int(f"quant.bits[{g}]", 2, 8)
         if p["prune.method"] == "global":
             for g in GROUPS:
-                p[f"prune.amount[{g}]"] = trial.suggest_float(f"prune.amount[{g}]", 0.3, 0.97)
+                p[f"prune.amount[{g}]"] = trial.suggest_float(f"prune.amount[{g}]", 0.3, 0.99)
         p["train.kd_alpha"] = trial.suggest_float("train.kd_alpha", 0.0, 1.0)
         p["train.kd_temperature"] = trial.suggest_float("train.kd_temperature", 1.0, 8.0)
         p["serve.batch_size"] = trial.suggest_categorical("serve.batch_size", [1, 4, 16, 64])

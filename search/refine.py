@@ -5,10 +5,14 @@ recipe). TPE in 20-30 conditional dimensions does not find their simple neighbou
 bit fewer", "a few points more sparsity", "this group to int8") within a small budget,
 so the seeds stayed the best trials. `RefineSampler` spends a share of the trials on
 those neighbours: it picks a member of the feasible Pareto front (binary tournament on
-crowding distance, as NSGA-II does, so the front's ends are refined most) and changes one
-to three of its parameters by one step each. A parent that was itself a refinement
-may instead repeat the numeric step that led to it (Hooke and Jeeves' pattern move), so
-"a few points more sparsity" that worked is tried again. The other trials go to the base
+crowding distance, as NSGA-II does, so the front's ends are refined most) and either
+takes a directed step towards a smaller model (`neighbours.compress_step`: a few points
+more sparsity, one bit fewer, a stronger quantizer for one group, mostly in the group
+that holds the bytes, sometimes with a recovery step) or changes one to three of its
+parameters by one random step each; neither touches a parameter whose value changes
+nothing (`neighbours.inert`). A parent that was itself a refinement may instead repeat
+the numeric step that led to it (Hooke and Jeeves' pattern move), so "a few points more
+sparsity" that worked is tried again. The other trials go to the base
 sampler (csearch's windowed TPE), which keeps exploring globally, so a poor seed does not
 trap the study. With `adaptive`, the share of refinements follows which of the two kinds
 of trial lands on the front more often, between 25 % and 75 %.
@@ -45,14 +49,18 @@ from spaces import Param, Space
 from . import attrs
 from ._optuna import contains, is_enqueued, is_pareto_front, storage_of, trial_id_of
 from ._optuna.tpe import _crowding, _numbered
+from .neighbours import compress_step, inert, recovery_step
 
-__all__ = ["PLAN_ATTR", "REFINE_SHARE", "RefineSampler", "mutate", "param_key",
+__all__ = ["PLAN_ATTR", "REFINE_SHARE", "RefineSampler", "directed", "mutate", "param_key",
+           "repair",
            "pattern_move"]
 
 PLAN_ATTR = "csearch:refine"  # system attr: {"parent": number, "params": planned params}
 REFINE_SHARE = 0.5  # share of the sampler's trials that refine the front
 ADAPTIVE_BOUNDS = (0.25, 0.75)  # an adaptive share stays within these
 PATTERN_P = 0.5  # a parent that was itself a refinement: chance its step is repeated
+DIRECTED_P = 0.7  # otherwise: chance of a directed step towards a smaller model
+REPAIR_P = 0.25  # chance a refinement gives a near miss more recovery instead
 _STEP = 0.1  # a float step: N(0, _STEP) of the range (log range if log)
 _N_CHANGES = (1, 2, 3)
 _P_CHANGES = (0.5, 0.3, 0.2)
@@ -153,7 +161,9 @@ def mutate(space: Space, parent: FrozenTrial | dict[str, Any], rng: np.random.Ra
     (`_step`), then the space walked in declaration order so that the child holds exactly
     its active parameters (parameters switched on take a random value in range)."""
     values, dist_of = _dists(space, parent, parent_dists)
-    active = [p for p in space.params if p.name in values and _mutable(dist_of(p))]
+    skip = inert(values)
+    active = [p for p in space.params
+              if p.name in values and p.name not in skip and _mutable(dist_of(p))]
     if not active:
         return _complete(space, values, dist_of, rng)
     k = min(len(active), int(rng.choice(_N_CHANGES, p=_P_CHANGES)))
@@ -235,6 +245,7 @@ class _History:
         self.done: set[int] = set()
         self.keys: set[frozenset[tuple[str, Any]]] = set()
         self.front: list[FrozenTrial] = []
+        self.misses: list[FrozenTrial] = []  # infeasible COMPLETE trials
         self.counts = np.full(2, 2.0)  # finished trials, refine and base, from two each
 
     def update(self, owner: object, directions: list[StudyDirection],
@@ -250,8 +261,31 @@ class _History:
                 self.keys.add(param_key(t.params))
             if not _enqueued(t):
                 self.counts[int(not t.system_attrs.get(PLAN_ATTR))] += 1
+            if (t.state == TrialState.COMPLETE and t.values is not None and t.params
+                    and any(v > 0 for v in t.constraints.values())):
+                self.misses.append(t)
         self.front = sorted(feasible_front(self.front + new, directions),
                             key=lambda t: t.number)
+
+    @classmethod
+    def near_misses_of(cls, study: Study) -> list[FrozenTrial]:
+        """`near_misses` of a whole study, folded in afresh (for tests and reports)."""
+        h = cls()
+        h.update(study.study_name, study.directions, study.get_trials(deepcopy=False))
+        return h.near_misses(study.directions)
+
+    def near_misses(self, directions: list[StudyDirection]) -> list[FrozenTrial]:
+        """Infeasible trials that no feasible front member dominates: had they kept within
+        the constraints, they would be on the front (more recovery may get them there)."""
+        if not self.misses or not self.front:
+            return list(self.misses) if not self.front else []
+        signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions])
+        miss = np.array([t.values for t in self.misses], dtype=float) * signs
+        front = np.array([t.values for t in self.front], dtype=float) * signs
+        le = (front[:, None, :] <= miss[None, :, :]).all(axis=2)
+        lt = (front[:, None, :] < miss[None, :, :]).any(axis=2)
+        dominated = (le & lt).any(axis=0)
+        return [t for t, d in zip(self.misses, dominated) if not d]
 
 
 class RefineSampler(BaseSampler):
@@ -314,15 +348,25 @@ class RefineSampler(BaseSampler):
         taken.update(param_key(p) for t in trials if t.state in _OPEN
                      and t.number != trial.number for p in _configs(t))
         at = _numbered(trials)
+        shares = _shares(study)
+        misses = self._history.near_misses(study.directions)
         for _ in range(3):  # a plan another worker stored at the same time: plan again
             child, parent = None, None
             for _ in range(self._tries):
+                if misses and self._rng.rand() < REPAIR_P:
+                    parent = _least_violating(misses, self._rng)
+                    cand = repair(self._space, parent, self._rng)
+                    if cand is not None and param_key(cand) not in taken:
+                        child = cand
+                        break
                 parent = _tournament(front, study.directions, self._rng)
                 cand = None
                 grand = (parent.system_attrs.get(PLAN_ATTR) or {}).get("parent")
                 g = at(grand) if grand is not None else None
                 if g is not None and self._rng.rand() < PATTERN_P:
                     cand = pattern_move(self._space, parent, g.params, self._rng)
+                if cand is None and self._rng.rand() < DIRECTED_P:
+                    cand = directed(self._space, parent, self._rng, shares)
                 if cand is None:
                     cand = mutate(self._space, parent, self._rng)
                 if param_key(cand) not in taken:
@@ -360,6 +404,41 @@ class RefineSampler(BaseSampler):
                     values: Any) -> None:
         self._plans.pop(trial_id_of(trial), None)
         self._base.after_trial(study, trial, state, values)
+
+
+def directed(space: Space, parent: FrozenTrial, rng: np.random.RandomState,
+             shares: dict[str, float] | None = None) -> dict[str, Any] | None:
+    """A child of `parent` one step towards a smaller model (`neighbours.compress_step`),
+    its conditional parameters completed; None if nothing can move."""
+    values, dist_of = _dists(space, parent, None)
+    child = compress_step(space, values, dist_of, rng, shares)
+    return None if child is None else _complete(space, child, dist_of, rng)
+
+
+def repair(space: Space, miss: FrozenTrial, rng: np.random.RandomState
+           ) -> dict[str, Any] | None:
+    """A near miss given more recovery (`neighbours.recovery_step`): the same compression
+    with one more epoch or another learning rate; None if neither can move."""
+    values, dist_of = _dists(space, miss, None)
+    child = recovery_step(space, values, dist_of, rng)
+    return None if child is None else _complete(space, child, dist_of, rng)
+
+
+def _least_violating(misses: list[FrozenTrial], rng: np.random.RandomState) -> FrozenTrial:
+    """Binary tournament: of two near misses, the one that broke its constraints least."""
+    if len(misses) == 1:
+        return misses[0]
+    a, b = (misses[int(i)] for i in rng.choice(len(misses), size=2, replace=False))
+    return a if max(a.constraints.values()) <= max(b.constraints.values()) else b
+
+
+def _shares(study: Study) -> dict[str, float]:
+    """Each layer group's share of the model's weights, from the study's sensitivity
+    pass (empty when it has none)."""
+    sens = study.user_attrs.get(attrs.SENSITIVITY) or {}
+    weights = sens.get("weights") or {}
+    total = sum(weights.values())
+    return {g: w / total for g, w in weights.items()} if total else {}
 
 
 def _enqueued(t: FrozenTrial) -> bool:

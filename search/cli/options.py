@@ -116,11 +116,19 @@ def given_options(ctx: click.Context) -> set[str]:
 
 def resumed_spec(fresh: Any, old: Any, given: set[str]) -> Any:
     """The stored spec with only the options the user gave taken from `fresh`; a given
-    value that changes the study's identity is then refused by `create_or_resume`."""
+    value that changes the study's identity is then refused by `create_or_resume`.
+
+    A built-in space given by the name the study stored keeps the stored text: a study
+    keeps the version of the space it was created with when csearch's own changes."""
     from dataclasses import replace
 
-    return replace(old, **{f: getattr(fresh, f) for opt in given & _SPEC_FIELDS.keys()
-                           for f in _SPEC_FIELDS[opt]})
+    from spaces import builtin_spaces
+
+    taken = {f: getattr(fresh, f) for opt in given & _SPEC_FIELDS.keys()
+             for f in _SPEC_FIELDS[opt]}
+    if taken.get("space") == old.space and old.space in builtin_spaces():
+        taken.pop("space_toml", None)
+    return replace(old, **taken)
 
 
 def prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, bool]:

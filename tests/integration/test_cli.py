@@ -124,6 +124,23 @@ def test_resume_takes_the_stored_values_of_options_not_given(tmp_path):
     assert len(_load(url, "c1").trials) == 3
 
 
+def test_resume_by_a_builtin_space_name_keeps_the_stored_version(tmp_path):
+    """A study created under an older csearch stores that version of a built-in space;
+    `run --space compression` by the same name resumes on the stored text, not the new."""
+    _ok(_invoke("create", "--study", "old", "--space", "compression", "--trials", "1",
+                "--seed", SEED, "--device", "cpu", cwd=tmp_path))
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = _load(url, "old")
+    spec = dict(study.user_attrs[SPEC_ATTR])
+    older = spec["space_toml"].replace("high = 0.99", "high = 0.95")
+    assert older != spec["space_toml"]
+    study.set_user_attr(SPEC_ATTR, {**spec, "space_toml": older})
+    _ok(_invoke("run", "--study", "old", "--space", "compression", cwd=tmp_path))
+    study = _load(url, "old")
+    assert study.user_attrs[SPEC_ATTR]["space_toml"] == older
+    assert len(study.trials) == 1
+
+
 # --- listings ---------------------------------------------------------------------------
 
 def test_pareto_json_is_pure_json_with_the_contract_keys(study_db):

@@ -106,7 +106,7 @@ def test_pinned_group_stays_pinned(joint):
         assert mutate(joint, parent, rng, dists)["quant.method[conv1]"] == "none"
 
 
-def test_only_feasible_front_members_are_parents(joint):
+def test_parents_are_front_members_or_near_misses_given_more_recovery(joint):
     study = _random_trials(joint, 25)
     front = feasible_front(study.trials, study.directions)
     assert front and all(all(v <= 0 for v in t.constraints.values()) for t in front)
@@ -116,13 +116,22 @@ def test_only_feasible_front_members_are_parents(joint):
     study.sampler = RefineSampler(optuna.samplers.RandomSampler(seed=3), joint, share=1.0,
                                   seed=3)
     numbers = {t.number for t in front}
-    for _ in range(10):
+    near = {t.number for t in _History.near_misses_of(study)}
+    assert near and not near & numbers
+    repairs = 0
+    for _ in range(20):
         t = study.ask()
         joint.sample(t)
         plan = study.trials[t.number].system_attrs[PLAN_ATTR]
-        assert plan["parent"] in numbers
         assert t.params == plan["params"]  # the trial took the planned child
+        if plan["parent"] not in numbers:  # a near miss given more recovery, nothing else
+            assert plan["parent"] in near
+            miss = study.trials[plan["parent"]].params
+            changed = {k for k in set(miss) | set(t.params) if miss.get(k) != t.params.get(k)}
+            assert changed and all(k.startswith("train.") for k in changed)
+            repairs += 1
         study.tell(t, state=TrialState.FAIL)
+    assert 0 < repairs < 20
 
 
 def test_no_front_no_plan_and_enqueued_trials_untouched(joint):
@@ -285,6 +294,6 @@ def test_pattern_move_repeats_a_successful_numeric_step():
     assert moved["train.epochs"] == 2
     # clipped at the range's end; nothing numeric moved -> no pattern move
     again = pattern_move(space, parent, {**grand, "prune.amount": 0.6}, np.random.RandomState(0))
-    assert again is not None and again["prune.amount"] == pytest.approx(0.97)
+    assert again is not None and again["prune.amount"] == pytest.approx(0.99)
     assert pattern_move(space, parent, dict(parent.params, **{"quant.group_size": 0}),
                         np.random.RandomState(0)) is None
