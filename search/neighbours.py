@@ -14,7 +14,7 @@ space does not have is never proposed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -41,22 +41,20 @@ _SPARSER = ("prune.amount", "prune.structured_ratio")
 DistOf = Callable[[Any], BaseDistribution]
 
 
-def inert(values: Mapping[str, Any]) -> set[str]:
+def inert(values: Mapping[str, Any], groups: Iterable[str] | None = None) -> set[str]:
     """Parameters whose value has no effect given the others: the recovery settings when
-    there is no fine-tuning, and a global prune amount or quantizer that every layer
-    group overrides (a group that inherits keeps the global quantizer alive)."""
+    there is no fine-tuning, and a global prune amount or quantizer that every one of the
+    workload's layer `groups` overrides (a group that inherits, or has no value of its
+    own, keeps the global one alive). Without `groups` no global setting is inert."""
     out: set[str] = set()
     if values.get("train.epochs") == 0:
         out.update(n for n in values if n.startswith("train.") and n != "train.epochs")
-    per_group: dict[str, list[Any]] = {}
-    for name, v in values.items():
-        base, group = split_name(name)
-        if group is not None:
-            per_group.setdefault(base, []).append(v)
-    if per_group.get("prune.amount"):
+    groups = list(groups or ())
+    if not groups:
+        return out
+    if all(f"prune.amount[{g}]" in values for g in groups):
         out.add("prune.amount")
-    methods = per_group.get("quant.method")
-    if methods and INHERIT not in methods:
+    if all(values.get(f"quant.method[{g}]", INHERIT) != INHERIT for g in groups):
         out.update({"quant.method", "quant.bits"} & values.keys())
     return out
 
@@ -93,8 +91,8 @@ def recovery_step(space: Space, values: dict[str, Any], dist_of: DistOf,
     dists = {n: dist_of(by_name[n]) for n in ("train.epochs", "train.lr") if n in by_name}
     options = []
     epochs = dists.get("train.epochs")
-    if isinstance(epochs, IntDistribution) and values.get("train.epochs", epochs.high) < \
-            epochs.high:
+    if isinstance(epochs, IntDistribution) and \
+            values.get("train.epochs", epochs.high) + epochs.step <= epochs.high:
         options.append("train.epochs")
     lr = dists.get("train.lr")
     if isinstance(lr, FloatDistribution) and "train.lr" in values and lr.log and \
@@ -105,7 +103,8 @@ def recovery_step(space: Space, values: dict[str, Any], dist_of: DistOf,
     child = dict(values)
     pick = options[rng.randint(len(options))]
     if pick == "train.epochs":
-        child[pick] += 1
+        assert isinstance(epochs, IntDistribution)
+        child[pick] += epochs.step
         return child
     assert isinstance(lr, FloatDistribution)
     lo, hi = np.log(lr.low), np.log(lr.high)
@@ -138,7 +137,8 @@ def compress_step(space: Space, values: dict[str, Any], dist_of: DistOf,
     the rest (BY_SHARE) follows `shares` (each layer group's share of the weights), so the
     group that holds the bytes is compressed most often without starving the others; a
     step that brings a group in line with the other groups weighs up to twice as much."""
-    skip = inert(values)
+    shares = shares or {}
+    skip = inert(values, shares)
     moves: list[tuple[str, Any, str | None]] = []
     for p in space.params:
         if p.name not in values or p.name in skip:
@@ -152,7 +152,6 @@ def compress_step(space: Space, values: dict[str, Any], dist_of: DistOf,
             moves.append((p.name, new, group))
     if not moves:
         return None
-    shares = shares or {}
     per_group = {g: sum(1 for _, _, h in moves if h == g) for _, _, g in moves}
     w = np.array([((1 - BY_SHARE) / len(moves)
                    + (BY_SHARE * shares.get(g, 0.0) / per_group[g] if g is not None else 0.0))
@@ -161,11 +160,17 @@ def compress_step(space: Space, values: dict[str, Any], dist_of: DistOf,
     child = dict(values)
     child[name] = new
     base, group = split_name(name)
-    if base == "quant.method" and new == "lowbit":  # from int8: the widest low-bit first
-        bits = "quant.bits" + (f"[{group}]" if group else "")
-        d = next((dist_of(p) for p in space.params if p.name == bits), None)
+    if base == "quant.method" and new == "lowbit":  # from int8: one bit fewer, per channel
+        by_name = {p.name: p for p in space.params}
+        suffix = f"[{group}]" if group else ""
+        bits = by_name.get(f"quant.bits{suffix}")
+        d = dist_of(bits) if bits is not None else None
         if isinstance(d, IntDistribution):
-            child[bits] = d.high
+            child[bits.name] = max(d.low, d.high - d.step)
+        size = by_name.get(f"quant.group_size{suffix}")
+        ds = dist_of(size) if size is not None else None
+        if isinstance(ds, CategoricalDistribution) and 0 in ds.choices:
+            child[size.name] = 0
     if rng.rand() < RECOVERY_P:
         child = recovery_step(space, child, dist_of, rng) or child
     return child

@@ -29,6 +29,7 @@ that a lower-numbered open trial also chose is given up and planned again.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -156,12 +157,13 @@ def _dists(space: Space, parent: FrozenTrial | dict[str, Any],
 
 
 def mutate(space: Space, parent: FrozenTrial | dict[str, Any], rng: np.random.RandomState,
-           parent_dists: dict[str, BaseDistribution] | None = None) -> dict[str, Any]:
+           parent_dists: dict[str, BaseDistribution] | None = None,
+           groups: Iterable[str] | None = None) -> dict[str, Any]:
     """A neighbour of `parent`'s config: one to three of its active parameters stepped
     (`_step`), then the space walked in declaration order so that the child holds exactly
     its active parameters (parameters switched on take a random value in range)."""
     values, dist_of = _dists(space, parent, parent_dists)
-    skip = inert(values)
+    skip = inert(values, groups)
     active = [p for p in space.params
               if p.name in values and p.name not in skip and _mutable(dist_of(p))]
     if not active:
@@ -261,8 +263,8 @@ class _History:
                 self.keys.add(param_key(t.params))
             if not _enqueued(t):
                 self.counts[int(not t.system_attrs.get(PLAN_ATTR))] += 1
-            if (t.state == TrialState.COMPLETE and t.values is not None and t.params
-                    and any(v > 0 for v in t.constraints.values())):
+            if t.state == TrialState.COMPLETE and t.values is not None and t.params and \
+                    _recoverable(t):
                 self.misses.append(t)
         self.front = sorted(feasible_front(self.front + new, directions),
                             key=lambda t: t.number)
@@ -285,7 +287,9 @@ class _History:
         le = (front[:, None, :] <= miss[None, :, :]).all(axis=2)
         lt = (front[:, None, :] < miss[None, :, :]).any(axis=2)
         dominated = (le & lt).any(axis=0)
-        return [t for t, d in zip(self.misses, dominated) if not d]
+        # The front only improves: a miss it dominates now stays dominated.
+        self.misses = [t for t, d in zip(self.misses, dominated) if not d]
+        return list(self.misses)
 
 
 class RefineSampler(BaseSampler):
@@ -368,7 +372,7 @@ class RefineSampler(BaseSampler):
                 if cand is None and self._rng.rand() < DIRECTED_P:
                     cand = directed(self._space, parent, self._rng, shares)
                 if cand is None:
-                    cand = mutate(self._space, parent, self._rng)
+                    cand = mutate(self._space, parent, self._rng, groups=shares)
                 if param_key(cand) not in taken:
                     child = cand
                     break
@@ -424,12 +428,27 @@ def repair(space: Space, miss: FrozenTrial, rng: np.random.RandomState
     return None if child is None else _complete(space, child, dist_of, rng)
 
 
+# Metrics that recovery training moves; a trial infeasible on anything else (memory, size,
+# latency) is no near miss: another epoch cannot change it.
+RECOVERABLE = ("accuracy", "accuracy_drop", "perplexity")
+
+
+def _violations(t: FrozenTrial) -> dict[str, float]:
+    return {name: v for name, v in t.constraints.items() if v > 0}
+
+
+def _recoverable(t: FrozenTrial) -> bool:
+    """Infeasible only on constraints of metrics that recovery training moves."""
+    broken = _violations(t)
+    return bool(broken) and all(re.split(r"[<>]=", name)[0] in RECOVERABLE for name in broken)
+
+
 def _least_violating(misses: list[FrozenTrial], rng: np.random.RandomState) -> FrozenTrial:
     """Binary tournament: of two near misses, the one that broke its constraints least."""
     if len(misses) == 1:
         return misses[0]
     a, b = (misses[int(i)] for i in rng.choice(len(misses), size=2, replace=False))
-    return a if max(a.constraints.values()) <= max(b.constraints.values()) else b
+    return a if max(_violations(a).values()) <= max(_violations(b).values()) else b
 
 
 def _shares(study: Study) -> dict[str, float]:

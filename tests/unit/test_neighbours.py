@@ -42,12 +42,17 @@ DIGITS_SEED = {"prune.method": "global", "prune.amount": 0.9, "quant.method": "n
 
 
 def test_inert_names_parameters_that_change_nothing():
-    assert {"train.lr", "quant.method"} <= inert(MINILM_SEED)  # no fine-tune; all override
-    assert "train.epochs" not in inert(MINILM_SEED)
-    assert inert(DIGITS_SEED) == {"prune.amount", "quant.method"}  # every group overrides
+    # no fine-tuning: the learning rate; every group has its own quantizer: the global one
+    assert inert(MINILM_SEED, MINILM_GROUPS) == {"train.lr", "quant.method"}
+    assert inert(DIGITS_SEED, DIGITS_GROUPS) == {"prune.amount", "quant.method"}
     inheriting = {**DIGITS_SEED, "quant.method[conv1]": "inherit"}
-    assert "quant.method" not in inert(inheriting)  # conv1 follows the global quantizer
-    assert "train.lr" not in inert(DIGITS_SEED)
+    assert "quant.method" not in inert(inheriting, DIGITS_GROUPS)  # conv1 follows it
+    # A group with no value of its own keeps the global settings alive too.
+    partial = {"prune.method": "global", "prune.amount": 0.5, "prune.amount[fc1]": 0.9,
+               "quant.method": "lowbit", "quant.bits": 4, "quant.method[fc1]": "none",
+               "train.epochs": 2, "train.lr": 1e-3}
+    assert inert(partial, DIGITS_GROUPS) == set()
+    assert inert(DIGITS_SEED) == set()  # groups unknown: no global setting is inert
 
 
 def test_the_one_group_left_at_fp32_goes_to_int8_within_a_few_steps():

@@ -297,3 +297,19 @@ def test_pattern_move_repeats_a_successful_numeric_step():
     assert again is not None and again["prune.amount"] == pytest.approx(0.99)
     assert pattern_move(space, parent, dict(parent.params, **{"quant.group_size": 0}),
                         np.random.RandomState(0)) is None
+
+
+def test_near_misses_are_undominated_and_broke_only_what_recovery_can_fix():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, size, cons in [
+        (0.99, 1.0, {"accuracy_drop<=0.01": -0.001, "memory_budget": -1.0}),  # feasible
+        (0.995, 0.5, {"accuracy_drop<=0.01": 0.002, "memory_budget": -1.0}),  # near miss
+        (0.995, 0.4, {"accuracy_drop<=0.01": -0.002, "memory_budget": 0.3}),  # memory
+        (0.98, 2.0, {"accuracy_drop<=0.01": 0.005, "memory_budget": -1.0}),  # dominated
+    ]:
+        t = study.ask()
+        t.suggest_float("x", 0.0, 1.0)
+        for name, value in cons.items():
+            t.set_constraint(name, value)
+        study.tell(t, [acc, size])
+    assert [t.number for t in _History.near_misses_of(study)] == [1]
