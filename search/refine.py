@@ -434,7 +434,10 @@ RECOVERABLE = ("accuracy", "accuracy_drop", "perplexity")
 
 
 def _violations(t: FrozenTrial) -> dict[str, float]:
-    return {name: v for name, v in t.constraints.items() if v > 0}
+    """Broken constraints by name. Optuna also lists the dashboard's legacy list under
+    "0", "1", ...: those repeat named ones, so they count only when nothing has a name."""
+    named = {k: v for k, v in t.constraints.items() if not k.isdigit()}
+    return {name: v for name, v in (named or t.constraints).items() if v > 0}
 
 
 def _recoverable(t: FrozenTrial) -> bool:
