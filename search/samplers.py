@@ -1,5 +1,5 @@
 """Sampler choice. The default, `refine`, spends part of the trials on neighbours of the
-feasible front (search/refine.py: the seeds are good, and their neighbours are what TPE
+feasible front (search/refine/: the seeds are good, and their neighbours are what TPE
 does not find in a small budget) and the rest on multivariate, grouped TPE: independent
 TPE ignores how pruning, quantization and serving parameters interact. TPE models a
 bounded window of the history (`WindowedTPESampler`) so that its cost per trial stops

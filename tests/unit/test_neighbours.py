@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from search.neighbours import compress_step, inert
-from search.refine import _complete, _distribution
+from search.refine import compress_step, inert
+from search.refine.steps import complete, distribution
 from spaces import Space, load_space
 
 MINILM_GROUPS = ["embeddings", "qkv", "attn_out", "ffn_in", "ffn_out"]
@@ -23,7 +23,7 @@ def _space(groups: list[str]) -> Space:
 
 
 def _dist_of(p):  # the space's own distributions, as a trial without pins has
-    return _distribution(p)
+    return distribution(p)
 
 
 # The sensitivity seed on an AVX2 CPU (issue 16): every group int8 but ffn_out, no
@@ -63,7 +63,7 @@ def test_the_one_group_left_at_fp32_goes_to_int8_within_a_few_steps():
     rng = np.random.RandomState(0)
     shares = {"embeddings": 0.54, "qkv": 0.12, "attn_out": 0.04, "ffn_in": 0.15,
               "ffn_out": 0.15}
-    children = [_complete(space, compress_step(space, MINILM_SEED, _dist_of, rng, shares),
+    children = [complete(space, compress_step(space, MINILM_SEED, _dist_of, rng, shares),
                           _dist_of, rng) for _ in range(20)]
     all_int8 = [c for c in children
                 if all(c[f"quant.method[{g}]"] == "int8_dynamic" for g in MINILM_GROUPS)]

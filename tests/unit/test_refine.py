@@ -22,7 +22,7 @@ from search.refine import (
     param_key,
     pattern_move,
 )
-from search.refine import _History
+from search.refine.front import History
 from search.attrs import TrialResult, store_results
 from search.samplers import make_sampler
 from spaces import Space, load_space
@@ -117,7 +117,7 @@ def test_parents_are_front_members_or_near_misses_given_more_recovery(joint):
     study.sampler = RefineSampler(optuna.samplers.RandomSampler(seed=3), joint, share=1.0,
                                   seed=3)
     numbers = {t.number for t in front}
-    near = {t.number for t in _History.near_misses_of(study)}
+    near = {t.number for t in History.near_misses_of(study)}
     assert near and not near & numbers
     repairs = 0
     for _ in range(20):
@@ -243,7 +243,7 @@ def test_adaptive_share_follows_which_kind_reaches_the_front(joint, refine_wins,
         trials.append(_done(i + 1, values, plan=i < 6))
     dirs = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE,
             optuna.study.StudyDirection.MINIMIZE]
-    history = _History()
+    history = History()
     history.update("study", dirs, trials)
     front = history.front
     assert [t.number for t in front] == [t.number for t in feasible_front(trials, dirs)]
@@ -260,7 +260,7 @@ def test_history_folds_trials_in_once_and_matches_a_full_recount(joint):
     trials finish in any order (a late finisher included)."""
     study = _random_trials(joint, 30, seed=9)
     trials = study.get_trials(deepcopy=False)
-    history = _History()
+    history = History()
     order = list(range(30))
     random.Random(9).shuffle(order)
     for k in range(0, 30, 7):  # fold in growing, shuffled subsets, as workers finish
@@ -313,4 +313,4 @@ def test_near_misses_are_undominated_and_broke_only_what_recovery_can_fix():
         # as the runner stores them: named constraints plus the dashboard's legacy list
         store_results(t.storage, t, TrialResult([acc, size], {}, cons))
         study.tell(t, [acc, size])
-    assert [t.number for t in _History.near_misses_of(study)] == [1]
+    assert [t.number for t in History.near_misses_of(study)] == [1]
