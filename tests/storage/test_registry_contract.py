@@ -10,6 +10,7 @@ import hashlib
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,23 +126,14 @@ def test_default_name_is_the_study(db: Db):
 def test_concurrent_deploys_get_distinct_numbers(db: Db):
     name, n = db.model(), 6
     regs = [Registry(db.url) for _ in range(n)]
-    got: list[int] = []
-    errors: list[BaseException] = []
     start = threading.Barrier(n)
 
-    def deploy(reg: Registry) -> None:
-        try:
-            start.wait()
-            got.append(reg.deploy(db.study, 0, name).version)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+    def deploy(reg: Registry) -> int:
+        start.wait()
+        return reg.deploy(db.study, 0, name).version
 
-    threads = [threading.Thread(target=deploy, args=(r,)) for r in regs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    with ThreadPoolExecutor(n) as pool:  # a deploy's error is raised here
+        got = list(pool.map(deploy, regs, timeout=120))
     assert sorted(got) == list(range(1, n + 1))
     assert [v.version for v in Registry(db.url).versions(name)] == list(range(1, n + 1))
 
