@@ -10,6 +10,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,6 +54,8 @@ class Evaluation:
     metrics: dict[str, float]
     artifact: bytes
     memory_margin_mb: float  # <= 0: packed weights + cache + workspace fit the budget
+    # What a generation replay produced for a few prompts (`GenerationResult.samples`).
+    samples: list[dict[str, Any]] | None = None
 
 
 def base_accuracy(workload: Workload) -> float:
@@ -225,4 +228,5 @@ def evaluate(
         "rejected_early": float(rejected),
     }
     metrics["eval_seconds"] = time.perf_counter() - t_start
-    return Evaluation(metrics, artifact, served.feasible_margin_mb)
+    samples = served.samples() if hasattr(served, "samples") else None
+    return Evaluation(metrics, artifact, served.feasible_margin_mb, samples)

@@ -21,8 +21,8 @@ from .storage import set_trial_attrs
 __all__ = [
     "ARTIFACT_ID", "BASELINE", "CONSTRAINT_PREFIX", "DEVICE", "EVAL_SEED", "ENVIRONMENT",
     "FAIL_REASON", "GPU", "INTERRUPTED", "LEGACY_CONSTRAINTS", "METRICS", "PARTIAL_METRICS",
-    "PRUNED_REASON", "RECOVERED_FROM", "REJECTED", "RETRY_OF", "SEEDED", "SENSITIVITY", "SERVED",
-    "SPEC", "WORKER", "TrialResult", "store_results",
+    "PRUNED_REASON", "RECOVERED_FROM", "REJECTED", "REPLAY_SAMPLES", "RETRY_OF", "SEEDED",
+    "SENSITIVITY", "SERVED", "SPEC", "WORKER", "TrialResult", "store_results",
 ]
 
 # --- trial user attrs --------------------------------------------------------------------
@@ -41,6 +41,8 @@ RECOVERED_FROM = "recovered_from"  # a spooled result re-added as a new trial: t
 RETRY_OF = "retry_of"  # re-queued after a signal failed it: the failed trial's number
 SEEDED = "seeded"  # enqueued by csearch (True, or the seeding's name); also a study attr
 SERVED = "served"  # `csearch loadtest --trial`: the real server's measurements
+# A generation replay's tokens for its first distinct prompts: [{"prompt": i, "tokens": [...]}]
+REPLAY_SAMPLES = "replay_samples"
 
 # --- trial system attrs ------------------------------------------------------------------
 # Where Optuna 5's `Trial.set_constraint(name, v)` keeps v: "constraints:NAME".

@@ -145,7 +145,8 @@ class TrialObjective:
         values = [float(ev.metrics[m]) for m in spec.metric_names]
         constraints = {str(c): c.value(ev.metrics) for c in spec.parsed_constraints()}
         constraints[MEMORY_CONSTRAINT] = ev.memory_margin_mb
-        result = TrialResult(values, ev.metrics, constraints)
+        extra = {attrs.REPLAY_SAMPLES: ev.samples} if ev.samples else {}
+        result = TrialResult(values, ev.metrics, constraints, extra=extra)
         if self.spool is not None:  # before any database write: nothing evaluated is lost
             self.spool.add(trial, result)
         # One commit for the results and the artifact's record (upload_artifact writes a
