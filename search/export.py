@@ -23,15 +23,15 @@ from torch import nn
 
 from objectives import Workload, evaluate, load_workload, rebuild, unpack_state
 from objectives.workloads import allow as allow_workload
-from spaces import parse_space
+from spaces import Config, parse_space
 
 from . import attrs
 from .errors import UsageError
 from .spec import VERSION
 from .study import Context, load_context, resolve_device, resolve_space, stored_spec
 
-__all__ = ["export_trial", "load", "rebuild_export", "complete_trial", "stored_artifact",
-           "trial_meta", "MODEL_FILE", "META_FILE"]
+__all__ = ["export_trial", "load", "rebuild_config", "rebuild_export", "complete_trial",
+           "stored_artifact", "trial_meta", "MODEL_FILE", "META_FILE"]
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "csearch.json"
@@ -138,7 +138,13 @@ def rebuild_export(meta: dict[str, Any], data: bytes, device: str = "cpu", *,
             )
         allow_workload(workload)
     workload_obj = load_workload(meta["workload"], stored=True)
-    space = resolve_space(parse_space(meta["space_toml"], name="export"), workload_obj)
-    config = space.sample(FixedTrial(meta["params"]))
+    config = rebuild_config(meta, workload_obj)
     state = unpack_state(data)
     return rebuild(workload_obj, config, state, resolve_device(device)), workload_obj
+
+
+def rebuild_config(meta: dict[str, Any], workload: Workload) -> Config:
+    """The trial's whole config (defaults of the workload included) from its metadata: what
+    a server needs beyond the weights (the KV format, the serve split)."""
+    space = resolve_space(parse_space(meta["space_toml"], name="export"), workload)
+    return space.sample(FixedTrial(meta["params"]))

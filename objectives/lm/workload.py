@@ -119,6 +119,7 @@ def make_lm_workload(name: str, model: nn.Module, data: LMData, *, batch_size: i
 
     extras = dict(extras or {})
     extras["lm_data"] = data
+    extras["generation"] = settings  # what a server of this workload generates per request
     return Workload(
         name=name,
         model=model,

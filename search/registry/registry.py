@@ -229,8 +229,12 @@ class Registry:
         workload. `workload` confirms a plugin workload, as for `load`."""
         from ..export import rebuild_export
 
-        meta = json.loads(self._row(name, version, (T.versions.c.meta_json,)).meta_json)
-        return rebuild_export(meta, self.artifact(name, version), device, workload=workload)
+        return rebuild_export(self.meta(name, version), self.artifact(name, version), device,
+                              workload=workload)
+
+    def meta(self, name: str, version: int) -> dict[str, Any]:
+        """The version's `csearch.json` metadata (spec, params, metrics)."""
+        return json.loads(self._row(name, version, (T.versions.c.meta_json,)).meta_json)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from objectives import Workload
+from spaces import Config
 
 from ..errors import CsearchError
 
@@ -34,6 +35,7 @@ class Loaded:
     model: nn.Module
     workload: Workload
     serve: dict[str, Any]
+    config: Config | None = None  # the trial's whole config (KV format...), when known
 
 
 def _import(ref: str) -> Any:
@@ -87,9 +89,15 @@ class RegistrySource:
             raise ServeError(f"model {self.name!r} has no version {version}") from e
 
     def load(self, version: int, device: str) -> Loaded:
+        from ..export import rebuild_config
+
         serve = self.check(version)
-        model, workload = self._registry().load_model(self.name, version, device=device)
-        return Loaded(int(version), model, workload, serve)
+        reg = self._registry()
+        model, workload = reg.load_model(self.name, version, device=device)
+        # A stand-in registry without metadata (tests) serves with the config's defaults.
+        config = (rebuild_config(reg.meta(self.name, version), workload)
+                  if hasattr(reg, "meta") else None)
+        return Loaded(int(version), model, workload, serve, config)
 
 
 @dataclass
