@@ -251,5 +251,6 @@ def make_minilm_workload() -> Workload:
             "prune.amount": {"type": "float", "low": 0.05, "high": 0.5},
             "prune.structured_ratio": {"type": "float", "low": 0.05, "high": 0.3},
         },
-        extras={"tokenizer": tokenizer, "sentences_source": data["source"]},
+        extras={"tokenizer": tokenizer, "sentences_source": data["source"],
+                "max_tokens": MAX_TOKENS},
     )
