@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+from ._limits import Limits
 from .server import serve, source_from_json
 
 
@@ -14,9 +16,11 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--poll-s", type=float, default=1.0)
+    ap.add_argument("--limits", default="{}", help="JSON of Limits fields")
     a = ap.parse_args()
     try:
-        serve(source_from_json(a.source), a.host, a.port, poll_s=a.poll_s)
+        serve(source_from_json(a.source), a.host, a.port, poll_s=a.poll_s,
+              limits=Limits(**json.loads(a.limits)))
     except KeyboardInterrupt:
         pass
     except Exception as e:  # one line for start_server's error message

@@ -1,5 +1,6 @@
-"""One served model version: its cache, its max batch and its threads, as the serve replay
-(`objectives.serve`) sizes them, and the work of answering a batch of request items."""
+"""One served classifier version: its cache, its max batch and its threads, as the serve
+replay (`objectives.serve`) sizes them; request items checked and converted to tensors;
+the forward pass of a batch."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from objectives.serve import LRUCache, activation_bytes_per_sample, max_batch_for, request_key
+from objectives.serve import LRUCache, activation_bytes_per_sample, max_batch_for
 
 from ._sources import Loaded
 
-__all__ = ["Served", "BadRequest", "prepare", "to_items", "answer"]
+__all__ = ["Served", "BadRequest", "prepare", "to_items", "forward"]
 
 
 class BadRequest(ValueError):
@@ -79,6 +80,8 @@ def to_items(served: Served, inputs: list[Any]) -> list[torch.Tensor]:
                 want is None and 0 in arr.shape):
             shape = list(want) if want is not None else f"{served.item_ndim} dimensions"
             raise BadRequest(f"inputs[{i}] has shape {list(arr.shape)}; expected {shape}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BadRequest(f"inputs[{i}] holds NaN or infinity; inputs must be finite numbers")
         items.append(torch.as_tensor(arr).to(served.item_dtype))
     return items
 
@@ -90,31 +93,13 @@ def _first_tensor(out: Any) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def answer(served: Served, items: list[torch.Tensor], device: torch.device
-           ) -> tuple[list[torch.Tensor], list[bool], list[int]]:
-    """Outputs and hit flags per item, and the size of each forward pass: hits come from
-    the cache, misses run in batches of at most `max_batch` and are cached."""
-    keys = [request_key(x) for x in items]
-    outs: list[torch.Tensor | None] = [served.cache.get(k) for k in keys]
-    cached = [o is not None for o in outs]
-    # Repeats inside one batch run once: the first copy computes, the others share it.
-    todo: dict[bytes, list[int]] = {}
-    for i, (k, o) in enumerate(zip(keys, outs)):
-        if o is None:
-            todo.setdefault(k, []).append(i)
-    firsts = [pos[0] for pos in todo.values()]
-    model, w = served.loaded.model, served.loaded.workload
-    sizes = []
-    for start in range(0, len(firsts), served.max_batch):
-        chunk = firsts[start:start + served.max_batch]
-        x = w.batch([items[i] for i in chunk])
-        x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
-        y = _first_tensor(model(x)).detach().cpu()
-        sizes.append(len(chunk))
-        for row, i in enumerate(chunk):
-            resp = y[row].clone()
-            nbytes = items[i].numel() * items[i].element_size() + resp.numel() * resp.element_size()
-            served.cache.put(keys[i], resp, nbytes)
-            for j in todo[keys[i]]:
-                outs[j] = resp
-    return outs, cached, sizes  # type: ignore[return-value]
+def forward(served: Served, items: list[torch.Tensor], device: torch.device
+            ) -> list[torch.Tensor]:
+    """One forward pass over `items` (at most `served.max_batch`), one output row each."""
+    if torch.get_num_threads() != served.threads:
+        torch.set_num_threads(served.threads)
+    w = served.loaded.workload
+    x = w.batch(items)
+    x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+    y = _first_tensor(served.loaded.model(x)).detach().cpu()
+    return [y[row].clone() for row in range(len(items))]

@@ -1,12 +1,12 @@
 """The real server's per-request overhead, for the serve replay (issue 14, part 1).
 
 Every request a served model answers pays for HTTP, JSON parsing, validation, hashing, the
-hop to LitServe's worker and back, and encoding, hit or miss. This measures it on the real
-server: the workload's base model behind a cache big enough that every repeated request
-hits, sequential requests of one real request item, the median round trip of the hits (so
-no model time is in it). It costs one server start (~5-10 s on 2 busy cores) and ~200
-requests, once per machine, request item size and framework version: the figure is kept
-in `serve_overhead.json` in csearch's cache directory (`$CSEARCH_CACHE_DIR`, else
+cache lookup (and for a miss, the hop to the inference thread and back), and encoding.
+This measures it on the real server: the workload's base model behind a cache big enough
+that every repeated request hits, sequential requests of one real request item, the
+median round trip of the hits (so no model time is in it). It costs one server start and
+~200 requests, once per machine, request item size and framework version: the figure is
+kept in `serve_overhead.json` in csearch's cache directory (`$CSEARCH_CACHE_DIR`, else
 `$XDG_CACHE_HOME/csearch` or `~/.cache/csearch`), beside the trained base models.
 """
 
@@ -70,7 +70,8 @@ def overhead_key(workload: Workload, device: str) -> str:
     shape = "x".join(map(str, item.shape)) if isinstance(item, torch.Tensor) else "?"
     dtype = str(item.dtype).removeprefix("torch.") if isinstance(item, torch.Tensor) else "?"
     return "|".join([platform.node(), _cpu(), f"{os.cpu_count()}cpu",
-                     f"item={shape}:{dtype}", f"litserve={dist_version('litserve')}",
+                     f"item={shape}:{dtype}", f"fastapi={dist_version('fastapi')}",
+                     f"uvicorn={dist_version('uvicorn')}",
                      f"torch={torch.__version__}", f"device={device}"])
 
 

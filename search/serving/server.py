@@ -1,9 +1,10 @@
-"""`csearch serve`: a LitServe server for one model name.
+"""`csearch serve`: one process, a FastAPI app (`app.build_app`) served by uvicorn.
 
-Process model (LitServe's): the calling process supervises; one spawned inference worker
-holds the model (`_api.ModelAPI`); one forked process answers HTTP (FastAPI). Routes:
-`POST /predict` (LitServe), `GET /healthz`, `GET /version`, `GET /metrics` (here, in the
-HTTP process, reading what the worker publishes in shared memory).
+Routes: `GET /healthz`, `GET /version`, `GET /metrics`, and the workload kind's own
+(classifiers: `POST /predict`). The event loop answers HTTP; each served version runs its
+model on its own inference thread. SIGTERM and SIGINT (Ctrl-C) stop it gracefully, as
+uvicorn does: no new connections, in-flight requests are answered (for at most
+`drain_s`), the model is released, and `serve` returns normally (exit 0, no traceback).
 
 `start_server` runs the same server as a subprocess on a free port and waits until it
 answers: tests and the overhead measurement use it; `Running.stop()` ends it.
@@ -25,74 +26,60 @@ from typing import Any
 
 import httpx
 
+from ._limits import Limits
 from ._sources import RegistrySource, ServeError, WorkloadSource
 
 __all__ = ["HOSTS", "serve", "start_server", "Running", "free_port"]
 
-HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 
 
-def _source_check(source: Any) -> None:
-    """Fail in the calling process, with one line, before any worker starts."""
-    version = source.wanted()
-    if isinstance(source, RegistrySource):
-        source.check(version)  # metadata only: the model itself loads in the worker
-
-
-def build(source: Any, poll_s: float = 1.0) -> Any:
-    """The LitServer with csearch's routes; `run()` it to serve."""
-    import litserve as ls
-    from fastapi.responses import JSONResponse, Response
-
-    from ._api import ModelAPI
-    from ._metrics import HttpMetrics, SharedStats, TimingMiddleware
-
-    stats = SharedStats()
-    api = ModelAPI(source, stats, poll_s=poll_s)
-    # fast_queue: answers come back over ZeroMQ (local IPC sockets) instead of a manager
-    # queue, ~0.9 ms less per request here (benchmarks/RESULTS.md, serving frameworks).
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1,
-                          healthcheck_path="/health", timeout=60, fast_queue=True)
-    metrics = HttpMetrics(stats)
-    name = getattr(source, "name", getattr(source, "workload", ""))
-
-    async def healthz() -> Any:
-        ok = stats.version >= 0
-        return JSONResponse({"status": "ok" if ok else "loading"}, status_code=200 if ok else 503)
-
-    async def version() -> Any:
-        return {"name": name, "version": stats.version}
-
-    async def prometheus() -> Any:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    for path, fn in (("/healthz", healthz), ("/version", version), ("/metrics", prometheus)):
-        server.app.add_api_route(path, fn, methods=["GET"])
-    server.app.add_middleware(TimingMiddleware, metrics=metrics)
-    return server
-
-
-def serve(source: Any, host: str = "127.0.0.1", port: int = 8000, *,
-          poll_s: float = 1.0, announce: Callable[[], None] | None = None) -> None:
-    """Serve until interrupted (Ctrl-C / SIGINT / SIGTERM); `announce` runs once the
-    host, port and model have been checked."""
+def _check_address(host: str, port: int) -> None:
     if host not in HOSTS:
-        raise ServeError(f"--host {host!r} is not one LitServe binds; use one of "
+        raise ServeError(f"--host {host!r} is not one the server binds; use one of "
                          + ", ".join(HOSTS))
     if not 1024 <= port <= 65535:
         raise ServeError(f"--port {port} is out of range; use 1024-65535")
-    try:  # LitServe would exit without a word on a port in use
+    try:  # before the model loads: a port in use is one line, at once
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.bind((host, port))
     except OSError as e:
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    _source_check(source)
+
+
+def _quiet(signum: int, frame: Any) -> None:
+    """Installed while uvicorn runs: uvicorn re-raises the signal that stopped it once it
+    has shut down gracefully, and the default handlers would turn that into a traceback
+    (SIGINT) or a death by signal (SIGTERM) after a clean stop."""
+
+
+def serve(source: Any, host: str = "127.0.0.1", port: int = 8000, *,
+          poll_s: float = 1.0, limits: Limits | None = None, drain_s: float | None = None,
+          announce: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; `announce` runs once the model has loaded."""
+    import uvicorn
+
+    from .app import build_app
+
+    _check_address(host, port)
+    limits = limits or Limits()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # during the load
+    try:
+        app = build_app(source, poll_s=poll_s, limits=limits)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if announce is not None:
         announce()
-    server = build(source, poll_s=poll_s)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # TERM ends it as Ctrl-C does
-    server.run(host=host, port=port, num_api_servers=1, generate_client_file=False,
-               log_level="warning")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            lifespan="on", server_header=False,
+                            timeout_graceful_shutdown=drain_s or limits.timeout_s + 5)
+    handled = (signal.SIGINT, signal.SIGTERM)
+    saved = {s: signal.signal(s, _quiet) for s in handled}
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
 
 
 def free_port() -> int:
@@ -103,10 +90,20 @@ def free_port() -> int:
 
 @dataclass
 class Running:
-    """A server subprocess; `stop()` ends it and everything it started."""
+    """A server subprocess; `stop()` ends it (SIGINT: a graceful stop), and anything left
+    of its process group after `timeout` seconds is killed."""
 
     url: str
     process: subprocess.Popen
+    log: Any = None  # the server's stderr, a file
+
+    def stderr(self) -> str:
+        """What the server has written to stderr so far."""
+        if self.log is None:
+            return ""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is None:
@@ -115,7 +112,7 @@ class Running:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        try:  # its own session: the worker and HTTP processes go with it
+        try:  # its own session: anything it started goes with it
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -141,20 +138,21 @@ def source_from_json(text: str) -> Any:
 
 
 def start_server(source: Any, *, port: int | None = None, poll_s: float = 1.0,
-                 timeout: float = 120.0, env: dict[str, str] | None = None) -> Running:
+                 timeout: float = 120.0, env: dict[str, str] | None = None,
+                 limits: Limits | None = None) -> Running:
     """Start `python -m search.serving` on 127.0.0.1 and wait for `/healthz` to say ok."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "search.serving", "--source", _source_json(source),
-           "--port", str(port), "--poll-s", str(poll_s)]
+           "--port", str(port), "--poll-s", str(poll_s),
+           "--limits", json.dumps(asdict(limits or Limits()))]
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: nobody reads while it serves
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=log, text=True)
-    running = Running(f"http://127.0.0.1:{port}", proc)
+    running = Running(f"http://127.0.0.1:{port}", proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            log.seek(0)
-            err = log.read().strip().splitlines()
+            err = running.stderr().strip().splitlines()
             raise ServeError(f"server exited ({proc.returncode}): "
                              f"{err[-1] if err else 'no output'}")
         try:
