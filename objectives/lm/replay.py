@@ -59,6 +59,7 @@ class GenerationResult:
     feasible_margin_mb: float  # <= 0 when the memory split fits the budget
     pool: BlockPool  # the block pool as the replay left it
     trace: tuple[int, ...] = ()  # prompt index of each request
+    prompts: tuple[tuple[int, ...], ...] = ()  # the replay's distinct prompts
 
     def samples(self, n: int = 8) -> list[dict[str, list[int] | int]]:
         """The tokens generated for the first `n` distinct prompts of the trace: stored on
@@ -67,7 +68,8 @@ class GenerationResult:
         for idx, tokens in zip(self.trace, self.outputs):
             if len(out) < n:
                 out.setdefault(int(idx), list(tokens))
-        return [{"prompt": k, "tokens": v} for k, v in out.items()]
+        return [{"prompt": k, "prompt_ids": list(self.prompts[k]), "tokens": v}
+                for k, v in out.items()]
 
 
 def generation_replay(
@@ -152,7 +154,7 @@ def _result(run: _Run, trace: Sequence[int], prompts: Sequence[Sequence[int]],
     return GenerationResult(metrics, tuple(tuple(s.output) for s in done),
                             tuple(s.reused for s in done), run.max_running, capacity,
                             run.steps, run.computed_tokens, float(margin) / 1e6, run.pool,
-                            tuple(int(i) for i in trace))
+                            tuple(int(i) for i in trace), tuple(tuple(p) for p in prompts))
 
 
 class _Run:

@@ -1,11 +1,11 @@
 """`POST /v1/embeddings` for sentence-embedding versions (`minilm`): strings in, vectors out,
-in OpenAI's format. The workload's own tokenizer and collate make the batch, so a served
-vector is the one `search.export.load` of the same trial computes."""
+in OpenAI's format. The workload's own tokenizer makes the token ids, and the ids go
+through the classifier path (`ClassifierHandle.predict`: the version's batching and
+response cache), so a served vector is the one `search.export.load` of the same trial
+computes, and the same sentence asked twice is a cache hit."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 import torch
@@ -13,79 +13,54 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._sources import Loaded
+from objectives import Workload
 
-__all__ = ["EmbedHandle", "is_embedding_workload", "mount_embeddings"]
+from ._classifier import mount_classifier
+from ._errors import ApiError
 
-MAX_INPUTS = 256  # strings per request
+__all__ = ["is_embedding_workload", "mount_embeddings"]
 
 
-def is_embedding_workload(workload: Any) -> bool:
-    """A workload whose requests are tokenised text with a tokenizer to make them."""
+def is_embedding_workload(workload: Workload) -> bool:
+    """Requests are token ids that the workload's own tokenizer makes from text."""
     tok = workload.extras.get("tokenizer")
-    return tok is not None and callable(tok) and "lm_data" not in workload.extras
-
-
-class EmbedHandle:
-    """A served embedding version: one forward pass per request, one request at a time."""
-
-    def __init__(self, loaded: Loaded, device: torch.device | str = "cpu"):
-        w = loaded.workload
-        self.version = loaded.version
-        self.model, self.tokenizer, self.collate = loaded.model.eval(), w.extras["tokenizer"], \
-            w.batch
-        self.device = torch.device(device)
-        self.threads = int(loaded.serve.get("threads", 1))
-        self.max_length = int(w.extras.get("max_tokens", 128))
-        self._lock = threading.Lock()
-
-    @torch.inference_mode()
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        items = [torch.tensor(ids, dtype=torch.long) for ids in enc["input_ids"]]
-        with self._lock:
-            if torch.get_num_threads() != self.threads:
-                torch.set_num_threads(self.threads)
-            x = self.collate(items)
-            x = {k: v.to(self.device) for k, v in x.items()} if isinstance(x, dict) else \
-                x.to(self.device)
-            y = self.model(x)
-        return y.float().cpu().tolist(), sum(len(i) for i in items)
-
-    def close(self) -> None:
-        pass
+    return callable(tok) and "lm_data" not in workload.extras
 
 
 class EmbeddingBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore")  # OpenAI's `user`, `dimensions`... are ignored
     model: str
     input: str | list[str] = Field(min_length=1)
     encoding_format: str = "float"
 
 
-def _error(status: int, message: str, param: str | None = None,
-           code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error",
-                                   "param": param, "code": code}}, status_code=status)
-
-
 def mount_embeddings(app: FastAPI, versions: Any, name: str) -> None:
+    """`/predict` (token ids, as for any classifier) and `/v1/embeddings` (strings)."""
+    mount_classifier(app, versions)
+    limits = app.state.limits
+    app.state.metrics.timed.add("/v1/embeddings")
+
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingBody) -> Response:
         if body.model != name:
-            return _error(404, f"The model {body.model!r} does not exist; this server serves "
-                          f"{name!r}", "model", "model_not_found")
+            raise ApiError(404, f"The model {body.model!r} does not exist; this server serves "
+                           f"{name!r}", param="model", code="model_not_found")
         if body.encoding_format != "float":
-            return _error(400, f"encoding_format {body.encoding_format!r} is not supported; "
-                          "use 'float'", "encoding_format")
+            raise ApiError(400, f"encoding_format {body.encoding_format!r} is not supported; "
+                           "use 'float'", param="encoding_format")
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        if len(texts) > MAX_INPUTS:
-            return _error(413, f"input holds {len(texts)} strings; at most {MAX_INPUTS} per "
-                          "request", "input")
-        if any(not t for t in texts):
-            return _error(400, "input holds an empty string", "input")
+        if len(texts) > limits.max_items:
+            raise ApiError(413, f"{len(texts)} strings is over the limit of {limits.max_items} "
+                           "per request (max_items)", param="max_items")
+        if not all(texts):
+            raise ApiError(400, "input holds an empty string", param="input")
         with versions.pin() as h:
-            vectors, n_tokens = await asyncio.to_thread(h.embed, texts)
+            w = h.served.loaded.workload
+            enc = w.extras["tokenizer"](texts, truncation=True,
+                                         max_length=int(w.extras.get("max_tokens", 128)))
+            items = [torch.tensor(ids, dtype=torch.long) for ids in enc["input_ids"]]
+            vectors, _ = await h.predict(items)
+        n_tokens = sum(len(i) for i in items)
         return JSONResponse({
             "object": "list", "model": name,
             "data": [{"object": "embedding", "index": i, "embedding": v}

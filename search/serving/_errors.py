@@ -60,8 +60,10 @@ def error_response(status: int, message: str, type_: str | None = None,
 
 
 def _param(loc: Any) -> str | None:
+    """The request field at fault, as OpenAI names it: the top-level one (a union's member
+    type, such as `prompt.str`, is pydantic's detail, not a field)."""
     parts = [str(p) for p in loc or () if p != "body"]
-    return ".".join(parts) or None
+    return parts[0] if parts else None
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:

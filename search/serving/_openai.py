@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from objectives.lm.engine import SamplingParams
 
+from ._errors import error_response
 from ._lm import LMHandle
 
 __all__ = ["mount_openai"]
@@ -64,11 +65,9 @@ class ChatBody(_Body):
     messages: list[_Message] = Field(min_length=1)
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error",
-           param: str | None = None, code: str | int | None = None) -> JSONResponse:
-    """OpenAI's error object, the one error schema of the server."""
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param,
-                                   "code": code}}, status_code=status)
+def _error(status: int, message: str, param: str | None = None,
+           code: str | int | None = None) -> Response:
+    return error_response(status, message, param=param, code=code)
 
 
 class _Rejected(Exception):
@@ -179,6 +178,7 @@ class _Generation:
 def mount_openai(app: FastAPI, versions: Any, name: str) -> None:
     """Add the OpenAI routes for model `name` served from `versions` (LMHandle versions)."""
     metrics = _Metrics(app, versions)
+    app.state.metrics.timed.update({"/v1/completions", "/v1/chat/completions"})
 
     def prompt_ids(handle: LMHandle, prompt: Any) -> list[int]:
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
@@ -239,7 +239,7 @@ def mount_openai(app: FastAPI, versions: Any, name: str) -> None:
                 while gen.finish is None:
                     gen.take(await gen.events(q))
             except RuntimeError as e:
-                return _error(500, f"generation failed: {e}", "server_error")
+                return error_response(500, f"generation failed: {e}")
             finally:
                 if gen.finish is None:
                     handle.cancel(gen.req)
@@ -298,19 +298,20 @@ async def _stream(request: Request, gen: _Generation, q: asyncio.Queue,
         with stack:
             if chat:
                 yield chunk("", None, role=True)
-            while gen.finish is None:
+            while True:
                 try:
                     delta = gen.take(await gen.events(q))
                 except RuntimeError as e:
                     yield _sse({"error": {"message": f"generation failed: {e}",
                                           "type": "server_error", "param": None, "code": None}})
                     return
-                if gen.finish is None and delta:
+                if gen.finish is not None:
+                    break
+                if delta:
                     yield chunk(delta, None)
                     if await request.is_disconnected():
                         return
-            gen_tail = gen.take([])
-            yield chunk(gen_tail, gen.finish)
+            yield chunk(delta, gen.finish)
             _observe(metrics, gen)
             if usage:
                 yield _sse({**head, "choices": [], "usage": gen.usage()})

@@ -31,8 +31,12 @@ from typing import Any
 from fastapi import FastAPI, Response
 
 from objectives import Workload
+from objectives.lm import is_lm_workload
 
 from ._classifier import ClassifierHandle, mount_classifier
+from ._embed import is_embedding_workload, mount_embeddings
+from ._lm import LMHandle
+from ._openai import mount_openai
 from ._errors import install_error_handlers
 from ._limits import BodyLimitMiddleware, Limits
 from ._metrics import CONTENT_TYPE, Metrics, TimingMiddleware
@@ -41,13 +45,30 @@ from ._versions import Handle, Versions
 
 __all__ = ["HANDLES", "ROUTES", "build_app", "kind_of"]
 
-HANDLES: dict[str, Callable[[Loaded, FastAPI], Handle]] = {"classifier": ClassifierHandle}
-ROUTES: dict[str, Callable[[FastAPI, Versions], None]] = {"classifier": mount_classifier}
+HANDLES: dict[str, Callable[[Loaded, FastAPI], Handle]] = {
+    "classifier": ClassifierHandle,
+    "embeddings": ClassifierHandle,  # token ids in, one vector out, batched and cached
+    "lm": lambda loaded, app: LMHandle(loaded, app.state.device),
+}
+ROUTES: dict[str, Callable[[FastAPI, Versions], None]] = {
+    "classifier": mount_classifier,
+    "embeddings": lambda app, versions: mount_embeddings(app, versions, _name(versions.source)),
+    "lm": lambda app, versions: mount_openai(app, versions, _name(versions.source)),
+}
+
+
+def _name(source: Any) -> str:
+    """The model name clients ask for: the registry name, or the workload's."""
+    return getattr(source, "name", getattr(source, "workload", ""))
 
 
 def kind_of(workload: Workload) -> str:
-    """Which routes serve this workload: a key of ROUTES and HANDLES."""
-    return "classifier"
+    """Which routes serve this workload: a key of ROUTES and HANDLES. Language models get
+    the OpenAI completions API, sentence encoders `/v1/embeddings` (and `/predict`),
+    everything else `/predict`."""
+    if is_lm_workload(workload):
+        return "lm"
+    return "embeddings" if is_embedding_workload(workload) else "classifier"
 
 
 def _make(app: FastAPI, loaded: Loaded) -> Handle:
@@ -81,7 +102,7 @@ def build_app(source: Any, *, poll_s: float = 1.0, limits: Limits | None = None,
     app.state.versions = versions
     versions.start()
     ROUTES[app.state.kind](app, versions)
-    name = getattr(source, "name", getattr(source, "workload", ""))
+    name = _name(source)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import objectives.workloads as registry
-from objectives.lm.corpus import kjv_text
+from lm_fixtures import tiny_gpt2, tiny_gpt2_dir
 from objectives.lm.model import conv1d_to_linear, decoder_forward, full_attention, lm_logits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,47 +26,9 @@ def csearch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600)
 
 
-def _tiny_gpt2(vocab: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=2,
-                                      n_head=2, n_inner=64, bos_token_id=1, eos_token_id=1))
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(model directory, text file): a byte-level BPE tokenizer trained on the text and a
-    GPT-2 of 2 layers briefly trained on it, both saved with `save_pretrained`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("causal_lm")
-    text = "\n".join(kjv_text().splitlines()[:1500]) + "\n"
-    data = root / "my.txt"
-    data.write_text(text)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(text.splitlines(), trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
-    out = root / "tiny-gpt2"
-    fast.save_pretrained(out)
-    model = _tiny_gpt2(len(fast))
-    ids = torch.tensor(fast(text)["input_ids"])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        starts = torch.randint(0, len(ids) - 33, (8,), generator=g).tolist()
-        x = torch.stack([ids[s:s + 33] for s in starts])
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.save_pretrained(out)
-    return out, data
+    return tiny_gpt2_dir(tmp_path_factory.mktemp("causal_lm"))
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +38,7 @@ def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_conv1d_to_linear_keeps_the_outputs() -> None:
-    model = _tiny_gpt2(50).eval()
+    model = tiny_gpt2(50).eval()
     x = torch.randint(0, 50, (2, 12))
     with torch.no_grad():
         before = model(input_ids=x).logits
