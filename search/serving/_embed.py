@@ -6,7 +6,10 @@ computes, and the same sentence asked twice is a cache hit."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
+
+import numpy as np
 
 import torch
 from fastapi import FastAPI
@@ -34,6 +37,11 @@ class EmbeddingBody(BaseModel):
     encoding_format: str = "float"
 
 
+def _base64(vector: list[float]) -> str:
+    """OpenAI's compact form (the `openai` client's default): little-endian float32."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
 def mount_embeddings(app: FastAPI, versions: Any, name: str) -> None:
     """`/predict` (token ids, as for any classifier) and `/v1/embeddings` (strings)."""
     mount_classifier(app, versions)
@@ -45,9 +53,9 @@ def mount_embeddings(app: FastAPI, versions: Any, name: str) -> None:
         if body.model != name:
             raise ApiError(404, f"The model {body.model!r} does not exist; this server serves "
                            f"{name!r}", param="model", code="model_not_found")
-        if body.encoding_format != "float":
+        if body.encoding_format not in ("float", "base64"):
             raise ApiError(400, f"encoding_format {body.encoding_format!r} is not supported; "
-                           "use 'float'", param="encoding_format")
+                           "use 'float' or 'base64'", param="encoding_format")
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if len(texts) > limits.max_items:
             raise ApiError(413, f"{len(texts)} strings is over the limit of {limits.max_items} "
@@ -63,7 +71,8 @@ def mount_embeddings(app: FastAPI, versions: Any, name: str) -> None:
         n_tokens = sum(len(i) for i in items)
         return JSONResponse({
             "object": "list", "model": name,
-            "data": [{"object": "embedding", "index": i, "embedding": v}
+            "data": [{"object": "embedding", "index": i,
+                      "embedding": _base64(v) if body.encoding_format == "base64" else v}
                      for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         })
