@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -82,16 +81,9 @@ def start(tree: Path, port: int) -> subprocess.Popen:
 
 
 def stop(p: subprocess.Popen) -> None:
-    p.send_signal(signal.SIGINT)
-    try:
-        p.wait(20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.wait()
+    from search.serving import Running
+
+    Running("", p).stop()  # SIGINT, then the whole session is killed
 
 
 def lua_script(bodies: list[str], trace: list[int], path: Path) -> None:
