@@ -1,5 +1,7 @@
 """Issue 14 part 3: which serving framework, measured on this machine, in one run.
 
+LitServe and Ray Serve are not csearch dependencies any more: `pip install -e .[bench]`.
+
     flock /tmp/csearch-cpu.lock python benchmarks/serve_frameworks.py [--requests 1500]
 
 For LitServe (stock, and with `fast_queue`, its ZeroMQ transport) and Ray Serve, each in
@@ -9,8 +11,8 @@ its own subprocess, one after the other:
 2. throughput: `--requests` requests at `--concurrency` from asyncio clients to the digits
    CNN with the framework's own dynamic batching (max 16, 2 ms wait), requests/s and
    errors.
-3. csearch's own server (`search.serving`: LitServe with `fast_queue`, csearch's
-   batching loop, validation, cache and metrics) serving the digits base model: its
+3. csearch's own server (`search.serving`; since issue 23 one FastAPI/uvicorn process,
+   no longer LitServe: see benchmarks/lean_server.py) serving the digits base model: its
    overhead (all cache hits, what `serve_overhead_ms` stores) and a load test of the
    workload's Zipf trace (`--requests` at `--concurrency`): mean, p50, p99, throughput,
    hit rate, errors.

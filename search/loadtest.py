@@ -4,16 +4,18 @@ The trace is the serve replay's (`objectives.serve.zipf_trace` with the workload
 `n_requests` and `zipf_skew`), so what a trial predicted and what a server does can be
 compared. With a trial its replay seed is used (the trial's `eval_seed`), so the server
 sees exactly the requests the trial's replay did; without one, the study's seed.
-Each of `concurrency` clients keeps one request in flight on its own pooled keep-alive
-connection and sends the next when it is answered. Protocol: `POST /predict` with
-`{"inputs": [item]}` answers `{"outputs": [...], "version": V}` and may carry
+Each of `concurrency` clients keeps one request in flight on its own keep-alive
+connection and sends the next when it is answered; the clients are coroutines on one
+event loop over `search.httpclient` (asyncio + httptools), so the client costs far less
+CPU per request than the server it measures (`client_cpu_ms` reports it). Protocol:
+`POST /predict` with `{"inputs": [item]}` answers `{"outputs": [...], "version": V}` and may carry
 `"cached": [bool]`; `GET /healthz` answers before the test starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ import numpy as np
 
 from . import attrs
 from .errors import UsageError
+from .httpclient import Connection, split_url
 
 if TYPE_CHECKING:
     import optuna
@@ -56,12 +59,15 @@ class LoadResult:
     hit_rate: float | None = None
     versions: tuple[int, ...] = ()  # versions that answered (trace order of first answer)
     first_error: str | None = None
+    client_cpu_ms: float | None = None  # this client's CPU per request (process time)
 
     def to_dict(self) -> dict[str, Any]:
         """The keys `--format json` prints (`hit_rate` only when known)."""
         d = {k: getattr(self, k) for k in _KEYS}
         if self.hit_rate is not None:
             d["hit_rate"] = self.hit_rate
+        if self.client_cpu_ms is not None:
+            d["client_cpu_ms"] = self.client_cpu_ms
         return d
 
     def served_attr(self, url: str, concurrency: int) -> dict[str, Any]:
@@ -108,69 +114,86 @@ def plan_for(study: optuna.Study, trial: int | None = None, *, requests: int | N
 
 def run_loadtest(url: str, plan: LoadPlan, *, timeout_s: float = 30.0) -> LoadResult:
     """Replay `plan` against the server at `url`; every latency is timed on the wire."""
-    import httpx
-
     base = check_url(url)
     try:
-        with httpx.Client(base_url=base, timeout=timeout_s) as c:
-            c.get("/healthz").raise_for_status()
-    except httpx.HTTPError as e:
-        raise UsageError(f"server at {base} does not answer GET /healthz: {e}") from None
+        host, port, prefix = split_url(base)
+    except ValueError as e:
+        raise UsageError(f"--url: {e}") from None
+    try:
+        asyncio.run(_healthz(host, port, prefix))
+    except (OSError, TimeoutError) as e:
+        raise UsageError(f"server at {base} does not answer GET /healthz: "
+                         f"{e or type(e).__name__}") from None
+    cpu0 = time.process_time()
+    rec = asyncio.run(_replay(host, port, prefix + "/predict", plan, timeout_s))
+    cpu = time.process_time() - cpu0
+    ok = rec.latency[~np.isnan(rec.latency)] * 1e3
     n = len(plan.trace)
-    latency = np.full(n, np.nan)
-    cached: list[bool | None] = [None] * n
-    version: list[Any] = [None] * n
-    failures: list[str] = []
-    lock = threading.Lock()
-    nxt = iter(range(n))
-
-    def client() -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        headers = {"content-type": "application/json"}
-        with httpx.Client(base_url=base, timeout=timeout_s, limits=limits) as c:
-            while True:
-                with lock:
-                    pos = next(nxt, None)
-                if pos is None:
-                    return
-                body = plan.bodies[plan.trace[pos]]
-                t0 = time.perf_counter()
-                try:
-                    r = c.post("/predict", content=body, headers=headers)
-                    dt = time.perf_counter() - t0
-                    out = _answer(r)
-                except (httpx.HTTPError, ValueError) as e:
-                    with lock:
-                        failures.append(f"{type(e).__name__}: {e}")
-                    continue
-                latency[pos] = dt
-                version[pos] = out.get("version")
-                flags = out.get("cached")
-                if isinstance(flags, list) and len(flags) == 1:
-                    cached[pos] = bool(flags[0])
-
-    threads = [threading.Thread(target=client, name=f"csearch-load-{i}", daemon=True)
-               for i in range(min(plan.concurrency, n))]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    ok = latency[~np.isnan(latency)] * 1e3
-    flags = [f for f in cached if f is not None]
-    seen = list(dict.fromkeys(v for v in version if v is not None))
+    flags = [f for f in rec.cached if f is not None]
+    seen = list(dict.fromkeys(v for v in rec.version if v is not None))
     return LoadResult(
         mean_ms=float(ok.mean()) if ok.size else None,
         p50_ms=float(np.median(ok)) if ok.size else None,
         p99_ms=float(np.percentile(ok, 99)) if ok.size else None,
-        throughput_rps=float(ok.size / wall) if wall > 0 else 0.0,
+        throughput_rps=float(ok.size / rec.wall) if rec.wall > 0 else 0.0,
         errors=n - int(ok.size),
         requests=n,
         hit_rate=float(np.mean(flags)) if flags else None,
         versions=tuple(seen),
-        first_error=failures[0][:300] if failures else None,
+        first_error=rec.failures[0][:300] if rec.failures else None,
+        client_cpu_ms=cpu * 1e3 / n,
     )
+
+
+async def _healthz(host: str, port: int, prefix: str) -> None:
+    conn = await Connection.open(host, port)
+    try:
+        reply = await conn.request("GET", prefix + "/healthz", timeout=10)
+    finally:
+        conn.close()
+    if reply.status != 200:
+        raise OSError(f"HTTP {reply.status}")
+
+
+@dataclass
+class _Record:
+    latency: np.ndarray
+    cached: list[bool | None]
+    version: list[Any]
+    failures: list[str]
+    wall: float = 0.0
+
+
+async def _replay(host: str, port: int, path: str, plan: LoadPlan, timeout_s: float
+                  ) -> _Record:
+    """`concurrency` closed-loop clients, each on its own keep-alive connection."""
+    n = len(plan.trace)
+    rec = _Record(np.full(n, np.nan), [None] * n, [None] * n, [])
+    nxt = iter(range(n))
+
+    async def client() -> None:
+        conn = Connection(host, port)
+        try:
+            for pos in nxt:  # shared: each index goes to one client
+                try:
+                    reply = await conn.request("POST", path, plan.bodies[plan.trace[pos]],
+                                               timeout=timeout_s)
+                    out = _answer(reply.status, reply.body)
+                except (OSError, TimeoutError, ValueError) as e:
+                    rec.failures.append(f"{type(e).__name__}: {e}")
+                    continue
+                rec.latency[pos] = reply.t_done - reply.t_sent
+                rec.version[pos] = out.get("version")
+                flags = out.get("cached")
+                if isinstance(flags, list) and len(flags) == 1:
+                    rec.cached[pos] = bool(flags[0])
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(min(plan.concurrency, n))))
+    rec.wall = time.perf_counter() - t0
+    return rec
 
 
 def check_url(url: str) -> str:
@@ -183,14 +206,15 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _answer(r: Any) -> dict[str, Any]:
+def _answer(status: int, body: bytes) -> dict[str, Any]:
     """The JSON answer to one item, or ValueError saying what is wrong with it."""
-    if r.status_code != 200:
-        raise ValueError(f"HTTP {r.status_code}: {r.text[:200]}")
-    out = r.json()
+    text = body[:200].decode(errors="replace")
+    if status != 200:
+        raise ValueError(f"HTTP {status}: {text}")
+    out = json.loads(body)
     if not isinstance(out, dict) or not isinstance(out.get("outputs"), list) \
             or len(out["outputs"]) != 1:
-        raise ValueError(f"answer is not {{'outputs': [one output], ...}}: {r.text[:200]}")
+        raise ValueError(f"answer is not {{'outputs': [one output], ...}}: {text}")
     return out
 
 

@@ -7,10 +7,12 @@ hands a request's units to it from the event loop and resolves when all are done
 - No timer: the thread sleeps on a condition while nothing is queued, and a batch is
   whatever is queued when the thread is free (requests that arrive while the model runs
   form the next batch).
-- A request larger than `max_batch` is cut into chunks, and the pending requests take
-  turns: each batch takes from the oldest pending request first, and a request that still
-  has units left goes to the back. A 1-item request that arrives during a 1,000-item one
-  waits for at most the batch already running.
+- A request larger than `max_batch` is cut into chunks, and requests take turns: small
+  requests (at most `max_batch` units) go first, oldest first; the rest of the batch goes
+  to the large ones in rotation (a large request with units left goes to the back), and
+  if a batch had no room for them the next one serves them first. So a small request
+  that arrives during a 1,000-item one waits for at most the batch already running and
+  one more, and a stream of small requests cannot starve a large one.
 - `cancel(future)` (a timed-out or abandoned request) drops its units not yet run.
 - `close()` finishes what is queued, then ends the thread.
 """
@@ -50,7 +52,9 @@ class Batcher:
                  name: str = "csearch-infer",
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.run, self.max_batch, self.on_batch = run, max(1, int(max_batch)), on_batch
-        self._pending: deque[_Work] = deque()
+        self._small: deque[_Work] = deque()  # at most max_batch units, none run yet
+        self._large: deque[_Work] = deque()  # more than that, or partly run
+        self._large_waited = False
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -65,16 +69,18 @@ class Batcher:
         with self._cond:
             if self._closing:
                 raise RuntimeError("this model version is closed")
-            self._pending.append(_Work(list(units), loop, future))
+            queue = self._small if len(units) <= self.max_batch else self._large
+            queue.append(_Work(list(units), loop, future))
             self._cond.notify()
         return future
 
     def cancel(self, future: asyncio.Future) -> None:
         with self._cond:
-            for w in self._pending:
-                if w.future is future:
-                    self._pending.remove(w)
-                    break
+            for queue in (self._small, self._large):
+                for w in queue:
+                    if w.future is future:
+                        queue.remove(w)
+                        return
 
     def close(self) -> None:
         with self._cond:
@@ -84,22 +90,29 @@ class Batcher:
             self._thread.join()
 
     def _take(self) -> list[tuple[_Work, int, int]] | None:
-        """The next batch as (work, start, stop) slices, oldest request first; None: end."""
+        """The next batch as (work, start, stop) slices; None: closed and drained."""
         with self._cond:
-            while not self._pending:
+            while not self._small and not self._large:
                 if self._closing:
                     return None
                 self._cond.wait()
-            room, taken, again = self.max_batch, [], []
-            while room and self._pending:
-                w = self._pending.popleft()
-                stop = min(len(w.units), w.next + room)
-                taken.append((w, w.next, stop))
-                room -= stop - w.next
-                w.next = stop
-                if stop < len(w.units):
-                    again.append(w)
-            self._pending.extend(again)  # the rest of a large request goes to the back
+            room, taken, took_large = self.max_batch, [], False
+            queues = (self._small, self._large)
+            if self._large_waited:  # the large ones waited a whole batch: they go first
+                queues = (self._large, self._small)
+            for queue in queues:
+                again = []
+                while room and queue:
+                    w = queue.popleft()
+                    took_large |= queue is self._large
+                    stop = min(len(w.units), w.next + room)
+                    taken.append((w, w.next, stop))
+                    room -= stop - w.next
+                    w.next = stop
+                    if stop < len(w.units):
+                        again.append(w)
+                self._large.extend(again)  # the rest of a request goes to the back
+            self._large_waited = bool(self._large) and not took_large
             return taken
 
     def _loop(self) -> None:

@@ -24,6 +24,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
         self.timed: set[str] = set()
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.requests = Counter("csearch_serve_requests", "Requests by route and status",
                                 ["path", "code"], registry=r)
         self.latency = Histogram("csearch_serve_request_latency_seconds",
@@ -40,6 +41,16 @@ class Metrics:
                                     "Request items that ran the model", registry=r)
         self.batch_size = Histogram("csearch_serve_batch_size", "Items per forward pass",
                                     registry=r, buckets=BATCH_BUCKETS)
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        """One answered request (the labelled children are looked up once)."""
+        key = (path, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = (self.requests.labels(path, str(status)),
+                                           self.latency.labels(path))
+        child[0].inc()
+        child[1].observe(seconds)
 
     def swapped(self, old: Any, new: Any) -> None:
         """`Versions.on_swap`: the version gauge, and a swap unless it is the first load."""
@@ -73,5 +84,4 @@ class TimingMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.requests.labels(path, str(status[0])).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - t0)
+            self.metrics.observe(path, status[0], time.perf_counter() - t0)

@@ -92,7 +92,9 @@ def build_app(source: Any, *, poll_s: float = 1.0, limits: Limits | None = None,
         if versions is not None:
             versions.stop()
 
-    app = FastAPI(title="csearch", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # FastAPI's own OpenTelemetry hooks cost CPU on every request; /metrics is the report.
+    app = FastAPI(title="csearch", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     metrics = Metrics()
     app.state.metrics, app.state.registry = metrics, metrics.registry
     app.state.limits, app.state.device, app.state.kind = limits or Limits(), device, None
