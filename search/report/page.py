@@ -176,7 +176,8 @@ def build_report(study: optuna.Study, storage_url: str | None = None) -> Report:
 def _served_table(d: ServedData) -> str:
     head = ("<tr><th>#</th>" + "".join(f"<th>{k} replay</th><th>{k} served</th>"
                                        for k in d.predicted)
-            + "<th>rps replay</th><th>rps served</th><th>errors</th><th>server</th></tr>")
+            + f"<th>{d.rate} replay</th><th>{d.rate} served</th><th>errors</th>"
+            "<th>server</th></tr>")
     rows = []
     for i, n in enumerate(d.numbers):
         cells = [str(n)]
@@ -249,7 +250,7 @@ def render_html(rep: Report) -> str:
                 "hover for its accuracy, tokens/s and running sequences.</p>"
                 + _figure_div(plot_memory_split(rep.memory), "fig-memory"))
     if rep.served.numbers:
-        section("Predicted against served latency",
+        section("Predicted against served",
                 '<p class="note">Trials measured on a real server with '
                 "<code>csearch loadtest --trial N</code>.</p>"
                 + _figure_div(plot_served(rep.served), "fig-served")

@@ -375,6 +375,26 @@ def test_served_against_predicted(hand_study, tmp_path):
     assert 'id="fig-served"' in out.read_text()
 
 
+def test_served_against_predicted_tokens_and_ttft_of_a_language_model(hand_study):
+    """An LM trial's loadtest (tokens/s, TTFT, TPOT) is set beside its replay's."""
+    t = _trial(8, [0.5, 2.0, 1.6])
+    t.user_attrs["metrics"].update(ttft_ms=40.0, tpot_ms=9.0, latency_ms=180.0,
+                                   throughput_tps=350.0)
+    t.user_attrs["served"] = {"mean_ms": 210.0, "p50_ms": 200.0, "p99_ms": 300.0,
+                              "ttft_p50_ms": 55.0, "tpot_p50_ms": 10.5,
+                              "throughput_tps": 300.0, "throughput_rps": 18.0, "errors": 0,
+                              "requests": 64, "url": "http://127.0.0.1:8000"}
+    hand_study.add_trial(t)
+    d = R.collect_served(hand_study)
+    assert d.rate == "tokens/s" and 8 in d.numbers
+    i = d.numbers.index(8)
+    assert d.predicted["TTFT p50"][i] == 40.0 and d.served["TTFT p50"][i] == 55.0
+    assert d.predicted["TPOT p50"][i] == 9.0 and d.served["TPOT p50"][i] == 10.5
+    assert d.predicted_rps[i] == 350.0 and d.served_rps[i] == 300.0
+    fig = R.plot_served(d)
+    assert {tr.name for tr in fig.data} >= {"TTFT p50", "TPOT p50", "tokens/s"}
+
+
 def test_memory_split_of_an_lm_studys_pareto_trials(hand_study, tmp_path):
     """Front {1, 3}: 1 carries the split in its metrics, 3 only in its params (an older
     trial), and is read as budget x ratio; non-LM studies have no such figure."""
