@@ -10,6 +10,11 @@ event loop over `search.httpclient` (asyncio + httptools), so the client costs f
 CPU per request than the server it measures (`client_cpu_ms` reports it). Protocol:
 `POST /predict` with `{"inputs": [item]}` answers `{"outputs": [...], "version": V}` and may carry
 `"cached": [bool]`; `GET /healthz` answers before the test starts.
+
+Language models are driven as an OpenAI client would: each request streams
+`POST /v1/completions` with the trace's prompt (token ids), the replay's `max_tokens`,
+temperature 0 and `ignore_eos`, and the result adds time to first token (first chunk),
+time per output token, generated tokens/s and the versions that answered.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +30,7 @@ import numpy as np
 
 from . import attrs
 from .errors import UsageError
-from .httpclient import Connection, split_url
+from .httpclient import Connection, SSELines, split_url
 
 if TYPE_CHECKING:
     import optuna
@@ -34,6 +39,7 @@ __all__ = ["LoadPlan", "LoadResult", "SERVED_ATTR", "check_url", "plan_for", "ru
 
 SERVED_ATTR = attrs.SERVED
 _KEYS = ("mean_ms", "p50_ms", "p99_ms", "throughput_rps", "errors", "requests")
+_LM_KEYS = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "throughput_tps", "tokens")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,14 @@ class LoadPlan:
     bodies: tuple[bytes, ...]
     trace: tuple[int, ...]
     concurrency: int
+    # Language models: the prompts (token ids) and tokens per request; the bodies are
+    # made once the server has said its model name (GET /v1/models).
+    prompts: tuple[tuple[int, ...], ...] | None = None
+    max_tokens: int = 0
+
+    @property
+    def streams(self) -> bool:
+        return self.prompts is not None
 
 
 @dataclass(frozen=True)
@@ -60,10 +74,13 @@ class LoadResult:
     versions: tuple[int, ...] = ()  # versions that answered (trace order of first answer)
     first_error: str | None = None
     client_cpu_ms: float | None = None  # this client's CPU per request (process time)
+    lm: dict[str, float] | None = None  # streamed completions: the _LM_KEYS
 
     def to_dict(self) -> dict[str, Any]:
         """The keys `--format json` prints (`hit_rate` only when known)."""
         d = {k: getattr(self, k) for k in _KEYS}
+        if self.lm is not None:
+            d.update(self.lm)
         if self.hit_rate is not None:
             d["hit_rate"] = self.hit_rate
         if self.client_cpu_ms is not None:
@@ -106,6 +123,11 @@ def plan_for(study: optuna.Study, trial: int | None = None, *, requests: int | N
     w = load_workload(spec.workload, stored=True)
     n = w.n_distinct_requests
     trace = zipf_trace(n, requests or w.n_requests, w.zipf_skew, seed)
+    settings = w.extras.get("generation")
+    if settings is not None:  # a language model: streamed completions of the replay's prompts
+        prompts = tuple(tuple(int(t) for t in p) for p in w.extras["lm_data"].prompts)
+        return LoadPlan((), tuple(int(i) for i in trace), concurrency or w.concurrency,
+                        prompts, settings.new_tokens)
     used = sorted(set(int(i) for i in trace))
     body = {i: json.dumps({"inputs": [_jsonable(w.request(i))]}).encode() for i in used}
     bodies = tuple(body.get(i, b"") for i in range(n))
@@ -120,12 +142,16 @@ def run_loadtest(url: str, plan: LoadPlan, *, timeout_s: float = 30.0) -> LoadRe
     except ValueError as e:
         raise UsageError(f"--url: {e}") from None
     try:
-        asyncio.run(_healthz(host, port, prefix))
-    except (OSError, TimeoutError) as e:
-        raise UsageError(f"server at {base} does not answer GET /healthz: "
+        model = asyncio.run(_probe(host, port, prefix, plan.streams))
+    except (OSError, TimeoutError, ValueError) as e:
+        raise UsageError(f"server at {base} does not answer GET /healthz"
+                         f"{' and GET /v1/models' if plan.streams else ''}: "
                          f"{e or type(e).__name__}") from None
+    if plan.streams:
+        plan = _with_bodies(plan, model)
+    path = prefix + ("/v1/completions" if plan.streams else "/predict")
     cpu0 = time.process_time()
-    rec = asyncio.run(_replay(host, port, prefix + "/predict", plan, timeout_s))
+    rec = asyncio.run(_replay(host, port, path, plan, timeout_s))
     cpu = time.process_time() - cpu0
     ok = rec.latency[~np.isnan(rec.latency)] * 1e3
     n = len(plan.trace)
@@ -142,17 +168,51 @@ def run_loadtest(url: str, plan: LoadPlan, *, timeout_s: float = 30.0) -> LoadRe
         versions=tuple(seen),
         first_error=rec.failures[0][:300] if rec.failures else None,
         client_cpu_ms=cpu * 1e3 / n,
+        lm=_lm_figures(rec) if plan.streams else None,
     )
 
 
-async def _healthz(host: str, port: int, prefix: str) -> None:
+def _with_bodies(plan: LoadPlan, model: str) -> LoadPlan:
+    """One streamed completion body per distinct prompt: the replay's request."""
+    assert plan.prompts is not None
+    used = set(plan.trace)
+    bodies = tuple(json.dumps({
+        "model": model, "prompt": list(p), "max_tokens": plan.max_tokens, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True,
+    }).encode() if i in used else b"" for i, p in enumerate(plan.prompts))
+    return replace(plan, bodies=bodies)
+
+
+def _lm_figures(rec: _Record) -> dict[str, float]:
+    done = ~np.isnan(rec.latency)
+    ttft = rec.ttft[done] * 1e3
+    tokens = rec.tokens[done]
+    tpot = (rec.latency[done] - rec.ttft[done]) / np.maximum(tokens - 1, 1) * 1e3
+    nan = float("nan")
+    return {
+        "ttft_p50_ms": float(np.median(ttft)) if ttft.size else nan,
+        "ttft_p99_ms": float(np.percentile(ttft, 99)) if ttft.size else nan,
+        "tpot_p50_ms": float(np.median(tpot)) if tpot.size else nan,
+        "throughput_tps": float(tokens.sum() / rec.wall) if rec.wall > 0 else 0.0,
+        "tokens": float(tokens.sum()),
+    }
+
+
+async def _probe(host: str, port: int, prefix: str, lm: bool) -> str | None:
+    """GET /healthz; for a language model also the model name GET /v1/models gives."""
     conn = await Connection.open(host, port)
     try:
         reply = await conn.request("GET", prefix + "/healthz", timeout=10)
+        if reply.status != 200:
+            raise OSError(f"HTTP {reply.status}")
+        if not lm:
+            return None
+        reply = await conn.request("GET", prefix + "/v1/models", timeout=10)
+        if reply.status != 200:
+            raise OSError(f"GET /v1/models: HTTP {reply.status}")
+        return str(json.loads(reply.body)["data"][0]["id"])
     finally:
         conn.close()
-    if reply.status != 200:
-        raise OSError(f"HTTP {reply.status}")
 
 
 @dataclass
@@ -162,19 +222,25 @@ class _Record:
     version: list[Any]
     failures: list[str]
     wall: float = 0.0
+    ttft: np.ndarray = field(default_factory=lambda: np.zeros(0))  # streams: first chunk
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros(0))  # streams: generated
 
 
 async def _replay(host: str, port: int, path: str, plan: LoadPlan, timeout_s: float
                   ) -> _Record:
     """`concurrency` closed-loop clients, each on its own keep-alive connection."""
     n = len(plan.trace)
-    rec = _Record(np.full(n, np.nan), [None] * n, [None] * n, [])
+    rec = _Record(np.full(n, np.nan), [None] * n, [None] * n, [], 0.0, np.full(n, np.nan),
+                  np.zeros(n))
     nxt = iter(range(n))
 
     async def client() -> None:
         conn = Connection(host, port)
         try:
             for pos in nxt:  # shared: each index goes to one client
+                if plan.streams:
+                    await _stream_one(conn, path, plan, pos, rec, timeout_s)
+                    continue
                 try:
                     reply = await conn.request("POST", path, plan.bodies[plan.trace[pos]],
                                                timeout=timeout_s)
@@ -194,6 +260,44 @@ async def _replay(host: str, port: int, path: str, plan: LoadPlan, timeout_s: fl
     await asyncio.gather(*(client() for _ in range(min(plan.concurrency, n))))
     rec.wall = time.perf_counter() - t0
     return rec
+
+
+async def _stream_one(conn: Connection, path: str, plan: LoadPlan, pos: int, rec: _Record,
+                      timeout_s: float) -> None:
+    """One streamed completion: TTFT at the first chunk, the end at `[DONE]`, the tokens
+    from the usage chunk; a stream that is cut short or generates fewer tokens than asked
+    is an error."""
+    lines = SSELines()
+    first = [0.0]
+    last: list[str] = []
+
+    def on_chunk(data: bytes, t: float) -> None:
+        got = lines.feed(data)
+        if got:
+            if not first[0]:
+                first[0] = t
+            last.extend(got)
+            del last[:-2]  # the usage chunk and [DONE] may come in separate pieces
+
+    try:
+        reply = await conn.request("POST", path, plan.bodies[plan.trace[pos]],
+                                   on_chunk=on_chunk, timeout=timeout_s)
+        if reply.status != 200:
+            raise ValueError(f"HTTP {reply.status}")
+        if len(last) < 2 or last[-1] != "[DONE]":
+            raise ValueError(f"stream did not end with [DONE]: {last[-1:]}")
+        tail = json.loads(last[0])
+        tokens = int(tail["usage"]["completion_tokens"])
+        if tokens != plan.max_tokens:
+            raise ValueError(f"{tokens} tokens generated, {plan.max_tokens} asked")
+    except (OSError, TimeoutError, ValueError, KeyError) as e:
+        rec.failures.append(f"{type(e).__name__}: {e}")
+        return
+    rec.latency[pos] = reply.t_done - reply.t_sent
+    rec.ttft[pos] = first[0] - reply.t_sent
+    rec.tokens[pos] = tokens
+    fp = tail.get("system_fingerprint", "")
+    rec.version[pos] = int(fp.rsplit("-v", 1)[-1]) if "-v" in fp else fp or None
 
 
 def check_url(url: str) -> str:

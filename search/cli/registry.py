@@ -121,7 +121,9 @@ def loadtest(url: str, study_name: str, storage: str | None, number: int | None,
              n_requests: int | None, concurrency: int | None, workload: str | None,
              fmt: str) -> None:
     """Replay the study's request trace against a running server with concurrent
-    closed-loop clients; print mean, p50 and p99 latency, throughput, hit rate, errors."""
+    closed-loop clients; print mean, p50 and p99 latency, throughput, hit rate, errors.
+    Language models are sent streamed completions of the replay's prompts: time to first
+    token, time per output token and tokens/s."""
     from ..errors import UsageError
     from ..loadtest import SERVED_ATTR, check_url, plan_for, run_loadtest
     from ..storage import backend_of, load_study, open_storage, resolve_url
@@ -145,6 +147,14 @@ def loadtest(url: str, study_name: str, storage: str | None, number: int | None,
                                result.served_attr(url, plan.concurrency))
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2))
+    elif result.lm is not None:
+        lm = result.lm
+        click.echo(table(
+            ["requests", "concurrency", "errors", "ttft_p50_ms", "tpot_p50_ms", "p50_ms",
+             "p99_ms", "tokens/s", "versions"],
+            [[result.requests, plan.concurrency, result.errors, fmt_value(lm["ttft_p50_ms"]),
+              fmt_value(lm["tpot_p50_ms"]), fmt_value(result.p50_ms), fmt_value(result.p99_ms),
+              fmt_value(lm["throughput_tps"]), ",".join(map(str, result.versions)) or "-"]]))
     else:
         hit = fmt_value(result.hit_rate)
         click.echo(table(

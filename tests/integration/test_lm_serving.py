@@ -245,3 +245,18 @@ def test_promote_and_rollback_while_streaming_finish_every_stream_on_one_version
     assert all(len(fps) == 1 for fps, _, _ in results)  # each stream from one version
     seen = set().union(*(fps for fps, _, _ in results))
     assert {"csearch-v1", "csearch-v2"} <= seen
+
+
+def test_loadtest_streams_the_trials_trace_and_stores_what_it_served(server, deployed):
+    first = deployed["trials"][0]
+    r = csearch("loadtest", "--url", server.url, "--study", "lm", "--storage", deployed["db"],
+                "--trial", str(first["number"]), "--format", "json")
+    out = json.loads(r.stdout)
+    assert out["errors"] == 0 and out["requests"] > 0, r.stderr
+    assert out["tokens"] == out["requests"] * 16  # the replay's tokens per request
+    assert 0 < out["ttft_p50_ms"] <= out["p50_ms"] and out["throughput_tps"] > 0
+    import optuna
+
+    study = optuna.load_study(study_name="lm", storage=deployed["db"])
+    served = study.trials[first["number"]].user_attrs["served"]
+    assert served["throughput_tps"] == out["throughput_tps"]
