@@ -38,13 +38,14 @@ class _Work:
         self.loop, self.future = loop, future
 
 
-def _resolve(future: asyncio.Future, value: Any, error: BaseException | None) -> None:
-    if future.done():  # cancelled by a timeout meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+def _resolve(works: list[_Work], error: BaseException | None) -> None:
+    for w in works:
+        if w.future.done():  # cancelled by a timeout meanwhile
+            continue
+        if error is not None:
+            w.future.set_exception(error)
+        else:
+            w.future.set_result(w.results)
 
 
 class Batcher:
@@ -124,7 +125,7 @@ class Batcher:
                 results, error = None, e
             if self.on_batch is not None:
                 self.on_batch(len(units))
-            pos = 0
+            pos, finished = 0, []
             for w, a, b in taken:
                 if error is None:
                     w.results[a:b] = results[pos:pos + b - a]
@@ -134,4 +135,9 @@ class Batcher:
                         continue
                 else:
                     self.cancel(w.future)  # its chunks still queued, if any
-                w.loop.call_soon_threadsafe(_resolve, w.future, w.results, error)
+                finished.append(w)
+            loops: dict[asyncio.AbstractEventLoop, list[_Work]] = {}
+            for w in finished:
+                loops.setdefault(w.loop, []).append(w)
+            for loop, works in loops.items():  # one wake-up of each loop per batch
+                loop.call_soon_threadsafe(_resolve, works, error)

@@ -6,16 +6,22 @@ mounts that kind's routes. Plugging in a kind takes two entries:
 
 - `HANDLES[kind](loaded, app) -> Handle`: one served version (see `_versions.Versions`
   for the Handle protocol: `version`, `close()`); it owns its model and its inference
-  thread, and may read `app.state.metrics`, `.limits`, `.device` and `.registry`.
-- `ROUTES[kind](app, versions)`: adds the kind's routes; a request does its work inside
-  `with versions.pin() as h:` so a swap never closes the version under it.
+  thread, and may read `app.state.metrics`, `.limits`, `.device`, `.registry`, `.name`.
+- `ROUTES[kind](app, versions)`: adds the kind's routes, after the first version has
+  loaded and before the app serves. Metrics are registered here, once per app (a
+  registry refuses a name twice; Handles come and go), e.g. on `app.state`. A request
+  does its work inside `with versions.pin() as h:`, so a swap never closes the version
+  under it; a stream pins inside its generator (Starlette closes the generator when the
+  client goes away, which unpins). `Limits.timeout_s` is for whole requests; a
+  streaming route decides what its time limit means.
 
 Every app has `GET /healthz`, `GET /version` (`{"name", "version"}`) and `GET /metrics`,
-which renders `app.state.registry` (a prometheus_client CollectorRegistry: a kind's
-routes register their own metrics there). Errors, including FastAPI's validation errors,
-404/405, the limits' 413/408 and 500s, are OpenAI error objects (`_errors`); routes raise
-`ApiError` or return `error_response`. `app.state.versions` is the Versions; the lifespan
-shutdown (uvicorn's, after in-flight requests are answered) stops it.
+which renders `app.state.registry` (a prometheus_client CollectorRegistry). Errors,
+including FastAPI's validation errors (as 400s), 404/405, the limits' 413/408 and 500s,
+are OpenAI error objects (`_errors`); routes raise `ApiError` or return `error_response`.
+`app.state.name` is the model name (for `/v1/models`), `app.state.versions` the
+Versions; the lifespan shutdown (uvicorn's, after in-flight requests are answered) stops
+it. Add a timed route to `app.state.metrics.timed` to count and time its requests.
 
 Threads: model work runs on each version's own inference thread, never on the event loop
 (torch releases the GIL while it computes). The version's `serve.threads` is torch's
@@ -103,8 +109,9 @@ def build_app(source: Any, *, poll_s: float = 1.0, limits: Limits | None = None,
                         on_swap=metrics.swapped)
     app.state.versions = versions
     versions.start()
-    ROUTES[app.state.kind](app, versions)
     name = _name(source)
+    app.state.name = name
+    ROUTES[app.state.kind](app, versions)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

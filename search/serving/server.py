@@ -71,7 +71,7 @@ def serve(source: Any, host: str = "127.0.0.1", port: int = 8000, *,
     if announce is not None:
         announce()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="on", server_header=False,
+                            lifespan="on", server_header=False, proxy_headers=False,
                             timeout_graceful_shutdown=drain_s or limits.timeout_s + 5)
     handled = (signal.SIGINT, signal.SIGTERM)
     saved = {s: signal.signal(s, _quiet) for s in handled}

@@ -9,10 +9,16 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from pydantic import BaseModel
 
 from search.httpclient import SSELines
 from search.serving import Versions, error_body
 from search.serving._batcher import Batcher
+
+
+class Completion(BaseModel):  # module level: FastAPI resolves the annotation by name
+    prompt: str
+    max_tokens: int = 16
 
 
 @dataclass
@@ -168,3 +174,28 @@ def test_the_error_schema_is_openais():
                   "code": 413}}
     assert error_body(400, "x", code="context_length_exceeded")["error"]["code"] == \
         "context_length_exceeded"
+
+
+def test_fastapi_validation_errors_and_unknown_routes_use_the_schema_as_400_and_404():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from search.serving._errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/v1/completions")
+    async def complete(body: Completion) -> dict:
+        return {"text": body.prompt}
+
+    c = TestClient(app)
+    bad_type = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": "many"})
+    assert bad_type.status_code == 400
+    err = bad_type.json()["error"]
+    assert err["param"] == "max_tokens" and err["type"] == "invalid_request_error"
+    bad_json = c.post("/v1/completions", content=b"{nope",
+                      headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]["message"]
+    assert c.get("/nope").json()["error"]["code"] == 404
+    assert c.post("/v1/completions", json={"prompt": "hi"}).json() == {"text": "hi"}
