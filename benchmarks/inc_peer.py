@@ -113,7 +113,8 @@ def run_inc(w: object) -> tuple[object | None, float, str]:
 
 def run_csearch(tmp: str, trials: int) -> tuple[float | None, int | None, str, object]:
     url = f"sqlite:///{tmp}/c.db"
-    cmd = [*CLI, "run", "--storage", url, "--study", "c", "--space", "compression",
+    cmd = [*CLI, "run", "--workload", "digits-cnn", "--storage", url, "--study", "c",
+           "--space", "compression",
            "--constraint", "accuracy_drop<=0.01", "--trials", str(trials), "--seed", "0",
            "--device", "cpu", "--quiet"]
     t0 = time.time()

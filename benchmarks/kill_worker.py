@@ -26,7 +26,8 @@ def main() -> None:
     a = ap.parse_args()
     name = "bench-kill"
     delete(name, a.url)
-    csearch("create", "--study", name, "--storage", a.url, "--space", "compression",
+    csearch("create", "--workload", "digits-cnn", "--study", name, "--storage", a.url,
+            "--space", "compression",
             "--trials", str(a.trials), "--seed", "0", "--artifacts", "none")
     print(f"machine: {machine()}")
     t0 = now()

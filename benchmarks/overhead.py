@@ -5,7 +5,7 @@
     python benchmarks/overhead.py --no-profile
     python benchmarks/overhead.py --bookkeeping-only   # part 2 only, ~1 minute
 
-1. A real `csearch run --trials N` (default workload digits-cnn, space joint, SQLite in a
+1. A real `csearch run --workload digits-cnn --space joint --trials N` (SQLite in a
    temporary directory, artifacts on) as a subprocess; the clock is the subprocess's wall
    time. From the stored study:
    - per-trial overhead = (datetime_complete - datetime_start) - metrics.eval_seconds,
@@ -71,8 +71,9 @@ def trial_times(url: str, name: str) -> tuple[list[float], list[float], float, f
 
 def measure(trials: int, tmp: str) -> float:
     url = f"sqlite:///{tmp}/o.db"
-    args = ["run", "--storage", url, "--study", "o", "--trials", str(trials), "--seed", "0",
-            "--device", "cpu", "--quiet"]
+    args = ["run", "--workload", "digits-cnn", "--space", "joint", "--storage", url,
+            "--study", "o", "--trials", str(trials), "--seed", "0", "--device", "cpu",
+            "--quiet"]
     t0, epoch0 = now(), time.time()
     r = subprocess.run([*CLI, *args], env=env(PYTHONPATH=ROOT), cwd=tmp,
                        capture_output=True, text=True)
@@ -128,8 +129,9 @@ def categorize(frame: dict, acc: dict[str, float]) -> None:
 def profile(trials: int, tmp: str) -> None:
     url = f"sqlite:///{tmp}/p.db"
     out = os.path.join(tmp, "profile.json")
-    args = ["run", "--storage", url, "--study", "p", "--trials", str(trials), "--seed", "1",
-            "--device", "cpu", "--quiet"]
+    args = ["run", "--workload", "digits-cnn", "--space", "joint", "--storage", url,
+            "--study", "p", "--trials", str(trials), "--seed", "1", "--device", "cpu",
+            "--quiet"]
     t0 = now()
     r = subprocess.run([sys.executable, "-m", "pyinstrument", "-r", "json", "-o", out,
                         "-m", "search.cli", *args], env=env(PYTHONPATH=ROOT), cwd=tmp,

@@ -52,7 +52,8 @@ def main() -> None:
         for label, space in SPACES.items():
             study = f"{label}-s{seed}"
             t0 = time.perf_counter()
-            csearch("run", "--study", study, "--storage", url, "--space", space,
+            csearch("run", "--workload", "digits-cnn", "--study", study, "--storage", url,
+                    "--space", space,
                     "--trials", str(a.trials), "--seed", str(seed), "--quiet",
                     "--artifacts", "none", "--objective", "accuracy:max",
                     "--objective", "size_mb:min", "--constraint", "accuracy_drop<=0.01")

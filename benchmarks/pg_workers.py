@@ -38,7 +38,8 @@ def sample_connections(dsn: str, stop: threading.Event, peak: Counter) -> None:
 def run(url: str, n_workers: int, trials: int) -> tuple[float, int, list[int]]:
     name = f"bench-pg-{n_workers}w"
     delete(name, url)
-    csearch("create", "--study", name, "--storage", url, "--space", "compression",
+    csearch("create", "--workload", "digits-cnn", "--study", name, "--storage", url,
+            "--space", "compression",
             "--trials", str(trials), "--seed", "0", "--artifacts", "none")
     stop, peak = threading.Event(), Counter()
     dsn = url.replace("postgresql+psycopg://", "postgresql://")

@@ -66,7 +66,8 @@ def run(url: str, n: int, trials: int, pool_size: int | None) -> dict:
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         target = f"grpc://127.0.0.1:{port}"
     try:
-        csearch("create", "--study", name, "--storage", target, "--space", "compression",
+        csearch("create", "--workload", "digits-cnn", "--study", name, "--storage", target,
+                "--space", "compression",
                 "--trials", str(trials), "--seed", "0", "--artifacts", "none")
         sampler = Sampler(url.replace("postgresql+psycopg://", "postgresql://"))
         sampler.start()

@@ -28,7 +28,8 @@ from _common import CLI, delete, env, load, machine, now
 
 def start(name: str, url: str, trials: int, **extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*CLI, "run", "--ray", "--workers", "2", "--study", name, "--storage", url,
+        [*CLI, "run", "--ray", "--workers", "2", "--workload", "digits-cnn", "--study", name,
+         "--storage", url,
          "--space", "compression", "--trials", str(trials), "--seed", "0",
          "--artifacts", "none", "--quiet"],
         env=env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

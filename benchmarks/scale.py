@@ -327,7 +327,8 @@ def build_and_measure(a: argparse.Namespace, checkpoints: list[int], url: str, n
     space's TOML (as the study searched it)."""
     from objectives import load_workload
 
-    r = subprocess.run([*CLI, "create", "--storage", url, "--study", name, "--trials",
+    r = subprocess.run([*CLI, "create", "--workload", "digits-cnn", "--space", "joint",
+                        "--storage", url, "--study", name, "--trials",
                         str(a.trials * 2), "--artifacts", "none", "--device", "cpu",
                         "--constraint", "accuracy_drop<=0.01"],
                        env=env(PYTHONPATH=ROOT), cwd=tmp, capture_output=True, text=True)

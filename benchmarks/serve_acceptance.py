@@ -2,8 +2,8 @@
 
     flock /tmp/csearch-cpu.lock python benchmarks/serve_acceptance.py [--trials 20]
 
-1. `csearch run` (default digits study): every trial's latency objective against the
-   stored `serve_overhead_ms`, its spread (max/min) and Spearman against
+1. `csearch run --workload digits-cnn` (the digits study): every trial's latency objective
+   against the stored `serve_overhead_ms`, its spread (max/min) and Spearman against
    `model_latency_ms`.
 2. Two Pareto trials -> `csearch deploy` (v1, v2), `csearch promote M 1`, `csearch serve`
    following `production`.
@@ -82,7 +82,7 @@ def main() -> None:
 
     # 1. the default study
     t0 = time.perf_counter()
-    csearch("run", *common, "--trials", str(a.trials), "-q")
+    csearch("run", *common, "--workload", "digits-cnn", "--trials", str(a.trials), "-q")
     res["run_seconds"] = round(time.perf_counter() - t0, 1)
     studies = json.loads(csearch("studies", "--storage", storage, "--format", "json"))
     objective = studies[0]["objectives"][1].split(":")[0]

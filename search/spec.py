@@ -13,7 +13,8 @@ from .errors import SpecError
 from .metrics import Constraint, Objective, parse_constraint, parse_objective
 
 __all__ = ["StudySpec", "SPEC_ATTR", "BASELINE_ATTR", "ENV_ATTR", "DEFAULT_OBJECTIVES",
-           "SAMPLERS", "VERSION", "stored_spec"]
+           "DEFAULT_SPACE", "DEFAULT_WORKLOAD", "LM_DEFAULT_OBJECTIVES", "LM_DEFAULT_SPACE",
+           "SAMPLERS", "VERSION", "stored_spec", "workload_defaults"]
 
 VERSION = "0.1.0"
 SPEC_ATTR = attrs.SPEC
@@ -22,6 +23,14 @@ ENV_ATTR = attrs.ENVIRONMENT
 # Mean request latency, not the median: with a hit rate above 50 % the median request is
 # a cache hit, so the median stops moving with the model's speed (README, Metrics).
 DEFAULT_OBJECTIVES = ("accuracy:max", "latency_mean_ms:min", "size_mb:min")
+DEFAULT_SPACE = "joint"
+# What a bare `csearch run` searches: a language model under a memory budget, where the
+# weights, the KV format and the cache/workspace split all compete for the same bytes
+# (README, "The default study"). Causal LMs default to quality, generated tokens/s and
+# the serving footprint that the budget bounds.
+DEFAULT_WORKLOAD = "tiny-lm"
+LM_DEFAULT_SPACE = "lm-budget"
+LM_DEFAULT_OBJECTIVES = ("accuracy:max", "throughput_tps:max", "memory_mb:min")
 SAMPLERS = ("tpe", "refine", "nsga2", "nsga3", "gp", "random", "grid")
 
 # Fields that define what a study *is*; resuming with any of them changed is refused.
@@ -109,6 +118,16 @@ class StudySpec:
                 else:
                     out.append(f"{name} (stored {_show(b)}, given {_show(a)})")
         return out
+
+
+def workload_defaults(workload: str) -> tuple[str, tuple[str, ...]]:
+    """(space, objectives) of a study of `workload` whose user names neither: the LM ones
+    for `tiny-lm` and `causal-lm:DIR`, the classifier ones otherwise."""
+    from objectives.workloads import is_lm_ref
+
+    if is_lm_ref(workload):
+        return LM_DEFAULT_SPACE, LM_DEFAULT_OBJECTIVES
+    return DEFAULT_SPACE, DEFAULT_OBJECTIVES
 
 
 def _show(v: Any) -> str:

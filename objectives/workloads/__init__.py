@@ -21,7 +21,7 @@ from ..workload import Workload
 from .causal_lm import is_causal_lm_ref, parse_causal_lm_ref
 
 __all__ = ["BUILTIN_WORKLOADS", "list_workloads", "resolve_factory", "load_workload", "allow",
-           "is_plugin_ref"]
+           "is_plugin_ref", "is_lm_ref"]
 
 ENTRY_POINT_GROUP = "csearch.workloads"
 
@@ -29,8 +29,8 @@ ENTRY_POINT_GROUP = "csearch.workloads"
 BUILTIN_WORKLOADS: dict[str, tuple[str, str]] = {
     "digits-cnn": (
         "objectives.workloads.digits:make_digits_workload",
-        "scikit-learn 8x8 digits, 138k-parameter CNN; trains in seconds on CPU; "
-        "layer groups: conv1, conv2, fc1, fc2",
+        "scikit-learn 8x8 digits, 138k-parameter CNN; trains in seconds on CPU (the fast "
+        "workload for tests); layer groups: conv1, conv2, fc1, fc2",
     ),
     "minilm": (
         "objectives.workloads.minilm:make_minilm_workload",
@@ -39,9 +39,9 @@ BUILTIN_WORKLOADS: dict[str, tuple[str, str]] = {
     ),
     "tiny-lm": (
         "objectives.workloads.tiny_lm:make_tiny_lm_workload",
-        "1.6M-parameter Llama-style character LM trained at first use on the KJV Bible; "
-        "accuracy = held-out next-token top-1; served by a KV-cache generation replay; "
-        "layer groups: embeddings, attn, mlp, lm_head",
+        "1.6M-parameter Llama-style character LM trained on the KJV Bible (weights "
+        "shipped); the default; accuracy = held-out next-token top-1; served by a "
+        "KV-cache generation replay; layer groups: embeddings, attn, mlp, lm_head",
     ),
 }
 
@@ -59,6 +59,16 @@ def _entry_point(ref: str) -> str | None:
         if ep.name == ref:
             return ep.value
     return None
+
+
+# Built-in workloads served by the generation replay (so LM metrics and spaces apply).
+_LM_BUILTINS = ("tiny-lm",)
+
+
+def is_lm_ref(ref: str) -> bool:
+    """A reference known, before loading, to name a causal LM: `tiny-lm` or
+    `causal-lm:DIR` (a plugin's kind is known only once it is built)."""
+    return ref in _LM_BUILTINS or is_causal_lm_ref(ref)
 
 
 def is_plugin_ref(ref: str) -> bool:

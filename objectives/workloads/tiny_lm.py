@@ -1,14 +1,19 @@
-"""`tiny-lm`: a 1.6M-parameter Llama-style character-level decoder trained at first use on
-the King James Bible (public domain, 4.1M characters shipped as data/kjv.txt.xz), then
-cached on disk keyed by workload name, seed and code version.
+"""`tiny-lm`: a 1.6M-parameter Llama-style character-level decoder trained on the King
+James Bible (public domain, 4.1M characters shipped as data/kjv.txt.xz).
 
-Training: a fixed number of AdamW steps on random 128-character windows of the training
-lines (95% of the verses; the rest are held out by hash), a few minutes on 2 CPU cores.
+Its trained weights ship as data/tiny_lm.safetensors (fp16, built by
+data/make_tiny_lm_weights.py) and are checked against their sha256 at load. When that
+file is absent or differs, the model is trained at first use instead (a fixed number of
+AdamW steps on random 128-character windows of the training lines: 95% of the verses,
+the rest held out by hash; a few minutes on 2 CPU cores) and cached on disk keyed by
+workload name, seed and code version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +24,17 @@ from ..lm.workload import LMData, make_lm_workload
 from ..workload import Workload
 from ._cache import cached_state_dict, cached_tensors
 
-__all__ = ["TINY_LM_SHAPE", "build_tiny_lm", "make_tiny_lm_workload", "train_lm"]
+__all__ = ["TINY_LM_SHAPE", "WEIGHTS_FILE", "build_tiny_lm", "make_tiny_lm_workload",
+           "shipped_weights", "train_lm", "train_tiny_lm"]
 
 _CODE_VERSION = 1
 # hidden, layers, heads, kv heads, MLP width
 TINY_LM_SHAPE = (192, 4, 6, 2, 512)
 _SEQ, _BATCH, _STEPS, _LR = 128, 32, 400, 3e-3
+# The shipped weights (seed 0) and the sha256 of that file, as make_tiny_lm_weights.py
+# printed it: a file with any other digest is not loaded.
+WEIGHTS_FILE = Path(__file__).resolve().parent / "data" / "tiny_lm.safetensors"
+_WEIGHTS_SHA256 = "42b31f98e627a4d209b42bde64436ebc82bfeb2620d1c496ed356434caf2d92a"
 
 
 def build_tiny_lm(vocab_size: int, shape: tuple[int, int, int, int, int] = TINY_LM_SHAPE
@@ -85,17 +95,38 @@ def _prompts(tok: CharTokenizer, held: str, n: int = 48) -> list[list[int]]:
     return out
 
 
+def train_tiny_lm(seed: int = 0) -> CausalLM:
+    """The base model trained from scratch: what the shipped weights were built from."""
+    tok, train_ids, _ = _data(seed)
+    torch.manual_seed(seed)
+    m = build_tiny_lm(tok.vocab_size)
+    train_lm(m, train_ids, seed=seed)
+    return m
+
+
+def shipped_weights(path: Path = WEIGHTS_FILE, sha256: str = _WEIGHTS_SHA256
+                    ) -> dict[str, torch.Tensor] | None:
+    """The shipped state dict in fp32, or None when the file is absent or its sha256 is
+    not `sha256` (a damaged or foreign file is never loaded)."""
+    from safetensors.torch import load
+
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if not sha256 or hashlib.sha256(raw).hexdigest() != sha256:
+        return None
+    return {k: v.float() for k, v in load(raw).items()}
+
+
 def make_tiny_lm_workload(seed: int = 0) -> Workload:
     tok, train_ids, held_ids = _data(seed)
-
-    def build() -> CausalLM:
-        torch.manual_seed(seed)
-        m = build_tiny_lm(tok.vocab_size)
-        train_lm(m, train_ids, seed=seed)
-        return m
-
     model = build_tiny_lm(tok.vocab_size)
-    model.load_state_dict(cached_state_dict(f"tiny-lm-s{seed}-v{_CODE_VERSION}", build))
+    state = shipped_weights() if seed == 0 else None
+    if state is None:
+        state = cached_state_dict(f"tiny-lm-s{seed}-v{_CODE_VERSION}",
+                                  lambda: train_tiny_lm(seed))
+    model.load_state_dict(state)
     model.eval()
     _, held = split_lines(kjv_text())
     data = LMData(
@@ -104,5 +135,5 @@ def make_tiny_lm_workload(seed: int = 0) -> Workload:
         prompts=_prompts(tok, held),
         unigram=torch.bincount(train_ids, minlength=tok.vocab_size),
     )
-    return make_lm_workload("tiny-lm", model, data, batch_size=16, memory_budget_mb=8.0,
+    return make_lm_workload("tiny-lm", model, data, batch_size=16, memory_budget_mb=6.8,
                             extras={"tokenizer": tok})

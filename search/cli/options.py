@@ -36,18 +36,21 @@ def format_option(f: Any) -> Any:
 
 def spec_options(f: Any) -> Any:
     opts = [
-        click.option("--workload", default="digits-cnn", show_default=True,
+        click.option("--workload", default="tiny-lm", show_default=True,
                      help="Built-in workload name (see `csearch workloads`), "
                           "package.module:factory, or causal-lm:MODEL_DIR (a local Hugging "
                           "Face causal LM; with --workload-data)."),
         click.option("--workload-data", default=None, metavar="FILE",
                      help="Text file a causal-lm:MODEL_DIR workload is judged and "
                           "fine-tuned on (1 line in 10 held out)."),
-        click.option("--space", default="joint", show_default=True,
-                     help="Built-in space name (see `csearch spaces`) or a TOML file."),
+        click.option("--space", default=None,
+                     help="Built-in space name (see `csearch spaces`) or a TOML file. "
+                          "Default: lm-budget for language models (tiny-lm, causal-lm:DIR), "
+                          "joint otherwise."),
         click.option("--objective", "objectives", multiple=True, metavar="METRIC:max|min",
-                     help="Objective, repeatable. Default: accuracy:max latency_mean_ms:min "
-                          "size_mb:min."),
+                     help="Objective, repeatable. Default for language models: accuracy:max "
+                          "throughput_tps:max memory_mb:min; otherwise accuracy:max "
+                          "latency_mean_ms:min size_mb:min."),
         click.option("--constraint", "constraints", multiple=True, metavar="EXPR",
                      help="Feasibility constraint, repeatable, e.g. 'accuracy_drop<=0.01'. "
                           "The memory budget is always a constraint."),
@@ -77,18 +80,17 @@ def spec_options(f: Any) -> Any:
 
 
 def make_spec(p: dict[str, Any], url: str) -> Any:
-    from ..spec import DEFAULT_OBJECTIVES
+    from ..spec import workload_defaults
     from ..storage import artifact_dir_for
-    from ..study import build_spec
-
-    from ..study import workload_ref
+    from ..study import build_spec, workload_ref
 
     art = p["artifacts"]
     artifacts = (None if art == "none" else str(artifact_dir_for(url)) if art == "auto"
                  else os.path.abspath(art))
+    space, objectives = workload_defaults(p["workload"])
     return build_spec(
-        workload=workload_ref(p["workload"], p.get("workload_data")), space=p["space"],
-        objectives=tuple(p["objectives"]) or DEFAULT_OBJECTIVES,
+        workload=workload_ref(p["workload"], p.get("workload_data")),
+        space=p["space"] or space, objectives=tuple(p["objectives"]) or objectives,
         constraints=tuple(p["constraints"]), sampler=p["sampler"], seed=p["seed"],
         device=p["device"], trials=p["trials"], timeout=p["timeout"],
         memory_budget_mb=p["memory_budget_mb"], artifacts=artifacts,

@@ -80,7 +80,8 @@ def real_study(tmp_path_factory):
     d = tmp_path_factory.mktemp("dash")
     (d / "space.toml").write_text(SPACE)
     url = f"sqlite:///{d}/studies.db"
-    r = csearch("run", "--study", STUDY, "--storage", url, "--trials", str(N_TRIALS),
+    r = csearch("run", "--workload", "digits-cnn", "--study", STUDY, "--storage", url,
+                "--trials", str(N_TRIALS),
                 "--space", str(d / "space.toml"), "--sampler", "random", "--seed", "0",
                 "--memory-budget-mb", "0.5", "--constraint", "accuracy_drop<=0.002", "-q",
                 cwd=d)

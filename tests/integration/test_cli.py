@@ -60,8 +60,9 @@ def study_db(tmp_path_factory):
     """One `csearch run` of 3 digits trials into a fresh SQLite file."""
     tmp = tmp_path_factory.mktemp("cli")
     url = f"sqlite:///{tmp / 'f.db'}"
-    args = ["run", "--study", STUDY, "--storage", url, "--trials", str(TRIALS),
-            "--space", "compression", "--seed", SEED, "--device", "cpu"]
+    args = ["run", "--workload", "digits-cnn", "--study", STUDY, "--storage", url,
+            "--trials", str(TRIALS), "--space", "compression", "--seed", SEED,
+            "--device", "cpu"]
     result = _invoke(*args, cwd=tmp)
     _ok(result)
     return tmp, url, args, result
@@ -106,8 +107,9 @@ def test_resume_takes_the_stored_values_of_options_not_given(tmp_path):
     """`create` with some options, then a bare `run --study`: the options left out take the
     stored values (not their defaults), so the stored budget runs; only an option given
     explicitly with a different value is refused, naming it."""
-    _ok(_invoke("create", "--study", "c1", "--space", "compression", "--trials", "3",
-                "--seed", SEED, "--device", "cpu", cwd=tmp_path))
+    _ok(_invoke("create", "--workload", "digits-cnn", "--study", "c1", "--space",
+                "compression", "--trials", "3", "--seed", SEED, "--device", "cpu",
+                cwd=tmp_path))
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     stored = _load(url, "c1").user_attrs[SPEC_ATTR]
     result = _invoke("run", "--study", "c1", cwd=tmp_path)
@@ -127,8 +129,9 @@ def test_resume_takes_the_stored_values_of_options_not_given(tmp_path):
 def test_resume_by_a_builtin_space_name_keeps_the_stored_version(tmp_path):
     """A study created under an older csearch stores that version of a built-in space;
     `run --space compression` by the same name resumes on the stored text, not the new."""
-    _ok(_invoke("create", "--study", "old", "--space", "compression", "--trials", "1",
-                "--seed", SEED, "--device", "cpu", cwd=tmp_path))
+    _ok(_invoke("create", "--workload", "digits-cnn", "--study", "old", "--space",
+                "compression", "--trials", "1", "--seed", SEED, "--device", "cpu",
+                cwd=tmp_path))
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     study = _load(url, "old")
     spec = dict(study.user_attrs[SPEC_ATTR])
@@ -188,8 +191,8 @@ def test_table_listings_work(study_db):
 
 def test_create_stores_a_study_without_trials(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    result = _invoke("create", "--study", "c", "--storage", url, "--space", "serving",
-                     "--trials", "5", "--device", "cpu", cwd=tmp_path)
+    result = _invoke("create", "--workload", "digits-cnn", "--study", "c", "--storage", url,
+                     "--space", "serving", "--trials", "5", "--device", "cpu", cwd=tmp_path)
     _ok(result)
     study = _load(url, "c")
     assert study.trials == []
@@ -273,8 +276,9 @@ def test_bad_run_input_exits_2_and_writes_nothing(tmp_path, extra, needles):
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
     db = tmp_path / "new.db"
-    result = _invoke("run", "--study", "x", "--storage", f"sqlite:///{db}", "--trials", "1",
-                     "--space", "compression", *extra, cwd=tmp_path)
+    result = _invoke("run", "--workload", "digits-cnn", "--study", "x", "--storage",
+                     f"sqlite:///{db}", "--trials", "1", "--space", "compression", *extra,
+                     cwd=tmp_path)
     _user_error(result, *needles)
     assert list(tmp_path.iterdir()) == []  # no database, no artifacts, no studies.db
 
@@ -305,8 +309,8 @@ def test_corrupt_sqlite_file_is_refused_and_left_untouched(tmp_path):
     db.write_bytes(data)
     url = f"sqlite:///{db}"
     _user_error(_invoke("studies", "--storage", url), str(db))
-    _user_error(_invoke("run", "--study", "x", "--storage", url, "--trials", "1",
-                        "--space", "compression", cwd=tmp_path), str(db))
+    _user_error(_invoke("run", "--workload", "digits-cnn", "--study", "x", "--storage", url,
+                        "--trials", "1", "--space", "compression", cwd=tmp_path), str(db))
     _user_error(_invoke("pareto", "--study", "x", "--storage", url), str(db))
     assert db.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.db"]
@@ -365,8 +369,9 @@ def test_run_leaves_a_sqlite_file_that_holds_every_trial_by_itself(tmp_path):
     """`csearch run` closes its storage before the process ends (which skips the final
     garbage collection): no -wal file is left, so a copy of the .db alone has the trials."""
     db = tmp_path / "w.db"
-    proc = _script("run", "--study", "w", "--storage", f"sqlite:///{db}", "--trials", "1",
-                   "--space", "compression", "--seed", SEED, "--device", "cpu", "--quiet",
+    proc = _script("run", "--workload", "digits-cnn", "--study", "w", "--storage",
+                   f"sqlite:///{db}", "--trials", "1", "--space", "compression", "--seed",
+                   SEED, "--device", "cpu", "--quiet",
                    "--artifacts", "none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert not Path(f"{db}-wal").exists()
@@ -477,7 +482,8 @@ def test_library_import_noise_stays_out_of_the_output(tmp_path, workers):
                            text=True, timeout=300)
     noise = [ln for ln in (noisy.stdout + noisy.stderr).splitlines() if ln.strip()]
     (tmp_path / "s.toml").write_text('[params."quant.method"]\nchoices = ["int8_weight_only"]\n')
-    r = _script("run", "--study", "q", "--storage", f"sqlite:///{tmp_path / 'q.db'}",
+    r = _script("run", "--workload", "digits-cnn", "--study", "q", "--storage",
+                f"sqlite:///{tmp_path / 'q.db'}",
                 "--trials", str(workers), "--workers", str(workers), "--space",
                 str(tmp_path / "s.toml"), "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

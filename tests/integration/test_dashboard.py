@@ -116,7 +116,8 @@ def test_artifacts_none_uploads_nothing_and_export_re_evaluates(tmp_path):
 
     (tmp_path / "space.toml").write_text(SPACE)
     url = f"sqlite:///{tmp_path}/s.db"
-    r = csearch("run", "--study", "noart", "--storage", url, "--trials", "1", "--space",
+    r = csearch("run", "--workload", "digits-cnn", "--study", "noart", "--storage", url,
+                "--trials", "1", "--space",
                 str(tmp_path / "space.toml"), "--sampler", "random", "--artifacts", "none",
                 "-q", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

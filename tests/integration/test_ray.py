@@ -43,8 +43,9 @@ def test_run_ray_two_workers_share_the_budget(postgres_url, study_name, tmp_path
     url, name = postgres_url, study_name
     try:
         r = subprocess.run(
-            [*CLI, "run", "--ray", "--workers", "2", "--study", name, "--storage", url,
-             "--space", "compression", "--trials", "6", "--seed", "1", "--quiet"],
+            [*CLI, "run", "--ray", "--workers", "2", "--workload", "digits-cnn", "--study",
+             name, "--storage", url, "--space", "compression", "--trials", "6", "--seed",
+             "1", "--quiet"],
             env=_env(tmp_path), capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert r.returncode == 0, r.stderr
         trials = _study(url, name).get_trials()

@@ -67,3 +67,22 @@ def test_a_trial_reports_lm_metrics_with_its_kv_format(workload):
     assert 0.2 < m["accuracy"] < 1 and m["perplexity"] > 1
     assert m["memory_mb"] == pytest.approx(m["size_mb"] + 2.0 * 0.5, abs=1e-6)
     assert ev.memory_margin_mb <= 0
+
+
+def test_shipped_tiny_lm_weights_load_only_with_their_digest(tmp_path):
+    """The committed weights file matches the digest in the code and fits the model; a
+    copy with one byte changed, or no file at all, is refused (the workload then trains)."""
+    from objectives.workloads.tiny_lm import TINY_LM_SHAPE, WEIGHTS_FILE, shipped_weights
+
+    state = shipped_weights()
+    assert state is not None and all(v.dtype == torch.float32 for v in state.values())
+    vocab = state["lm.lm_head.weight"].shape[0]
+    build_tiny_lm(vocab, TINY_LM_SHAPE).load_state_dict(state)  # strict: every tensor
+    raw = bytearray(WEIGHTS_FILE.read_bytes())
+    copy = tmp_path / "w.safetensors"
+    copy.write_bytes(bytes(raw))
+    assert shipped_weights(copy) is not None
+    raw[-1] ^= 1
+    copy.write_bytes(bytes(raw))
+    assert shipped_weights(copy) is None
+    assert shipped_weights(tmp_path / "missing.safetensors") is None

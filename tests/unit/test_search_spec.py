@@ -10,7 +10,8 @@ import pytest
 
 from search.errors import SpecError, StorageError, UsageError
 from search.metrics import parse_constraint, parse_objective
-from search.spec import DEFAULT_OBJECTIVES, StudySpec
+from search.spec import (DEFAULT_OBJECTIVES, LM_DEFAULT_OBJECTIVES, StudySpec,
+                         workload_defaults)
 from search.storage import open_storage, redact, resolve_url
 
 
@@ -64,6 +65,24 @@ def test_spec_round_trips_through_a_json_user_attr():
     assert spec.directions == ["maximize", "minimize", "minimize"]
     assert spec.objectives == DEFAULT_OBJECTIVES
     assert spec.accuracy_guard() == 0.01
+
+
+def test_a_bare_run_searches_tiny_lm_for_quality_tokens_and_memory(tmp_path):
+    """`csearch run` with no options: tiny-lm on the lm-budget space, objectives accuracy,
+    tokens/s and serving memory; naming a workload brings its own defaults."""
+    from search.cli import cli
+    from search.cli.options import make_spec
+
+    run = cli.commands["run"]
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    bare = make_spec(run.make_context("run", []).params, url)
+    assert (bare.workload, bare.space) == ("tiny-lm", "lm-budget")
+    assert bare.metric_names == ["accuracy", "throughput_tps", "memory_mb"]
+    assert bare.directions == ["maximize", "maximize", "minimize"]
+    digits = make_spec(run.make_context("run", ["--workload", "digits-cnn"]).params, url)
+    assert (digits.space, digits.objectives) == ("joint", DEFAULT_OBJECTIVES)
+    assert workload_defaults("causal-lm:/m?data=/d.txt") == ("lm-budget", LM_DEFAULT_OBJECTIVES)
+    assert not list(tmp_path.iterdir())  # building the spec writes nothing
 
 
 def test_differences_name_identity_fields_but_not_budgets():

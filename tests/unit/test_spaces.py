@@ -26,7 +26,7 @@ def _sampled_trials(space, n: int = 25, seed: int = 0):
 
 
 def test_builtin_spaces_are_the_documented_ones():
-    assert {"compression", "serving", "training", "joint"} <= set(BUILTINS)
+    assert {"compression", "serving", "training", "joint", "lm", "lm-budget"} <= set(BUILTINS)
 
 
 @pytest.mark.parametrize("name", BUILTINS)
