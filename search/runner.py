@@ -21,7 +21,7 @@ import sqlalchemy.exc
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, Trial
 
-from objectives import EarlyStopped, Reporter, evaluate
+from objectives import EarlyStopped, Reporter, evaluate, report_stage
 
 from . import attrs
 from ._optuna import note_attrs, storage_of, trial_id_of
@@ -80,6 +80,7 @@ class _TrialReporter(Reporter):
         # the handler also leaves it here, so the next stage raises it for good.
         if self.objective.interrupt is not None:
             raise Interrupted(self.objective.interrupt)
+        report_stage(f"trial {self.trial.number}: {name}")
 
     def attr(self, key: str, value: object) -> None:
         self.trial.set_user_attr(key, value)
