@@ -261,7 +261,8 @@ def create_or_resume(
         raise StudyNotFound(f"no study named {name!r}")
     report_stage("measuring the baseline (the uncompressed model)")
     base = evaluate(ctx.workload, baseline_config(ctx.workload), budget_mb=ctx.budget_mb,
-                    device=ctx.device, seed=spec.seed, serve_overhead_ms=ctx.serve_overhead_ms)
+                    device=ctx.device, seed=spec.seed, serve_overhead_ms=ctx.serve_overhead_ms,
+                    is_baseline=True)
     study = optuna.create_study(
         storage=storage, study_name=name, directions=spec.directions
     )
