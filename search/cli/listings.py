@@ -150,7 +150,16 @@ def workloads(fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps([{"name": k, "description": v} for k, v in rows.items()], indent=2))
         return
-    click.echo(table(["workload", "description"], [[k, v] for k, v in rows.items()]))
+    # Descriptions are wrapped, not cut: the lines fit the terminal (120 columns in a log).
+    import textwrap
+
+    first = max(len("workload"), *(len(k) for k in rows))
+    width = max(30, table_width() - first - 2)
+    body = []
+    for k, v in rows.items():
+        for i, line in enumerate(textwrap.wrap(v, width) or [""]):
+            body.append([k if i == 0 else "", line])
+    click.echo(table(["workload", "description"], body))
 
 
 @cli.command()
