@@ -87,6 +87,7 @@ class Progress:
         self._last_stage_line = ""
         self._drawn = ""
         self._drawn_t = -math.inf
+        self.frames = 0  # bars drawn on the terminal
         self._live: Any = None
         self._listener: _Listener | None = None
         self._stage: tuple[str, int | None, int | None] = ("", None, None)
@@ -271,6 +272,7 @@ class Progress:
                               redirect_stderr=False)
             self._live.start()
             self._drawn, self._drawn_t = self.status(), self.clock()
+            self.frames += 1
 
     def _draw(self, force: bool = False) -> None:
         """Redraw the bar if its text changed, and (unless `force`) not within a second."""
@@ -281,9 +283,12 @@ class Progress:
             return
         if not force and self.clock() - self._drawn_t < self.REDRAW_EVERY:
             return
-        self._start_live()
+        if self._live is None:
+            self._start_live()  # draws the current text
+            return
         self._live.update(self._bar(text), refresh=True)
         self._drawn, self._drawn_t = text, self.clock()
+        self.frames += 1
 
     def _bar(self, text: str) -> Any:
         from rich.progress_bar import ProgressBar
