@@ -42,20 +42,26 @@ def is_feasible(t: FrozenTrial) -> bool | None:
     return all(v <= 0 for v in cons.values())
 
 
+def _constraint_metric(name: str) -> str | None:
+    """The metric a stored constraint is about: `accuracy_drop<=0.01` -> accuracy_drop;
+    csearch's `memory_budget` (packed weights + cache + workspace) -> memory_mb."""
+    from .metrics import parse_constraint
+
+    try:
+        return parse_constraint(name).metric
+    except CsearchError:
+        return "memory_mb" if name == "memory_budget" else None
+
+
 def broken_constraints(t: FrozenTrial) -> list[dict[str, Any]]:
     """The constraints a trial breaks, each with the metric's value and by how much
     (Optuna's constraint value: > 0 is broken)."""
-    from .metrics import parse_constraint
-
     metrics = t.user_attrs.get(attrs.METRICS) or {}
     out = []
     for name, v in t.constraints.items():
         if name.isdigit() or not v > 0:  # the dashboard's list ("0", "1", ...) repeats them
             continue
-        try:
-            metric: str | None = parse_constraint(name).metric
-        except CsearchError:  # `memory_budget`: packed weights + cache + workspace
-            metric = "memory_mb" if name == "memory_budget" else None
+        metric = _constraint_metric(name)
         value = metrics.get(metric) if metric else None
         out.append({"constraint": name, "metric": metric, "value": _num(value), "by": v})
     return out
@@ -118,7 +124,6 @@ def trial_detail(study: optuna.Study, number: int) -> dict[str, Any]:
     """One trial as `csearch show` gives it: its row, its values by objective name, and
     every constraint with the metric's value and whether (and by how much) it is broken."""
     from .errors import UsageError
-    from .metrics import parse_constraint
 
     st = storage_of(study)
     try:
@@ -134,10 +139,7 @@ def trial_detail(study: optuna.Study, number: int) -> dict[str, Any]:
     metrics = row["metrics"]
     cons = []
     for name, v in row["constraints"].items():
-        try:
-            metric: str | None = parse_constraint(name).metric
-        except CsearchError:
-            metric = "memory_mb" if name == "memory_budget" else None
+        metric = _constraint_metric(name)
         cons.append({"constraint": name, "metric": metric,
                      "value": metrics.get(metric) if metric else None,
                      "margin": _num(v), "broken": v > 0})
