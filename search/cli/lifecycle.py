@@ -177,7 +177,12 @@ def create(**p: Any) -> None:
 
     Workers then join with `csearch worker --study NAME --storage URL`.
     """
-    study, tctx, created = prepare(p)
+    check_spec_args(p)  # before the heavy imports
+    progress = _Progress(progress_mode(False, "text")).listen()  # the baseline's stages
+    try:
+        study, tctx, created = prepare(p)
+    finally:
+        progress.close()
     state = "created" if created else "already exists (spec matches)"
     click.echo(f"study {study.study_name!r} {state}; budget {tctx.spec.trials} trials")
 
