@@ -235,13 +235,14 @@ class Progress:
         return f"{self.done}/{budget} {eta}".rstrip()
 
     def status(self) -> str:
-        """What follows the bar: finished/budget, best feasible values, ETA, the stage."""
+        """What follows the bar: finished/budget and ETA, the stage under way, then the
+        best feasible values (the part a narrow terminal cuts)."""
+        if self.spec is None:
+            return self.current
         best = " ".join(f"{k}={fmt_value(self.best[k])}" for k in self.names if k in self.best)
         best = f"best {best}" if best else "no feasible trial yet"
-        text = f"{self._count()}  {best}" if self.spec is not None else ""
-        if self.current:
-            text = f"{text}  | {self.current}" if text else self.current
-        return text
+        stage = f"{self.current} | " if self.current else ""
+        return f"{self._count()} | {stage}{best}"
 
     def _update_best(self, t: Any) -> None:
         from ..results import is_feasible
@@ -271,14 +272,22 @@ class Progress:
                               auto_refresh=False, redirect_stdout=False,
                               redirect_stderr=False)
             self._live.start()
-            self._drawn, self._drawn_t = self.status(), self.clock()
+            self._drawn, self._drawn_t = self._visible(), self.clock()
             self.frames += 1
+
+    def _visible(self) -> str:
+        """The part of the status the terminal shows: a change past the cut would only
+        redraw the same line."""
+        text = self.status()
+        if self.console is not None and self.spec is not None and self.spec.trials:
+            text = text[:max(1, self.console.width - self.WIDTH - 3)]
+        return text
 
     def _draw(self, force: bool = False) -> None:
         """Redraw the bar if its text changed, and (unless `force`) not within a second."""
         if self.mode != "tty":
             return
-        text = self.status()
+        text = self._visible()
         if not text or text == self._drawn:
             return
         if not force and self.clock() - self._drawn_t < self.REDRAW_EVERY:
@@ -286,7 +295,7 @@ class Progress:
         if self._live is None:
             self._start_live()  # draws the current text
             return
-        self._live.update(self._bar(text), refresh=True)
+        self._live.update(self._bar(self.status()), refresh=True)
         self._drawn, self._drawn_t = text, self.clock()
         self.frames += 1
 
@@ -319,6 +328,10 @@ class Progress:
                 self._listener = None
             if self._live is not None:
                 self.current = ""
+                if self.spec is None:  # only stages were shown: none is under way now
+                    from rich.text import Text
+
+                    self._live.update(Text(""), refresh=True)
                 self._draw(force=True)
                 self._live.stop()  # the terminal keeps the last bar
             self._live = None
