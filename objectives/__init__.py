@@ -17,6 +17,8 @@ _EXPORTS = {
     "cache_dir": ".workloads._cache",
     "pack_state": ".pack",
     "unpack_state": ".pack",
+    "PROGRESS_LOGGER": ".progress",
+    "report_stage": ".progress",
     "Evaluation": ".pipeline",
     "Reporter": ".pipeline",
     "base_accuracy": ".pipeline",

@@ -22,7 +22,8 @@ METRICS = (
     "eval_seconds",
 )
 # Also measured on every trial, and usable in objectives and constraints.
-EXTRA_METRICS = ("max_batch", "effective_bits", "baseline_model_latency_ms", "speedup")
+EXTRA_METRICS = ("max_batch", "effective_bits", "baseline_model_latency_ms", "speedup",
+                 "frontend_busy_share", "model_busy_share")
 
 UNITS = {
     "accuracy": "",
@@ -41,6 +42,10 @@ UNITS = {
     "effective_bits": "bits/weight",
     "baseline_model_latency_ms": "ms",  # base model, same batches, timed interleaved
     "speedup": "x",  # baseline_model_latency_ms / model_latency_ms
+    # Share of the replay's makespan the server's front end (serve_overhead_ms on every
+    # request) and the model (its batches) were busy: the larger is the bottleneck.
+    "frontend_busy_share": "",
+    "model_busy_share": "",
     "perplexity": "",
     "ttft_ms": "ms",  # time to first token, p50
     "ttft_p99_ms": "ms",

@@ -129,12 +129,15 @@ def evaluate(
     accuracy_guard: float | None = None,
     reporter: Reporter | None = None,
     serve_overhead_ms: float = 0.0,
+    is_baseline: bool = False,
 ) -> Evaluation:
     """Compress, fine-tune, pack, measure and serve one config.
 
     `serve_overhead_ms` is the real server's per-request overhead, added to every replayed
     request. The replay times the uncompressed base model on the same batches,
-    interleaved with the trial's, so `speedup` compares like with like.
+    interleaved with the trial's, so `speedup` compares like with like; `is_baseline`
+    (the config is the uncompressed model itself) skips that second timing, and its
+    `speedup` is 1 by definition rather than the ratio of two noisy timings of one model.
 
     `accuracy_guard` is the study's largest allowed accuracy drop, if it has one: a trial
     still far below it after its first fine-tune epoch raises `EarlyStopped`.
@@ -153,6 +156,10 @@ def evaluate(
     prune_plan, quant_plan = layer_plans(workload, model, config)
     masks = masks_for(model, config.prune, prune_plan)
     apply_masks(model, masks)
+    # Pruned weights only: removed channels and masked weights. A weight that quantization
+    # rounds to zero was not pruned, so a `prune.method=none` trial has sparsity 0.
+    pruned = (base_count - _prunable_count(model)
+              + sum(int(m.numel() - m.count_nonzero()) for m in masks.values()))
 
     # Cheap check first: weights that cannot fit the budget are not worth training.
     est = _packed_size(model, config, masks, budget_bytes, quant_plan)
@@ -189,7 +196,6 @@ def evaluate(
     reporter.stage("quantize")
     quantized = quantize_weights(model, config.quant, quant_plan)
     artifact = pack_state(model.state_dict(), quantized, {f"{n}.weight" for n in masks})
-    nonzero = sum(int((m.weight != 0).sum()) for m in prunable_layers(model).values())
     eff_bits = effective_bits(artifact, _weight_names(model), _weight_count(workload.model))
     act_bytes = activation_bytes_per_sample(model, workload.example_inputs(), device)
     model = apply_runtime(model, config.quant, device, quant_plan)
@@ -215,7 +221,7 @@ def evaluate(
         seed=seed,
         act_bytes=act_bytes,
         serve_overhead_ms=serve_overhead_ms,
-        baseline=_baseline_model(workload, device),
+        baseline=None if is_baseline else _baseline_model(workload, device),
     )
     metrics = {
         "accuracy": acc,
@@ -223,10 +229,13 @@ def evaluate(
         **{k: v for k, v in served.metrics.items()},
         **measured,
         "size_mb": len(artifact) / 1e6,
-        "sparsity": 1.0 - nonzero / base_count,
+        "sparsity": pruned / base_count,
         "effective_bits": eff_bits,
         "rejected_early": float(rejected),
     }
+    if is_baseline and "model_latency_ms" in metrics:
+        metrics["baseline_model_latency_ms"] = metrics["model_latency_ms"]
+        metrics["speedup"] = 1.0
     metrics["eval_seconds"] = time.perf_counter() - t_start
     samples = served.samples() if hasattr(served, "samples") else None
     return Evaluation(metrics, artifact, served.feasible_margin_mb, samples)

@@ -298,6 +298,11 @@ def replay(
     latencies, makespan = _timeline(plan, medians[0], serve_overhead_ms / 1e3, clients)
     lat_ms = np.asarray(latencies) * 1e3
     n_miss = len(trace) - sum(plan.hits)
+    # The two stages' busy time over the replay: the front end spends the overhead on
+    # every request, the model its batches. The busier one is the bottleneck: "server-
+    # bound" when it is the front end (the report reads these, not a share of the cap).
+    front_busy = len(trace) * serve_overhead_ms / 1e3
+    model_busy = sum(medians[0])
     model_ms = 1e3 * sum(medians[0]) / n_miss
     metrics = {
         "latency_ms": float(np.median(lat_ms)),
@@ -308,6 +313,8 @@ def replay(
         "cache_hit_rate": float(np.mean(plan.hits)),
         "memory_mb": memory / 1e6,
         "max_batch": float(fits),
+        "frontend_busy_share": front_busy / makespan if makespan > 0 else 0.0,
+        "model_busy_share": model_busy / makespan if makespan > 0 else 0.0,
     }
     if baseline is not None:
         metrics["baseline_model_latency_ms"] = 1e3 * sum(medians[1]) / n_miss

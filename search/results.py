@@ -18,6 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from . import attrs
+from .errors import CsearchError
 from ._optuna import (
     is_pareto_front,
     normalize_value,
@@ -28,8 +29,9 @@ from ._optuna import (
 )
 from .storage import ObjectiveRows, read_objectives, read_trials
 
-__all__ = ["is_feasible", "trial_row", "trial_rows", "pareto_rows", "study_summaries",
-           "stale_trial_ids", "pareto_mask", "front_trial_ids"]
+__all__ = ["is_feasible", "broken_constraints", "trial_row", "trial_rows", "trial_detail",
+           "pareto_rows",
+           "study_summaries", "stale_trial_ids", "pareto_mask", "front_trial_ids"]
 
 
 def is_feasible(t: FrozenTrial) -> bool | None:
@@ -38,6 +40,31 @@ def is_feasible(t: FrozenTrial) -> bool | None:
     if not cons:
         return None if t.state != TrialState.COMPLETE else True
     return all(v <= 0 for v in cons.values())
+
+
+def _constraint_metric(name: str) -> str | None:
+    """The metric a stored constraint is about: `accuracy_drop<=0.01` -> accuracy_drop;
+    csearch's `memory_budget` (packed weights + cache + workspace) -> memory_mb."""
+    from .metrics import parse_constraint
+
+    try:
+        return parse_constraint(name).metric
+    except CsearchError:
+        return "memory_mb" if name == "memory_budget" else None
+
+
+def broken_constraints(t: FrozenTrial) -> list[dict[str, Any]]:
+    """The constraints a trial breaks, each with the metric's value and by how much
+    (Optuna's constraint value: > 0 is broken)."""
+    metrics = t.user_attrs.get(attrs.METRICS) or {}
+    out = []
+    for name, v in t.constraints.items():
+        if name.isdigit() or not v > 0:  # the dashboard's list ("0", "1", ...) repeats them
+            continue
+        metric = _constraint_metric(name)
+        value = metrics.get(metric) if metric else None
+        out.append({"constraint": name, "metric": metric, "value": _num(value), "by": v})
+    return out
 
 
 def stale_trial_ids(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
@@ -73,6 +100,7 @@ def trial_row(t: FrozenTrial, stale: bool = False) -> dict[str, Any]:
         "feasible": is_feasible(t),
         "stale": stale,
         "constraints": {k: v for k, v in t.constraints.items() if not k.isdigit()},
+        "broken": broken_constraints(t),
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
         "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
         "duration_s": t.duration.total_seconds() if t.duration else None,
@@ -90,6 +118,37 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     trials = read_trials(study)
     stale = stale_trial_ids(study, trials)
     return [trial_row(t, t.number in stale) for t in trials]
+
+
+def trial_detail(study: optuna.Study, number: int) -> dict[str, Any]:
+    """One trial as `csearch show` gives it: its row, its values by objective name, and
+    every constraint with the metric's value and whether (and by how much) it is broken."""
+    from .errors import UsageError
+
+    st = storage_of(study)
+    try:
+        tid = st.get_trial_id_from_study_id_trial_number(study_id_of(study), number)
+    except KeyError:
+        n = len(study.get_trials(deepcopy=False))
+        raise UsageError(f"study {study.study_name!r} has no trial {number}; "
+                         + (f"valid: 0..{n - 1}" if n else "it has no trials")) from None
+    t = st.get_trial(tid)
+    row = trial_row(t, t.number in stale_trial_ids(study, [t]))
+    names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
+    row["objectives"] = dict(zip(names, row["values"])) if row["values"] else {}
+    metrics = row["metrics"]
+    cons = []
+    for name, v in row["constraints"].items():
+        metric = _constraint_metric(name)
+        cons.append({"constraint": name, "metric": metric,
+                     "value": metrics.get(metric) if metric else None,
+                     "margin": _num(v), "broken": v > 0})
+    row["constraint_checks"] = cons
+    for key in (attrs.PARTIAL_METRICS, attrs.RETRY_OF, attrs.RECOVERED_FROM, attrs.SEEDED,
+                attrs.ARTIFACT_ID, attrs.EVAL_SEED):
+        if key in t.user_attrs:
+            row[key] = t.user_attrs[key]
+    return row
 
 
 def pareto_mask(losses: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -18,13 +17,13 @@ from dataclasses import dataclass, field, replace
 
 import optuna
 import sqlalchemy.exc
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, Trial
 
-from objectives import EarlyStopped, Reporter, evaluate
+from objectives import EarlyStopped, Reporter, evaluate, report_stage
 
 from . import attrs
-from ._optuna import note_attrs, storage_of, trial_id_of
+from ._optuna import note_attrs, storage_of, trial_id_of, upload_named_artifact
 from .attrs import TrialResult, store_results
 from .budget import FINISHED, BudgetGate, count_finished, remaining_budget
 from .errors import StorageError
@@ -80,6 +79,7 @@ class _TrialReporter(Reporter):
         # the handler also leaves it here, so the next stage raises it for good.
         if self.objective.interrupt is not None:
             raise Interrupted(self.objective.interrupt)
+        report_stage(f"trial {self.trial.number}: {name}")
 
     def attr(self, key: str, value: object) -> None:
         self.trial.set_user_attr(key, value)
@@ -160,23 +160,22 @@ class TrialObjective:
         return tuple(values)
 
     def _upload(self, trial: Trial, data: bytes) -> str:
-        """Upload the packed model while the trial is live; return the artifact id."""
+        """Upload the packed model while the trial is live; return the artifact id, which
+        names the study and the trial (`default-trial-12-1a2b3c4d.safetensors`), so the
+        artifact folder says whose each file is."""
+        import io
+        import re
+        import uuid
+
         store_dir = self.ctx.spec.artifacts
         assert store_dir is not None
         os.makedirs(store_dir, exist_ok=True)
-        store = FileSystemArtifactStore(store_dir)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, f"trial-{trial.number}-model.safetensors")
-            with open(path, "wb") as f:
-                f.write(data)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return upload_artifact(
-                    artifact_store=store,
-                    file_path=path,
-                    study_or_trial=trial,
-                    mimetype="application/octet-stream",
-                )
+        study = re.sub(r"[^A-Za-z0-9._-]+", "_", trial.study.study_name).strip("._") or "study"
+        artifact_id = f"{study}-trial-{trial.number}-{uuid.uuid4().hex[:8]}.safetensors"
+        return upload_named_artifact(
+            FileSystemArtifactStore(store_dir), trial.storage, trial_id_of(trial), artifact_id,
+            f"trial-{trial.number}-model.safetensors", io.BytesIO(data),
+            "application/octet-stream")
 
 
 def _set_attrs(trial: Trial, user: dict[str, object],

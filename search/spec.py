@@ -13,8 +13,9 @@ from .errors import SpecError
 from .metrics import Constraint, Objective, parse_constraint, parse_objective
 
 __all__ = ["StudySpec", "SPEC_ATTR", "BASELINE_ATTR", "ENV_ATTR", "DEFAULT_OBJECTIVES",
-           "DEFAULT_SPACE", "DEFAULT_WORKLOAD", "LM_DEFAULT_OBJECTIVES", "LM_DEFAULT_SPACE",
-           "SAMPLERS", "VERSION", "stored_spec", "workload_defaults"]
+           "DEFAULT_GUARD", "DEFAULT_SPACE", "DEFAULT_WORKLOAD", "LM_DEFAULT_OBJECTIVES",
+           "LM_DEFAULT_SPACE", "QUALITY_METRICS", "SAMPLERS", "VERSION", "default_guard",
+           "stored_spec", "workload_defaults"]
 
 VERSION = "0.1.0"
 SPEC_ATTR = attrs.SPEC
@@ -31,12 +32,17 @@ DEFAULT_SPACE = "joint"
 DEFAULT_WORKLOAD = "tiny-lm"
 LM_DEFAULT_SPACE = "lm-budget"
 LM_DEFAULT_OBJECTIVES = ("accuracy:max", "throughput_tps:max", "memory_mb:min")
+# A study whose constraints say nothing about quality gets this one, unless `--no-guard`:
+# without it "feasible" means only "fits the memory budget", and a chance-level model can
+# sit on the front. LM workloads measure next-token accuracy under the same name.
+DEFAULT_GUARD = "accuracy_drop<=0.01"
+QUALITY_METRICS = ("accuracy", "accuracy_drop", "perplexity")
 SAMPLERS = ("tpe", "refine", "nsga2", "nsga3", "gp", "random", "grid")
 
 # Fields that define what a study *is*; resuming with any of them changed is refused.
 # Budgets (trials, timeout), the device and the artifact switch may change between runs.
-_IDENTITY = ("workload", "space_toml", "objectives", "constraints", "sampler", "seed",
-             "memory_budget_mb")
+_IDENTITY = ("workload", "space_toml", "objectives", "constraints", "guard", "sampler",
+             "seed", "memory_budget_mb")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,10 @@ class StudySpec:
     memory_budget_mb: float | None = None
     artifacts: str | None = None  # artifact directory, or None for no artifacts
     version: str = VERSION
+    # The default quality guard the study was created with (a constraint like the others);
+    # None: none (`--no-guard`, a quality constraint of the user's, or a study stored
+    # before the guard existed, which resumes as it was).
+    guard: str | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -75,7 +85,9 @@ class StudySpec:
         return [parse_objective(o) for o in self.objectives]
 
     def parsed_constraints(self) -> list[Constraint]:
-        return [parse_constraint(c) for c in self.constraints]
+        """The user's constraints, then the default guard if the study has one."""
+        given = [*self.constraints, *([self.guard] if self.guard else [])]
+        return [parse_constraint(c) for c in given]
 
     @property
     def directions(self) -> list[str]:
@@ -128,6 +140,14 @@ def workload_defaults(workload: str) -> tuple[str, tuple[str, ...]]:
     if is_lm_ref(workload):
         return LM_DEFAULT_SPACE, LM_DEFAULT_OBJECTIVES
     return DEFAULT_SPACE, DEFAULT_OBJECTIVES
+
+
+def default_guard(constraints: tuple[str, ...]) -> str | None:
+    """The guard a study with these constraints gets: none when one of them is already
+    about quality (accuracy, accuracy_drop, perplexity)."""
+    if any(parse_constraint(c).metric in QUALITY_METRICS for c in constraints):
+        return None
+    return DEFAULT_GUARD
 
 
 def _show(v: Any) -> str:

@@ -49,7 +49,6 @@ class Spool:
         return self.dir / f"{self.host}-{os.getpid()}-{trial_id}.json"
 
     def add(self, trial: optuna.trial.Trial, result: TrialResult) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         record = {
             "trial_id": trial_id_of(trial),
             "number": trial.number,
@@ -58,11 +57,26 @@ class Spool:
             **result.to_record(),
         }
         tmp = self._path(trial_id_of(trial)).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self._path(trial_id_of(trial)))
+        for attempt in range(3):  # another worker may remove the empty folder meanwhile
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.write_text(json.dumps(record))
+                os.replace(tmp, self._path(trial_id_of(trial)))
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
 
     def done(self, trial_id: int) -> None:
         self._path(trial_id).unlink(missing_ok=True)
+        self._drop_if_empty()
+
+    def _drop_if_empty(self) -> None:
+        """A study's spool folder goes with its last result: no empty folders pile up."""
+        try:
+            self.dir.rmdir()
+        except OSError:  # not empty (another worker's result), or already gone
+            pass
 
     def pending(self) -> list[Path]:
         """Spooled results of this process, and of dead processes on this host."""
@@ -102,4 +116,5 @@ class Spool:
                 ))
             path.unlink(missing_ok=True)
             written += 1
+        self._drop_if_empty()
         return written

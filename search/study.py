@@ -14,7 +14,7 @@ import optuna
 import torch
 from optuna.storages import BaseStorage
 
-from objectives import Workload, evaluate, load_workload
+from objectives import Workload, evaluate, load_workload, report_stage
 from objectives.workloads import allow as allow_workload
 from spaces import Config, Space, TrainConfig, builtin_spaces, load_space, parse_space
 
@@ -102,6 +102,7 @@ def build_spec(
     timeout: float | None,
     memory_budget_mb: float | None,
     artifacts: str | None,
+    guard: str | None = None,
 ) -> StudySpec:
     """Validate the user's choices into a spec (raises CsearchError on any mistake)."""
     resolve_device(device)
@@ -120,6 +121,7 @@ def build_spec(
         timeout=timeout,
         memory_budget_mb=memory_budget_mb,
         artifacts=artifacts,
+        guard=guard,
     )
 
 
@@ -141,6 +143,7 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
                 f"{spec.workload!r}"
             )
         allow_workload(workload)
+    report_stage(f"loading workload {spec.workload}")
     workload_obj = load_workload(spec.workload, stored=stored)
     _check_metrics(spec, workload_obj)
     space = resolve_space(parse_space(spec.space_toml, name=spec.space), workload_obj)
@@ -158,6 +161,7 @@ def _serve_overhead_ms(workload: Workload, device: torch.device, ref: str) -> fl
     requests, in ms: measured once per machine and request size, then read from the cache."""
     from .serving import serve_overhead_ms
 
+    report_stage("measuring the server's per-request overhead")
     return serve_overhead_ms(workload, str(device), ref=ref)
 
 
@@ -255,8 +259,10 @@ def create_or_resume(
         return study, False
     if ctx is None:
         raise StudyNotFound(f"no study named {name!r}")
+    report_stage("measuring the baseline (the uncompressed model)")
     base = evaluate(ctx.workload, baseline_config(ctx.workload), budget_mb=ctx.budget_mb,
-                    device=ctx.device, seed=spec.seed, serve_overhead_ms=ctx.serve_overhead_ms)
+                    device=ctx.device, seed=spec.seed, serve_overhead_ms=ctx.serve_overhead_ms,
+                    is_baseline=True)
     study = optuna.create_study(
         storage=storage, study_name=name, directions=spec.directions
     )
@@ -269,6 +275,7 @@ def create_or_resume(
                                           "serve_overhead_ms": ctx.serve_overhead_ms})
     from .sensitivity import measure
 
+    report_stage("sensitivity pass over the layer groups")
     sens = measure(ctx)  # once per study, before any worker starts
     if sens is not None:
         study.set_user_attr(attrs.SENSITIVITY, sens)

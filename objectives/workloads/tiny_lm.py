@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from ..lm.corpus import CharTokenizer, kjv_text, split_lines, windows
 from ..lm.model import CausalLM
 from ..lm.workload import LMData, make_lm_workload
+from ..progress import report_stage
 from ..workload import Workload
 from ._cache import cached_state_dict, cached_tensors
 
@@ -51,15 +53,17 @@ def build_tiny_lm(vocab_size: int, shape: tuple[int, int, int, int, int] = TINY_
 
 
 def train_lm(model: CausalLM, train_ids: torch.Tensor, *, steps: int = _STEPS,
-             batch: int = _BATCH, seq: int = _SEQ, lr: float = _LR, seed: int = 0) -> None:
-    """Next-token cross-entropy, AdamW, linear warm-up then cosine decay."""
+             batch: int = _BATCH, seq: int = _SEQ, lr: float = _LR, seed: int = 0,
+             on_step: Callable[[int, int], None] | None = None) -> None:
+    """Next-token cross-entropy, AdamW, linear warm-up then cosine decay. `on_step(done,
+    steps)` after each step: training at first use takes minutes (progress)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         starts = torch.randint(0, len(train_ids) - seq - 1, (batch,), generator=g).tolist()
         x = torch.stack([train_ids[s:s + seq + 1] for s in starts])
         loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
@@ -68,6 +72,8 @@ def train_lm(model: CausalLM, train_ids: torch.Tensor, *, steps: int = _STEPS,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if on_step is not None:
+            on_step(step + 1, steps)
     model.eval()
 
 
@@ -100,7 +106,8 @@ def train_tiny_lm(seed: int = 0) -> CausalLM:
     tok, train_ids, _ = _data(seed)
     torch.manual_seed(seed)
     m = build_tiny_lm(tok.vocab_size)
-    train_lm(m, train_ids, seed=seed)
+    train_lm(m, train_ids, seed=seed, on_step=lambda done, total: report_stage(
+        "training tiny-lm, first use: step", done, total))
     return m
 
 

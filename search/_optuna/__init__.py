@@ -18,6 +18,7 @@ from .access import (
     trial_id_of,
     unwrap_storage,
 )
+from .artifacts import upload_named_artifact
 from .grpc import HEARTBEAT_ATTR, HeartbeatGrpcStorage
 from .multi_objective import (
     constraints_from_system_attrs,
@@ -50,4 +51,5 @@ __all__ = [
     "study_id_of",
     "trial_id_of",
     "unwrap_storage",
+    "upload_named_artifact",
 ]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
 import click
 
 from .group import cli
-from .options import (info, open_target, prepare, spec_options, storage_option, stored,
-                      study_option, url_of)
+from .options import (check_spec_args, info, log_format_option, open_target, prepare,
+                      spec_options, storage_option, stored, study_option, url_of)
 from .progress import Progress as _Progress
+from .progress import progress_mode
 from .tables import pareto_table
 
 # --- run / create / worker -----------------------------------------------------------
@@ -28,20 +28,21 @@ from .tables import pareto_table
 @click.option("--gpus-per-worker", type=click.FloatRange(0, min_open=False), default=0,
               show_default=True, help="With --ray: GPUs Ray gives each worker.")
 @click.option("--quiet", "-q", is_flag=True,
-              help="No per-trial lines and no progress bar (also off when stdout is not a "
-                   "terminal).")
+              help="No per-trial lines, stage lines or progress bar.")
+@log_format_option
 @click.pass_context
-def run(ctx: click.Context, workers: int, quiet: bool, ray_address: str | None,
-        gpus_per_worker: float, **p: Any) -> None:
+def run(ctx: click.Context, workers: int, quiet: bool, log_format: str,
+        ray_address: str | None, gpus_per_worker: float, **p: Any) -> None:
     """Create or resume a study and run trials up to its budget.
 
     Prints the feasible Pareto front at the end. Running the same command again resumes
-    the study and does no extra work once the budget is reached.
+    the study and does no extra work once the budget is reached. Progress: a live bar on
+    a terminal; in a log, one line per finished trial and at most one per 10 s while a
+    long stage runs (--log-format json: JSON lines).
     """
     from ..errors import UsageError
-    from ..results import pareto_rows
-    from ..runner import count_finished
 
+    check_spec_args(p)  # before the heavy imports: a bad argument fails at once
     if workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {workers}")
     if ray_address is not None:
@@ -50,23 +51,33 @@ def run(ctx: click.Context, workers: int, quiet: bool, ray_address: str | None,
         check_ray()  # before anything is created: the error names the extra
     elif gpus_per_worker:
         raise UsageError("--gpus-per-worker is for --ray; local workers get one GPU each")
+    progress = _Progress(progress_mode(quiet, log_format)).listen()
+    try:
+        _run(progress, workers, ray_address, gpus_per_worker, p)
+    finally:
+        progress.close()
+
+
+def _run(progress: _Progress, workers: int, ray_address: str | None, gpus_per_worker: float,
+         p: dict[str, Any]) -> None:
+    from ..runner import count_finished
+
+    quiet = progress.quiet
     study, tctx, created = prepare(p, need_context=False)
     url = url_of(p)
     done0 = count_finished(study)
     if tctx is None:
         spec = stored(study)
-        info(f"study {study.study_name!r}: budget of {spec.trials} trials already reached; "
-              "nothing to run (raise --trials to continue)", quiet)
-        click.echo(f"Pareto front of {study.study_name!r} "
-                   f"({len(pareto_rows(study))} feasible trial(s)):")
-        click.echo(pareto_table(pareto_rows(study), spec.metric_names,
-                                 study.user_attrs.get("baseline")))
+        progress.note(f"study {study.study_name!r}: budget of {spec.trials} trials already "
+                      "reached; nothing to run (raise --trials to continue)")
+        _print_front(progress, study, spec)
         return
     verb = "created" if created else "resuming"
-    info(f"study {study.study_name!r} {verb}: {done0}/{tctx.spec.trials} trials finished, "
-          f"workload {tctx.spec.workload}, space {tctx.spec.space}, "
-          f"device {tctx.device}, budget {tctx.budget_mb:g} MB", quiet)
-    progress = _Progress(tctx.spec, study, quiet or not sys.stdout.isatty())
+    progress.note(f"study {study.study_name!r} {verb}: {done0}/{tctx.spec.trials} trials "
+                  f"finished, workload {tctx.spec.workload}, space {tctx.spec.space}, "
+                  f"device {tctx.device}, budget {tctx.budget_mb:g} MB"
+                  + (f", guard {tctx.spec.guard}" if tctx.spec.guard else ""))
+    progress.start(tctx.spec, study)
     t0 = time.perf_counter()
     if ray_address is not None:
         _run_on_ray(study, tctx, url, workers, ray_address, gpus_per_worker, progress, quiet)
@@ -99,10 +110,23 @@ def run(ctx: click.Context, workers: int, quiet: bool, ray_address: str | None,
         _settle(study, quiet)
     elapsed = time.perf_counter() - t0
     done = count_finished(study)
-    info(f"{done - done0} trial(s) in {elapsed:.1f}s; {done}/{tctx.spec.trials} finished", quiet)
+    progress.note(f"{done - done0} trial(s) in {elapsed:.1f}s; {done}/{tctx.spec.trials} "
+                  "finished")
+    _print_front(progress, study, tctx.spec)
+
+
+def _print_front(progress: _Progress, study: Any, spec: Any) -> None:
+    """The feasible front: a table, or with --log-format json one `front` JSON line."""
+    import json
+
+    from ..results import pareto_rows
+
     rows = pareto_rows(study)
+    if progress.mode == "json":
+        click.echo(json.dumps({"event": "front", "study": study.study_name, "trials": rows}))
+        return
     click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
-    click.echo(pareto_table(rows, tctx.spec.metric_names, study.user_attrs.get("baseline")))
+    click.echo(pareto_table(rows, spec.metric_names, study.user_attrs.get("baseline")))
 
 
 
@@ -153,7 +177,12 @@ def create(**p: Any) -> None:
 
     Workers then join with `csearch worker --study NAME --storage URL`.
     """
-    study, tctx, created = prepare(p)
+    check_spec_args(p)  # before the heavy imports
+    progress = _Progress(progress_mode(False, "text")).listen()  # the baseline's stages
+    try:
+        study, tctx, created = prepare(p)
+    finally:
+        progress.close()
     state = "created" if created else "already exists (spec matches)"
     click.echo(f"study {study.study_name!r} {state}; budget {tctx.spec.trials} trials")
 
@@ -164,8 +193,8 @@ def create(**p: Any) -> None:
 @click.option("--device", default=None, help="Override the stored device (auto, cpu, cuda:N).")
 @click.option("--timeout", type=float, default=None, help="Stop starting trials after N seconds.")
 @click.option("--quiet", "-q", is_flag=True,
-              help="No per-trial lines and no progress bar (also off when stdout is not a "
-                   "terminal).")
+              help="No per-trial lines, stage lines or progress bar.")
+@log_format_option
 @click.option("--workload", default=None, metavar="package.module:factory",
               help="Confirm the study's plugin workload: a module:factory reference read "
                    "from the database is imported only when named here.")
@@ -173,7 +202,7 @@ def create(**p: Any) -> None:
               help="Intra-op CPU threads for evaluation (default: all cores). With several "
                    "workers on one machine, give each cores/workers.")
 def worker(study_name: str, storage: str | None, device: str | None, timeout: float | None,
-           quiet: bool, workload: str | None, threads: int | None) -> None:
+           quiet: bool, log_format: str, workload: str | None, threads: int | None) -> None:
     """Join an existing study from its stored spec and run trials until its budget.
 
     A database that is restarting when the worker starts is waited for, up to 20 s
@@ -211,13 +240,13 @@ def worker(study_name: str, storage: str | None, device: str | None, timeout: fl
     if backend_of(url) == "sqlite" and running:
         click.echo("warning: other workers are running on this SQLite file; for many workers "
                    "use PostgreSQL (--storage postgresql://...) or a journal file", err=True)
-    progress = _Progress(spec, st, quiet or not sys.stdout.isatty())
+    progress = _Progress(progress_mode(quiet, log_format)).listen().start(spec, st)
     try:
         n = join_study(study_name, url, device=device, worker_index=None, timeout=timeout,
                        on_trial=progress, workload=workload)
     finally:
         progress.close()
-    info(f"worker ran {n} trial(s)", quiet)
+    progress.note(f"worker ran {n} trial(s)")
 
 
 

@@ -8,7 +8,8 @@ import click
 
 from .group import cli
 from .options import format_option, open_target, storage_option, study_option
-from .tables import feas, fmt_value, pareto_table, params_text, table, table_width
+from .tables import (broken_text, feas, fmt_value, pareto_table, params_text, table,
+                     table_width)
 
 @cli.command()
 @storage_option
@@ -52,11 +53,13 @@ def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ..
         return
     names = study.metric_names or []
     headers = ["#", "state", "feasible", *names, "seconds", "params", "reason"]
+    # Why a trial failed, was stopped, or is infeasible (which constraint, by how much).
     body = [[r["number"], r["state"] + (" (stale)" if r.get("stale") else ""), feas(r["feasible"]),
              *[fmt_value(v) for v in (r["values"] or [None] * len(names))],
-             fmt_value(r["duration_s"]), params_text(r["params"], full), r.get("reason", "")]
+             fmt_value(r["duration_s"]), params_text(r["params"], full),
+             r.get("reason") or broken_text(r, short=True)]
             for r in rows]
-    if not any(r.get("reason") for r in rows):
+    if not any(b[-1] for b in body):
         headers.pop()
         body = [b[:-1] for b in body]
     # Where each trial ran, when that differs between trials (workers on several GPUs).
@@ -66,7 +69,7 @@ def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ..
         for b, w in zip(body, where):
             b.insert(3, w)
     click.echo(table(headers, body, None if full else table_width(),
-                     shrink=(("reason", 12), ("params", 12))))
+                     shrink=(("params", 12), ("reason", 12))))
 
 
 def _where(row: dict) -> str:
@@ -74,6 +77,47 @@ def _where(row: dict) -> str:
     if row.get("gpu") is not None:
         return f"gpu {row['gpu']}"
     return row.get("device") or ""
+
+
+@cli.command()
+@study_option
+@storage_option
+@format_option
+@click.option("--trial", "number", type=int, required=True, help="Trial number.")
+def show(study_name: str, storage: str | None, fmt: str, number: int) -> None:
+    """One trial: objective values, constraints (which are broken, by how much), params
+    and every metric; as Optuna's `best-trial` shows one trial."""
+    from ..results import trial_detail
+
+    d = trial_detail(open_target(storage, study_name), number)
+    if fmt == "json":
+        click.echo(json.dumps(d, indent=2))
+        return
+    feasible = {True: "feasible", False: "INFEASIBLE", None: "no feasibility"}[d["feasible"]]
+    head = f"trial {d['number']} of study {study_name!r}: {d['state']}, {feasible}"
+    why = d.get("reason") or broken_text(d)
+    click.echo(head + (f"; {why}" if why else ""))
+    sections = [
+        ("objective", "value", [[k, fmt_value(v)] for k, v in d["objectives"].items()]),
+        ("constraint", "check", [[c["constraint"], _check(c)] for c in d["constraint_checks"]]),
+        ("parameter", "value", [[k, fmt_value(v)] for k, v in d["params"].items()]),
+        ("metric", "value", [[k, fmt_value(v)] for k, v in sorted(d["metrics"].items())]),
+    ]
+    for name, what, rows in sections:
+        if rows:
+            click.echo("")
+            click.echo(table([name, what], rows))
+
+
+def _check(c: dict) -> str:
+    value = f"{c['metric']}={fmt_value(c['value'])}: " if c["value"] is not None else ""
+    unit = " MB" if c["constraint"] == "memory_budget" else ""
+    if c["margin"] is None:
+        return f"{value}-"
+    if c["broken"]:
+        side = "short" if ">=" in c["constraint"] else "over"
+        return f"{value}BROKEN, {fmt_value(c['margin'])}{unit} {side}"
+    return f"{value}ok, {fmt_value(-c['margin'])}{unit} to spare"
 
 
 @cli.command()
@@ -106,7 +150,16 @@ def workloads(fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps([{"name": k, "description": v} for k, v in rows.items()], indent=2))
         return
-    click.echo(table(["workload", "description"], [[k, v] for k, v in rows.items()]))
+    # Descriptions are wrapped, not cut: the lines fit the terminal (120 columns in a log).
+    import textwrap
+
+    first = max(len("workload"), *(len(k) for k in rows))
+    width = max(30, table_width() - first - 2)
+    body = []
+    for k, v in rows.items():
+        for i, line in enumerate(textwrap.wrap(v, width) or [""]):
+            body.append([k if i == 0 else "", line])
+    click.echo(table(["workload", "description"], body))
 
 
 @cli.command()

@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 __all__ = ["DEFAULT_STUDY", "storage_option", "study_option", "format_option",
-           "spec_options", "make_spec", "given_options", "resumed_spec", "prepare", "stored",
-           "url_of", "info", "open_target"]
+           "spec_options", "check_spec_args", "log_format_option", "make_spec",
+           "given_options", "resumed_spec", "prepare", "stored", "url_of", "info",
+           "open_target"]
 
 DEFAULT_STUDY = "default"
 
@@ -54,6 +55,10 @@ def spec_options(f: Any) -> Any:
         click.option("--constraint", "constraints", multiple=True, metavar="EXPR",
                      help="Feasibility constraint, repeatable, e.g. 'accuracy_drop<=0.01'. "
                           "The memory budget is always a constraint."),
+        click.option("--no-guard", is_flag=True,
+                     help="No default quality guard. Without it, a study none of whose "
+                          "constraints is about quality (accuracy, accuracy_drop, "
+                          "perplexity) gets 'accuracy_drop<=0.01'."),
         click.option("--sampler", type=click.Choice(["tpe", "refine", "nsga2", "nsga3", "gp",
                                                      "random", "grid"]),
                      default="refine", show_default=True,
@@ -79,8 +84,33 @@ def spec_options(f: Any) -> Any:
     return study_option(storage_option(f))
 
 
+def log_format_option(f: Any) -> Any:
+    return click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+                        show_default=True,
+                        help="Progress as text (a live bar on a terminal, else one line per "
+                             "finished trial and per long stage) or as JSON lines.")(f)
+
+
+def check_spec_args(p: dict[str, Any]) -> None:
+    """The checks that need no model, storage or torch, so a bad argument is refused at
+    once rather than after the heavy imports (`make_spec` checks everything again)."""
+    from ..errors import UsageError
+    from ..metrics import parse_constraint, parse_objective
+
+    if p["trials"] is not None and p["trials"] < 0:
+        raise UsageError(f"--trials must be 0 or more, got {p['trials']}")
+    if p["timeout"] is not None and not p["timeout"] > 0:
+        raise UsageError(f"--timeout must be positive seconds, got {p['timeout']:g}")
+    if p["memory_budget_mb"] is not None and not p["memory_budget_mb"] > 0:
+        raise UsageError(f"--memory-budget-mb must be positive, got {p['memory_budget_mb']:g}")
+    for o in p["objectives"]:
+        parse_objective(o)
+    for c in p["constraints"]:
+        parse_constraint(c)
+
+
 def make_spec(p: dict[str, Any], url: str) -> Any:
-    from ..spec import workload_defaults
+    from ..spec import default_guard, workload_defaults
     from ..storage import artifact_dir_for
     from ..study import build_spec, workload_ref
 
@@ -94,6 +124,7 @@ def make_spec(p: dict[str, Any], url: str) -> Any:
         constraints=tuple(p["constraints"]), sampler=p["sampler"], seed=p["seed"],
         device=p["device"], trials=p["trials"], timeout=p["timeout"],
         memory_budget_mb=p["memory_budget_mb"], artifacts=artifacts,
+        guard=None if p.get("no_guard") else default_guard(tuple(p["constraints"])),
     )
 
 
@@ -101,8 +132,8 @@ def make_spec(p: dict[str, Any], url: str) -> Any:
 _SPEC_FIELDS = {
     "workload": ("workload",), "workload_data": ("workload",),
     "space": ("space", "space_toml"), "objectives": ("objectives",),
-    "constraints": ("constraints",), "sampler": ("sampler",), "seed": ("seed",),
-    "device": ("device",), "trials": ("trials",), "timeout": ("timeout",),
+    "constraints": ("constraints",), "no_guard": ("guard",), "sampler": ("sampler",),
+    "seed": ("seed",), "device": ("device",), "trials": ("trials",), "timeout": ("timeout",),
     "memory_budget_mb": ("memory_budget_mb",), "artifacts": ("artifacts",),
 }
 

@@ -26,8 +26,8 @@ def export(study_name: str, storage: str | None, number: int, output: str,
 
     study = open_target(storage, study_name)
     meta = export_trial(study, number, output, workload=workload)
-    click.echo(f"wrote {output}/model.safetensors ({meta['model_bytes']} bytes, "
-               f"from {meta['model_source']}) and {output}/csearch.json")
+    click.echo(f"wrote {os.path.join(output, 'model.safetensors')} ({meta['model_bytes']} "
+               f"bytes, from {meta['model_source']}) and {os.path.join(output, 'csearch.json')}")
 
 
 

@@ -25,16 +25,30 @@ def _registry(storage: str | None) -> Any:
 @click.option("--trial", "number", type=int, required=True, help="Trial number to deploy.")
 @click.option("--name", default=None, metavar="M",
               help="Model name (default: the study's name).")
-def deploy(study_name: str, storage: str | None, number: int, name: str | None) -> None:
+@click.option("--force", is_flag=True,
+              help="Deploy even an infeasible trial (one that breaks a constraint).")
+def deploy(study_name: str, storage: str | None, number: int, name: str | None,
+           force: bool) -> None:
     """Register a trial's packed model as the next immutable version of model M.
 
     The version lives in the study's database with the artifact's bytes, sha256, serve
     config and metrics, so `csearch serve` on any machine loads it from the URL alone.
+    An infeasible trial is refused unless --force; the message says what it breaks.
     """
+    from ..errors import UsageError
+    from ..results import trial_detail
     from ..storage import load_study, open_storage
+    from .tables import broken_text
 
     reg = _registry(storage)
     study = load_study(open_storage(reg.url, create=False), study_name)
+    detail = trial_detail(study, number)
+    if detail["broken"]:
+        why = broken_text(detail)
+        if not force:
+            raise UsageError(f"trial {number} of study {study_name!r} is infeasible: {why}; "
+                             "deploy it anyway with --force")
+        click.echo(f"warning: deploying infeasible trial {number}: {why}", err=True)
     v = reg.deploy(study, number, name)
     click.echo(f"deployed trial {number} of study {study_name!r} as {v.name} v{v.version} "
                f"({v.size_bytes} bytes, sha256 {v.sha256[:12]}); "
@@ -58,6 +72,7 @@ def versions(name: str | None, storage: str | None, fmt: str) -> None:
     if not rows:
         click.echo("(no model versions; `csearch deploy --study S --trial N` adds one)")
         return
+    names = _objective_names(reg.url, {v["study"] for m in rows for v in m["versions"]})
     rows_out = []
     for m in rows:
         tags = {}
@@ -65,12 +80,12 @@ def versions(name: str | None, storage: str | None, fmt: str) -> None:
             tags.setdefault(v, []).append(alias)
         for v in m["versions"]:
             met = v["metrics"]
+            objectives = " ".join(f"{k}={fmt_value(met.get(k))}" for k in names[v["study"]])
             rows_out.append([m["name"], v["version"], ",".join(tags.get(v["version"], [])) or "-",
                           v["study"], v["trial"], v["created_at"][:19].replace("T", " "),
-                          v["sha256"][:12], fmt_value(met.get("accuracy")),
-                          fmt_value(met.get("latency_ms")), fmt_value(met.get("size_mb"))])
+                          v["sha256"][:12], objectives])
     click.echo(table(["model", "version", "aliases", "study", "trial", "created (UTC)",
-                       "sha256", "accuracy", "latency_ms", "size_mb"], rows_out))
+                       "sha256", "objectives (of the study)"], rows_out))
     for m in rows:
         if m["history"]:
             click.echo(f"\nhistory of {m['name']}:")
@@ -78,6 +93,24 @@ def versions(name: str | None, storage: str | None, fmt: str) -> None:
                 before = f" (was v{e['previous']})" if e["previous"] is not None else ""
                 click.echo(f"  {e['at'][:19].replace('T', ' ')}  {e['action']:<8} "
                            f"production -> v{e['version']}{before}")
+
+
+def _objective_names(url: str, studies: set[str]) -> dict[str, list[str]]:
+    """Each study's objective metrics; a deleted study's, the default objectives."""
+    from ..spec import DEFAULT_OBJECTIVES
+    from ..storage import open_storage
+
+    default = [o.split(":")[0] for o in DEFAULT_OBJECTIVES]
+    if not studies:
+        return {}
+    st = open_storage(url, create=False, heartbeat=False)
+    known = {s.study_name: s for s in st.get_all_studies()}
+    out = {}
+    for name in studies:
+        s = known.get(name)
+        objectives = (s.user_attrs.get("spec") or {}).get("objectives") if s else None
+        out[name] = [o.split(":")[0] for o in objectives] if objectives else default
+    return out
 
 
 @cli.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["duration", "fmt_value", "feas", "params_text", "changed_params", "table",
+__all__ = ["duration", "fmt_value", "feas", "broken_text", "params_text", "changed_params", "table",
            "table_width", "pareto_table", "TABLE_WIDTH"]
 
 def duration(sec: float) -> str:
@@ -18,13 +18,36 @@ def duration(sec: float) -> str:
 
 
 def fmt_value(v: Any) -> str:
+    """Four significant digits, always positional: 10640 and 0.00012, never 1.064e+04."""
     if v is None:
         return "-"
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
-        return f"{v:.4g}"
+        a = abs(v)
+        if a == 0 or 1e-4 <= a < 1e4:
+            return f"{v:.4g}"
+        if a >= 1e4:
+            return f"{v:.0f}"
+        digits = 3 - math.floor(math.log10(a))
+        return f"{v:.{digits}f}".rstrip("0")
     return str(v)
+
+
+def broken_text(row: dict[str, Any], short: bool = False) -> str:
+    """`breaks accuracy_drop<=0.01 (accuracy_drop=0.887, 0.877 over)` for a trial row's
+    broken constraints (`short`: `breaks accuracy_drop<=0.01 by 0.877`); empty when it
+    breaks none."""
+    if short:
+        return "; ".join(f"breaks {b['constraint']} by {fmt_value(b['by'])}"
+                         for b in row.get("broken") or ())
+    parts = []
+    for b in row.get("broken") or ():
+        value = f"{b['metric']}={fmt_value(b['value'])}, " if b.get("value") is not None else ""
+        unit = " MB" if b["constraint"] == "memory_budget" else ""
+        side = "short" if ">=" in b["constraint"] else "over"
+        parts.append(f"{b['constraint']} ({value}{fmt_value(b['by'])}{unit} {side})")
+    return f"breaks {'; '.join(parts)}" if parts else ""
 
 
 def feas(v: Any) -> str:
@@ -107,18 +130,28 @@ def table(headers: list[str], rows: list[list[Any]], width: int | None = None,
     return "\n".join(lines)
 
 
+# Shown after the objectives in a front: what a reader checks next. No `throughput_rps`:
+# for a classifier it is mostly the front end's modelled cap (1000 / serve_overhead_ms),
+# the same for every trial, not a measurement of the model.
+_FRONT_EXTRAS = ("accuracy_drop", "speedup")
+_LM_FRONT_EXTRAS = ("accuracy_drop", "perplexity", "ttft_ms", "throughput_tps")
+
+
 def pareto_table(rows: list[dict[str, Any]], names: list[str], baseline: dict | None,
                  full: bool = False) -> str:
-    """The feasible front; `full`: every parameter, however wide the lines get."""
+    """The feasible front; `full`: every parameter, however wide the lines get. A language
+    model's front shows its own metrics (TTFT, tokens/s, perplexity)."""
     if not rows:
         return "(no feasible trials)"
     base_size = (baseline or {}).get("size_mb")
+    lm = any("throughput_tps" in r["metrics"] for r in rows)
+    extras = [k for k in (_LM_FRONT_EXTRAS if lm else _FRONT_EXTRAS) if k not in names
+              and any(k in r["metrics"] for r in rows)]
     body = []
     for r in rows:
         m = r["metrics"]
         ratio = f"{base_size / m['size_mb']:.1f}x" if base_size and m.get("size_mb") else "-"
         body.append([r["number"], *[fmt_value(v) for v in r["values"]], ratio,
-                      fmt_value(m.get("accuracy_drop")), fmt_value(m.get("throughput_rps")),
-                     params_text(r["params"], full)])
-    return table(["#", *names, "smaller", "acc_drop", "rps", "params"], body,
+                     *[fmt_value(m.get(k)) for k in extras], params_text(r["params"], full)])
+    return table(["#", *names, "smaller", *extras, "params"], body,
                  None if full else table_width(), shrink=(("params", 12),))

@@ -270,9 +270,6 @@ def collect_timeline(study: optuna.Study, trials: Trials | None = None) -> Timel
     return data
 
 
-SERVER_BOUND = 0.97  # share of the overhead's cap at which a trial counts as server-bound
-
-
 @dataclass
 class ServingData:
     """The serving memory split (β = serve.cache_ratio, γ = serve.memory_ratio) of each
@@ -285,16 +282,18 @@ class ServingData:
     throughput_rps: list[float] = field(default_factory=list)
     feasible: list[bool] = field(default_factory=list)
     # The server's per-request overhead (the study's `serve_overhead_ms`) caps the replay
-    # at 1000 / overhead requests per second. When every trial reaches that cap, latency
-    # is the server's, not the model's, and the page says so.
+    # at 1000 / overhead requests per second.
     serve_overhead_ms: float | None = None
+    # Per trial, from its replay's queueing: was the front end (the overhead on every
+    # request) busier than the model? None for a trial measured before the figure existed.
+    frontend_bound: list[bool | None] = field(default_factory=list)
 
     @property
     def server_bound(self) -> bool:
-        if not self.serve_overhead_ms or not self.throughput_rps:
-            return False
-        cap = 1e3 / self.serve_overhead_ms
-        return min(self.throughput_rps) >= SERVER_BOUND * cap
+        """Every trial's replay spent more time in the server's front end than in the
+        model: latency is the server's, whatever the model (the page says so)."""
+        known = [b for b in self.frontend_bound if b is not None]
+        return bool(self.serve_overhead_ms) and bool(known) and all(known)
 
 
 def collect_serving(study: optuna.Study, trials: Trials | None = None) -> ServingData:
@@ -315,4 +314,7 @@ def collect_serving(study: optuna.Study, trials: Trials | None = None) -> Servin
         data.cache_hit_rate.append(float(hit))
         data.throughput_rps.append(float(rps))
         data.feasible.append(is_feasible(t) is not False)
+        front, model = m.get("frontend_busy_share"), m.get("model_busy_share")
+        data.frontend_bound.append(None if front is None or model is None
+                                   else float(front) > float(model))
     return data

@@ -195,9 +195,10 @@ def _server_bound_note(d: ServingData) -> str:
     cap = 1e3 / (d.serve_overhead_ms or 1.0)
     return ('<p class="note">Server-bound: the server spends '
             f"{d.serve_overhead_ms:.2f} ms on every request (<code>serve_overhead_ms</code>), "
-            f"which caps it at {cap:.0f} requests/s, and every trial's replay reached that "
-            "cap. Latency here is the server's, whatever the model; compare models by "
-            "<code>model_latency_ms</code> and <code>speedup</code>.</p>")
+            f"which caps it at {cap:.0f} requests/s, and in every trial's replay that front "
+            "end was busier than the model (<code>frontend_busy_share</code> above "
+            "<code>model_busy_share</code>). Latency here is the server's, whatever the "
+            "model; compare models by <code>model_latency_ms</code> and <code>speedup</code>.</p>")
 
 
 def _figure_div(fig: Any, div_id: str) -> str:

@@ -349,8 +349,9 @@ def test_console_script_prints_pure_json(study_db, tmp_path):
 
 @pytest.mark.parametrize("command", [["pareto", "--study", STUDY, "--format", "json"],
                                      ["trials", "--study", STUDY], ["studies"],
+                                     ["show", "--study", STUDY, "--trial", "0"],
                                      ["report", "--study", STUDY, "-o", "r.html"]],
-                         ids=["pareto", "trials", "studies", "report"])
+                         ids=["pareto", "trials", "studies", "show", "report"])
 def test_read_only_commands_do_not_import_torch(study_db, tmp_path, command):
     """Importing torch costs seconds; listings and the report never need it."""
     _, url, _, _ = study_db

@@ -59,6 +59,9 @@ def test_deploy_versions_promote_rollback(url):
     assert "production v2 (was v1)" in _ok(_invoke("promote", STUDY, "2", "--storage", url))
     table = _ok(_invoke("versions", "--storage", url))
     assert "production" in table and "other" in table and f"history of {STUDY}:" in table
+    # The study's objectives (the mean latency), not the median that a cache hit sets.
+    assert "objectives (of the study)" in table and "latency_mean_ms=" in table
+    assert "latency_ms=" not in table.replace("latency_mean_ms=", "")
     assert "rolled back from v2" in _ok(_invoke("rollback", STUDY, "--storage", url))
     rows = json.loads(_ok(_invoke("versions", "--name", STUDY, "--storage", url,
                                   "--format", "json")))

@@ -7,7 +7,6 @@ models. In-memory and journal storages are refused with a clear error.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -77,9 +76,7 @@ def db(request, tmp_path_factory) -> Db:
     elif kind == "postgresql":
         url = request.getfixturevalue("postgres_url")
     else:
-        url = os.environ.get("CSEARCH_TEST_MYSQL_URL")
-        if not url:
-            pytest.skip("MySQL/MariaDB not available (CSEARCH_TEST_MYSQL_URL)")
+        url = request.getfixturevalue("mysql_url")
     storage = open_storage(url, create=True, heartbeat=False)
     name = f"reg-{uuid.uuid4().hex[:8]}"
     optuna.copy_study(from_study_name=src_name, from_storage=src_url, to_storage=storage,

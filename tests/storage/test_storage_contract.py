@@ -90,9 +90,7 @@ def backend(request, tmp_path_factory) -> Backend:
     if kind == "postgresql":
         url = request.getfixturevalue("postgres_url")
     elif kind == "mysql":
-        url = os.environ.get("CSEARCH_TEST_MYSQL_URL")
-        if not url:
-            pytest.skip("MySQL/MariaDB not available (CSEARCH_TEST_MYSQL_URL)")
+        url = request.getfixturevalue("mysql_url")
     if kind in _BACKENDS:
         return _BACKENDS[kind]
     if kind == "inmemory":

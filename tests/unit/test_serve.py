@@ -231,6 +231,19 @@ def test_many_clients_queue_for_the_front_end_as_at_the_real_server(small, act_b
     assert m["latency_mean_ms"] == pytest.approx(64 * 0.5, rel=0.2)
 
 
+def test_busy_shares_name_the_bottleneck_stage(small, act_bytes, monkeypatch):
+    """The replay says which stage was busier: the front end when every request pays a
+    large overhead and batches are quick; the model when batches are slow."""
+    _fixed_times(monkeypatch, {0: 1e-5})
+    front = _replay(small, act_bytes, cache_ratio=0.3, serve_overhead_ms=0.5).metrics
+    assert front["frontend_busy_share"] > 0.9 > front["model_busy_share"]
+    _fixed_times(monkeypatch, {0: 0.05})
+    model = _replay(small, act_bytes, cache_ratio=0.3, serve_overhead_ms=0.01).metrics
+    assert model["model_busy_share"] > 0.9 > model["frontend_busy_share"]
+    free = _replay(small, act_bytes, cache_ratio=0.3).metrics
+    assert free["frontend_busy_share"] == 0.0
+
+
 def test_mean_moves_with_the_model_where_the_front_end_is_not_saturated(small, act_bytes,
                                                                         monkeypatch):
     few = dataclasses.replace(small, concurrency=4)
