@@ -85,6 +85,8 @@ class LoadResult:
             d["hit_rate"] = self.hit_rate
         if self.client_cpu_ms is not None:
             d["client_cpu_ms"] = self.client_cpu_ms
+        if self.versions:
+            d["versions"] = list(self.versions)
         return d
 
     def served_attr(self, url: str, concurrency: int) -> dict[str, Any]:

@@ -1,0 +1,194 @@
+"""Issue 23 acceptance for language models, in one run on this machine:
+
+1. a `tiny-lm` study (`--space lm`, 12 trials); two of its trials with different
+   `quant.kv_bits` or weights deployed as v1 and v2 of model `lm23`, v1 promoted;
+2. `csearch serve` of `lm23`: the official `openai` package gets a completion and a
+   stream; at temperature 0 every stored replay sample of v1's trial is served as the
+   replay generated it;
+3. `csearch loadtest --trial` at the trial's trace and concurrency: errors, served
+   tokens/s against the trial's `throughput_tps`, served p50 TTFT against its `ttft_ms`,
+   the client's CPU per request;
+4. promote v2 then roll back, each during a streaming load test: failed or short
+   streams, seconds until `/v1/models` shows the new version;
+5. the same model (v1's export) behind a plain per-request `generate` server
+   (`plain_generate_server.py`, no continuous batching) at concurrency 16: tokens/s of
+   both servers on the same trace.
+
+    python benchmarks/lm_serving.py --dir /tmp/lm23 [--trials 12]
+
+Prints a JSON summary (also written to DIR/summary.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import csearch, env  # noqa: E402
+
+NAME = "lm23"
+
+
+def _pick(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, optuna.trial.FrozenTrial]:
+    """Two Pareto trials (feasible first) whose KV format or weight format differ; v1 is
+    one whose model Hugging Face `generate` can run (no structured pruning)."""
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    front = {t.number for t in study.best_trials}
+
+    def fmt(t: optuna.trial.FrozenTrial) -> tuple[Any, ...]:
+        p = t.params
+        return (p.get("quant.kv_bits"), p.get("quant.method"),
+                tuple(sorted((k, v) for k, v in p.items() if k.startswith("quant.method["))))
+
+    ranked = sorted(done, key=lambda t: (t.number not in front, t.number))
+    first = next(t for t in ranked if t.params.get("prune.method") != "structured")
+    second = next((t for t in ranked if t is not first and fmt(t) != fmt(first)), ranked[1])
+    return first, second
+
+
+def _stream_load(url: str, study: str, db: str, trial: int, requests: int,
+                 out: dict[str, Any]) -> None:
+    r = csearch("loadtest", "--url", url, "--study", study, "--storage", db, "--requests",
+                str(requests), "--format", "json", check=False)
+    out["result"] = json.loads(r.stdout) if r.returncode == 0 else {"stderr": r.stderr}
+
+
+def _follow(url: str, want: int) -> float:
+    t0 = time.monotonic()
+    while httpx.get(url + "/v1/models").json()["data"][0]["version"] != want:
+        if time.monotonic() - t0 > 30:
+            return float("inf")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    import openai
+    from transformers.utils import logging as hf_logging
+
+    from search.loadtest import plan_for, run_loadtest
+    from search.registry import Registry
+    from search.serving import RegistrySource, free_port, start_server
+
+    hf_logging.set_verbosity_error()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--trials", type=int, default=12)
+    a = ap.parse_args()
+    d = Path(a.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    db = f"sqlite:///{d / 'lm.db'}"
+    summary: dict[str, Any] = {}
+
+    t0 = time.perf_counter()
+    csearch("run", "--workload", "tiny-lm", "--space", "lm", "--trials", str(a.trials),
+            "--study", NAME, "--storage", db, "--seed", "0")
+    summary["study_s"] = round(time.perf_counter() - t0, 1)
+    study = optuna.load_study(study_name=NAME, storage=db)
+    first, second = _pick(study)
+    for t in (first, second):
+        csearch("deploy", "--study", NAME, "--storage", db, "--trial", str(t.number),
+                "--name", NAME, "--force")
+    csearch("promote", NAME, "1", "--storage", db)
+    summary["v1"] = {"trial": first.number, "params": first.params,
+                     "throughput_tps": first.user_attrs["metrics"]["throughput_tps"],
+                     "ttft_ms": first.user_attrs["metrics"]["ttft_ms"],
+                     "concurrency": plan_for(study, first.number).concurrency}
+    summary["v2"] = {"trial": second.number, "params": second.params}
+
+    with start_server(RegistrySource(db, NAME), poll_s=0.5) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        c = client.completions.create(model=NAME, prompt="And God said", max_tokens=16,
+                                      temperature=0)
+        s = list(client.completions.create(model=NAME, prompt="And God said", max_tokens=16,
+                                           temperature=0, stream=True))
+        summary["openai"] = {"completion": c.choices[0].text,
+                             "stream": "".join(x.choices[0].text for x in s if x.choices),
+                             "stream_chunks": len(s)}
+        from objectives import load_workload
+
+        tok = load_workload("tiny-lm").extras["tokenizer"]
+        same = 0
+        samples = first.user_attrs.get("replay_samples", [])
+        for smp in samples:
+            r = httpx.post(srv.url + "/v1/completions", timeout=60, json={
+                "model": NAME, "prompt": smp["prompt_ids"], "max_tokens": len(smp["tokens"]),
+                "temperature": 0, "ignore_eos": True}).json()
+            same += r["choices"][0]["text"] == tok.decode(smp["tokens"])
+        summary["temperature0_equal"] = f"{same}/{len(samples)}"
+
+        r = csearch("loadtest", "--url", srv.url, "--study", NAME, "--storage", db,
+                    "--trial", str(first.number), "--format", "json")
+        served = json.loads(r.stdout)
+        summary["loadtest"] = served
+        summary["tps_ratio_replay_over_served"] = round(
+            summary["v1"]["throughput_tps"] / served["throughput_tps"], 3)
+        summary["ttft_ratio_served_over_replay"] = round(
+            served["ttft_p50_ms"] / summary["v1"]["ttft_ms"], 3)
+
+        swaps = []
+        for action, want in (("promote", 2), ("rollback", 1)):
+            box: dict[str, Any] = {}
+            th = threading.Thread(target=_stream_load,
+                                  args=(srv.url, NAME, db, first.number, 400, box))
+            th.start()
+            time.sleep(2.0)
+            if action == "promote":
+                Registry(db).promote(NAME, 2)
+            else:
+                Registry(db).rollback(NAME)
+            seen_s = _follow(srv.url, want)
+            th.join()
+            res = box["result"]
+            swaps.append({"action": action, "visible_s": round(seen_s, 2),
+                          "errors": res.get("errors"), "requests": res.get("requests"),
+                          "versions": res.get("versions")})
+        summary["swaps"] = swaps
+
+    # The same trace at concurrency 16 against csearch serve and the plain server.
+    export = d / "export"
+    csearch("export", "--study", NAME, "--storage", db, "--trial", str(first.number),
+            "-o", str(export))
+    plan = plan_for(study, first.number, concurrency=16)
+    with start_server(RegistrySource(db, NAME, 1)) as srv:
+        ours = run_loadtest(srv.url, plan)
+    port = free_port()
+    threads = int(first.params.get("serve.threads", 1))
+    plain = subprocess.Popen([sys.executable, str(Path(__file__).parent /
+                                                  "plain_generate_server.py"),
+                              "--export", str(export), "--port", str(port), "--threads",
+                              str(threads)], env=env())
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        base = run_loadtest(url, plan)
+    finally:
+        plain.terminate()
+        plain.wait(30)
+    summary["c16"] = {
+        "csearch_tps": ours.lm["throughput_tps"], "csearch_errors": ours.errors,
+        "plain_tps": base.lm["throughput_tps"], "plain_errors": base.errors,
+        "ratio": round(ours.lm["throughput_tps"] / base.lm["throughput_tps"], 2),
+        "client_cpu_ms_per_request": round(ours.client_cpu_ms or 0, 3),
+    }
+    (d / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
