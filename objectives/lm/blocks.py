@@ -11,6 +11,7 @@ free block first, then evicts the least recently used parked one.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -121,33 +122,51 @@ class BlockPool:
               v: torch.Tensor) -> None:
         """Store `k`, `v` `[nkv, T, hd]` for token positions `start..start+T` of a sequence
         whose block table is `blocks`."""
-        slots = self._slots(blocks, start, k.shape[1])
-        for j, x in enumerate((k, v)):
-            codes, scales = quantize_kv(x.transpose(0, 1), self.kv_bits)  # [T, nkv, hd]
-            self.codes[layer, j].view(-1, *self.codes.shape[-2:])[slots] = codes
-            if scales is not None:
-                self.scales[layer, j].view(-1, scales.shape[-1])[slots] = scales
+        self.write_slots(layer, self._slots(blocks, start, k.shape[1]), k.transpose(0, 1),
+                         v.transpose(0, 1))
 
     def read(self, layer: int, blocks: Sequence[int], length: int
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values `[nkv, length, hd]` (fp32) of a sequence's first `length` tokens."""
-        slots = self._slots(blocks, 0, length)
+        k, v = self.read_slots(layer, self._slots(blocks, 0, length))
+        return k.transpose(0, 1), v.transpose(0, 1)
+
+    def write_slots(self, layer: int, slots: torch.Tensor, k: torch.Tensor,
+                    v: torch.Tensor) -> None:
+        """Store `k`, `v` `[T, nkv, hd]` at token slots `slots` `[T]` (block x size + offset):
+        one indexed write for the new tokens of every sequence of a step."""
+        for j, x in enumerate((k, v)):
+            codes, scales = quantize_kv(x, self.kv_bits)
+            self.codes[layer, j].view(-1, *self.codes.shape[-2:])[slots] = codes
+            if scales is not None:
+                self.scales[layer, j].view(-1, scales.shape[-1])[slots] = scales
+
+    def read_slots(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values `[*slots.shape, nkv, hd]` (fp32) at token slots `slots` (any shape,
+        e.g. `[sequences, length]` for a whole step)."""
         out = []
         for j in range(2):
             codes = self.codes[layer, j].view(-1, *self.codes.shape[-2:])[slots]
             scales = (self.scales[layer, j].view(-1, self.scales.shape[-1])[slots]
                       if self.scales is not None else None)
-            out.append(dequantize_kv(codes, scales).transpose(0, 1))
+            out.append(dequantize_kv(codes, scales))
         return out[0], out[1]
 
+    def table(self, block_lists: Sequence[Sequence[int]], lengths: Sequence[int]
+              ) -> torch.Tensor:
+        """Slots `[sequences, max length]` of each sequence's first `lengths[i]` tokens
+        (padding: slot 0, masked by the reader), checked once: every block in use."""
+        n_max = max(len(b) for b in block_lists)
+        table = torch.tensor([list(b) + [0] * (n_max - len(b)) for b in block_lists],
+                             dtype=torch.long)
+        for blocks, n in zip(block_lists, lengths):
+            if math.ceil(n / self.block_size) > len(blocks):
+                raise BlockPoolError(f"position {n - 1} is beyond the sequence's blocks")
+            for blk in blocks:
+                if self.refs[blk] <= 0:
+                    raise BlockPoolError(f"block {blk} used while free")
+        pos = torch.arange(max(lengths))
+        return table[:, pos // self.block_size] * self.block_size + pos % self.block_size
+
     def _slots(self, blocks: Sequence[int], start: int, n: int) -> torch.Tensor:
-        pos = torch.arange(start, start + n)
-        table = torch.as_tensor(list(blocks), dtype=torch.long)
-        idx = pos // self.block_size
-        if n and int(idx[-1]) >= len(table):
-            raise BlockPoolError(f"position {start + n - 1} is beyond the sequence's blocks")
-        b = table[idx]
-        for blk in set(b.tolist()):
-            if self.refs[blk] <= 0:
-                raise BlockPoolError(f"block {blk} used while free")
-        return b * self.block_size + pos % self.block_size
+        return self.table([blocks], [start + n])[0, start:start + n]

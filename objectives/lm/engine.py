@@ -107,20 +107,36 @@ def blocks_for(prompt_len: int, max_tokens: int, block_size: int) -> int:
 
 
 def _paged_attention(pool: BlockPool, spans: list[tuple[GenRequest, int, int]]):
-    """Attention of each span's new tokens over its sequence's cached + new K/V."""
+    """Attention of each span's new tokens over its sequence's cached + new K/V, for all
+    sequences of the step at once: one indexed write of the new K/V, one gather of every
+    sequence's keys (padded to the longest), one masked attention call per layer."""
+    starts = [seq.computed for seq, _, _ in spans]
+    n_new = [b - a for _, a, b in spans]
+    lengths = [c + n for c, n in zip(starts, n_new)]
+    blocks = [seq.blocks for seq, _, _ in spans]
+    read = pool.table(blocks, lengths)  # [S, L]
+    write = torch.cat([read[i, c:c + n] for i, (c, n) in enumerate(zip(starts, n_new))])
+    t_max, width = max(n_new), read.shape[1]
+    t = torch.arange(t_max)
+    n = torch.tensor(n_new)
+    q_valid = t[None, :] < n[:, None]  # [S, Tq]
+    # Query rows: span i's t-th new token is row a_i + t; padding repeats its last row.
+    rows = torch.tensor([a for _, a, _ in spans])[:, None] + torch.minimum(t[None, :],
+                                                                         n[:, None] - 1)
+    pos = torch.tensor(starts)[:, None] + torch.minimum(t[None, :], n[:, None] - 1)
+    mask = torch.arange(width)[None, None, :] <= pos[:, :, None]  # causal, [S, Tq, L]
+    device = pool.codes.device
+    write, read, rows, mask, q_valid = (x.to(device) for x in (write, read, rows, mask,
+                                                                q_valid))
 
     def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(q)
-        for seq, a, b in spans:
-            pool.write(layer, seq.blocks, seq.computed, k[:, a:b], v[:, a:b])
-            length = seq.computed + (b - a)
-            keys, values = pool.read(layer, seq.blocks, length)
-            mask = (torch.arange(length, device=q.device)[None, :]
-                    <= torch.arange(seq.computed, length, device=q.device)[:, None])
-            out[:, a:b] = F.scaled_dot_product_attention(
-                q[:, a:b], keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
-                enable_gqa=q.shape[0] != keys.shape[0])
-        return out
+        pool.write_slots(layer, write, k.transpose(0, 1), v.transpose(0, 1))
+        keys, values = pool.read_slots(layer, read)  # [S, L, nkv, hd]
+        qs = q.transpose(0, 1)[rows].transpose(1, 2)  # [S, nh, Tq, hd]
+        out = F.scaled_dot_product_attention(
+            qs, keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),
+            attn_mask=mask[:, None], enable_gqa=q.shape[0] != keys.shape[2])
+        return out.transpose(1, 2)[q_valid].transpose(0, 1)  # [nh, T, hd]
     return attend
 
 
