@@ -36,7 +36,8 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import csearch, env  # noqa: E402
 
-NAME = "lm23"
+NAME = "lm23"  # the study; the model is named per run (MODEL)
+MODEL = f"lm23-{int(time.time())}"
 
 
 def _pick(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, optuna.trial.FrozenTrial]:
@@ -72,6 +73,24 @@ def _follow(url: str, want: int) -> float:
     return time.monotonic() - t0
 
 
+def _replay_now(db: str, trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The trial's generation replay again, now, on its deployed model: the stored figures
+    were measured while the study ran, under whatever else the machine was doing."""
+    import torch
+
+    from search.export import rebuild_config
+    from search.registry import Registry
+
+    reg = Registry(db)
+    model, w = reg.load_model(MODEL, 1)
+    config = rebuild_config(reg.meta(MODEL, 1), w)
+    budget = int(float(reg.get(MODEL, 1).serve["memory_budget_mb"]) * 1e6)
+    seed = int(trial.user_attrs.get("eval_seed", trial.number))
+    r = w.serve(model, config, budget_bytes=budget, weight_bytes=len(reg.artifact(MODEL, 1)),
+                device=torch.device("cpu"), seed=seed)
+    return {k: r.metrics[k] for k in ("throughput_tps", "ttft_ms", "tpot_ms")}
+
+
 def main() -> None:
     import openai
     from transformers.utils import logging as hf_logging
@@ -84,6 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", required=True)
     ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--reuse", action="store_true",
+                    help="use the study already in DIR (its trials as they are)")
     a = ap.parse_args()
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -91,26 +112,27 @@ def main() -> None:
     summary: dict[str, Any] = {}
 
     t0 = time.perf_counter()
-    csearch("run", "--workload", "tiny-lm", "--space", "lm", "--trials", str(a.trials),
-            "--study", NAME, "--storage", db, "--seed", "0")
-    summary["study_s"] = round(time.perf_counter() - t0, 1)
+    if not a.reuse:
+        csearch("run", "--workload", "tiny-lm", "--space", "lm", "--trials", str(a.trials),
+                "--study", NAME, "--storage", db, "--seed", "0")
+        summary["study_s"] = round(time.perf_counter() - t0, 1)
     study = optuna.load_study(study_name=NAME, storage=db)
     first, second = _pick(study)
     for t in (first, second):
         csearch("deploy", "--study", NAME, "--storage", db, "--trial", str(t.number),
-                "--name", NAME, "--force")
-    csearch("promote", NAME, "1", "--storage", db)
+                "--name", MODEL, "--force")
+    csearch("promote", MODEL, "1", "--storage", db)
     summary["v1"] = {"trial": first.number, "params": first.params,
                      "throughput_tps": first.user_attrs["metrics"]["throughput_tps"],
                      "ttft_ms": first.user_attrs["metrics"]["ttft_ms"],
                      "concurrency": plan_for(study, first.number).concurrency}
     summary["v2"] = {"trial": second.number, "params": second.params}
 
-    with start_server(RegistrySource(db, NAME), poll_s=0.5) as srv:
+    with start_server(RegistrySource(db, MODEL), poll_s=0.5) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
-        c = client.completions.create(model=NAME, prompt="And God said", max_tokens=16,
+        c = client.completions.create(model=MODEL, prompt="And God said", max_tokens=16,
                                       temperature=0)
-        s = list(client.completions.create(model=NAME, prompt="And God said", max_tokens=16,
+        s = list(client.completions.create(model=MODEL, prompt="And God said", max_tokens=16,
                                            temperature=0, stream=True))
         summary["openai"] = {"completion": c.choices[0].text,
                              "stream": "".join(x.choices[0].text for x in s if x.choices),
@@ -122,11 +144,12 @@ def main() -> None:
         samples = first.user_attrs.get("replay_samples", [])
         for smp in samples:
             r = httpx.post(srv.url + "/v1/completions", timeout=60, json={
-                "model": NAME, "prompt": smp["prompt_ids"], "max_tokens": len(smp["tokens"]),
+                "model": MODEL, "prompt": smp["prompt_ids"], "max_tokens": len(smp["tokens"]),
                 "temperature": 0, "ignore_eos": True}).json()
             same += r["choices"][0]["text"] == tok.decode(smp["tokens"])
         summary["temperature0_equal"] = f"{same}/{len(samples)}"
 
+        summary["replay_now"] = _replay_now(db, first)
         r = csearch("loadtest", "--url", srv.url, "--study", NAME, "--storage", db,
                     "--trial", str(first.number), "--format", "json")
         served = json.loads(r.stdout)
@@ -144,9 +167,9 @@ def main() -> None:
             th.start()
             time.sleep(2.0)
             if action == "promote":
-                Registry(db).promote(NAME, 2)
+                Registry(db).promote(MODEL, 2)
             else:
-                Registry(db).rollback(NAME)
+                Registry(db).rollback(MODEL)
             seen_s = _follow(srv.url, want)
             th.join()
             res = box["result"]
@@ -160,7 +183,7 @@ def main() -> None:
     csearch("export", "--study", NAME, "--storage", db, "--trial", str(first.number),
             "-o", str(export))
     plan = plan_for(study, first.number, concurrency=16)
-    with start_server(RegistrySource(db, NAME, 1)) as srv:
+    with start_server(RegistrySource(db, MODEL, 1)) as srv:
         ours = run_loadtest(srv.url, plan)
     port = free_port()
     threads = int(first.params.get("serve.threads", 1))
