@@ -275,6 +275,18 @@ def test_a_log_gets_a_line_per_trial_and_a_stage_line_at_most_every_10_s():
     assert trial_lines[2].endswith("[3/6 eta 2m40s]")  # 160.9 s for 3 trials, 3 left
 
 
+def test_a_note_counts_as_a_line_for_the_10_s_limit():
+    clock, buf = _Clock(), io.StringIO()
+    p = Progress("lines", stream=buf, err=buf, clock=clock).start(_spec(), None)
+    p.note("study 's' created")
+    clock.now = 9.0
+    p.stage("trial 0: serve")
+    assert buf.getvalue().splitlines() == ["study 's' created"]
+    clock.now = 10.0
+    p._locked_tick()  # the once-a-second tick shows the stage still under way
+    assert buf.getvalue().splitlines() == ["study 's' created", "trial 0: serve"]
+
+
 def test_the_eta_does_not_grow_while_a_trial_runs():
     clock = _Clock()
     p = Progress("lines", stream=io.StringIO(), clock=clock).start(_spec(), None)
