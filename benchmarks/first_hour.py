@@ -54,17 +54,23 @@ def log(folder: Path) -> None:
     trials = [i for i, ln in enumerate(lines) if _is_trial_line(ln)]
     other = [i for i in range(len(lines)) if i not in set(trials)]
     print(f"{len(lines)} lines: {len(trials)} finished-trial lines, {len(other)} others")
-    # The most lines in any 10 s window that holds no finished trial.
-    worst = 0
-    stage_times = [seen[i] for i in other]
-    trial_times = [seen[i] for i in trials]
-    for i, t in enumerate(stage_times):
-        window = [s for s in stage_times[i:] if s < t + 10]
-        if not any(t <= x < t + 10 for x in trial_times):
-            worst = max(worst, len(window))
-    gaps = [b - a for a, b in zip(trial_times, trial_times[1:])]
-    print(f"longest time between finished trials: {max(gaps, default=0):.0f} s; most lines "
-          f"in a 10 s window without a finished trial: {worst} (times to 1 s)")
+    # While trials run (up to the last finished trial; the front table follows at once):
+    # the shortest time between two other lines with no finished trial between them.
+    last = trials[-1] if trials else len(lines) - 1
+    gaps, prev = [], None
+    for i in range(last + 1):
+        if i in set(trials):
+            prev = None
+            continue
+        if prev is not None:
+            gaps.append((seen[i] - seen[prev], lines[prev], lines[i]))
+        prev = i
+    between = [b - a for a, b in zip([seen[i] for i in trials], [seen[i] for i in trials][1:])]
+    print(f"longest time between finished trials: {max(between, default=0):.0f} s")
+    if gaps:
+        g = min(gaps)
+        print(f"{len(gaps)} pairs of other lines with no finished trial between; shortest "
+              f"time between them {g[0]:.0f} s (times to 1 s): {g[1]!r} -> {g[2]!r}")
     print(f"log spans {seen[-1] - t0:.0f} s" if seen else "empty log")
     dupes = len(lines) - len(set(lines))
     print(f"repeated lines: {dupes}")

@@ -27,11 +27,12 @@ _DETAIL = re.compile(r"^/api/studies/(\d+)/?$")
 
 
 def artifact_store_at(directory: str | Path | None) -> Any:
-    """A FileSystemArtifactStore on `directory`, or None when there is none (yet)."""
-    from optuna.artifacts import FileSystemArtifactStore
+    """The trials' artifact store on `directory` (`artifacts.py`), or None when there is
+    none (yet)."""
+    from .artifacts import TrialArtifactStore
 
     if directory and os.path.isdir(directory):
-        return FileSystemArtifactStore(str(directory))
+        return TrialArtifactStore(directory)
     return None
 
 

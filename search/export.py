@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.artifacts import download_artifact
 from optuna.trial import FixedTrial, TrialState
 from torch import nn
 
@@ -26,6 +26,7 @@ from objectives.workloads import allow as allow_workload
 from spaces import Config, parse_space
 
 from . import attrs
+from .artifacts import TrialArtifactStore
 from .errors import UsageError
 from .spec import VERSION
 from .study import Context, load_context, resolve_device, resolve_space, stored_spec
@@ -48,7 +49,7 @@ def stored_artifact(spec: Any, trial: optuna.trial.FrozenTrial) -> bytes | None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                download_artifact(artifact_store=FileSystemArtifactStore(store_dir),
+                download_artifact(artifact_store=TrialArtifactStore(store_dir),
                                   file_path=path, artifact_id=artifact_id)
         except Exception:
             return None

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 
 import optuna
 import sqlalchemy.exc
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, Trial
 
 from objectives import EarlyStopped, Reporter, evaluate, report_stage
 
 from . import attrs
 from ._optuna import note_attrs, storage_of, trial_id_of, upload_named_artifact
+from .artifacts import TrialArtifactStore, new_artifact_id
 from .attrs import TrialResult, store_results
 from .budget import FINISHED, BudgetGate, count_finished, remaining_budget
 from .errors import StorageError
@@ -160,20 +160,15 @@ class TrialObjective:
         return tuple(values)
 
     def _upload(self, trial: Trial, data: bytes) -> str:
-        """Upload the packed model while the trial is live; return the artifact id, which
-        names the study and the trial (`default-trial-12-1a2b3c4d.safetensors`), so the
-        artifact folder says whose each file is."""
+        """Upload the packed model while the trial is live; return the artifact id. The
+        file goes to `DIR/<study>/trial-<n>/` (see `artifacts.py`)."""
         import io
-        import re
-        import uuid
 
         store_dir = self.ctx.spec.artifacts
         assert store_dir is not None
-        os.makedirs(store_dir, exist_ok=True)
-        study = re.sub(r"[^A-Za-z0-9._-]+", "_", trial.study.study_name).strip("._") or "study"
-        artifact_id = f"{study}-trial-{trial.number}-{uuid.uuid4().hex[:8]}.safetensors"
+        store = TrialArtifactStore(store_dir, trial.study.study_name)
         return upload_named_artifact(
-            FileSystemArtifactStore(store_dir), trial.storage, trial_id_of(trial), artifact_id,
+            store, trial.storage, trial_id_of(trial), new_artifact_id(trial.number),
             f"trial-{trial.number}-model.safetensors", io.BytesIO(data),
             "application/octet-stream")
 

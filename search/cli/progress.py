@@ -147,6 +147,7 @@ class Progress:
             self._json({"event": "note", "message": message})
         else:
             print(message, file=self.err, flush=True)
+            self._last_line_t = self.clock()
 
     def stage(self, text: str, done: int | None = None, total: int | None = None) -> None:
         """A long stage is under way (`done` of `total` steps, where it counts them)."""

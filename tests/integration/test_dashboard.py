@@ -77,9 +77,10 @@ def test_artifact_downloads_and_loads(dashboard, real_study, tmp_path):
     assert a["mimetype"] == "application/octet-stream"
     frozen = next(t for t in study.trials if t.number == trial["number"])
     assert frozen.user_attrs["artifact_id"] == a["artifact_id"]
-    # Named by study and trial number, so the artifact folder says whose each file is.
-    assert a["artifact_id"].startswith(f"{STUDY}-trial-{trial['number']}-")
-    assert (Path(art_dir) / a["artifact_id"]).is_file()
+    # In a folder named by study and trial number: the artifact folder says whose it is.
+    number, key = a["artifact_id"].split("-")
+    assert int(number) == trial["number"]
+    assert (Path(art_dir) / STUDY / f"trial-{number}" / f"{key}.safetensors").is_file()
     data = get(f"{dashboard}/artifacts/{sid}/{trial['trial_id']}/{a['artifact_id']}")
 
     # `csearch export` uses the stored artifact: same bytes as the dashboard's download.

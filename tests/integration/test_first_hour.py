@@ -137,16 +137,36 @@ def test_run_logs_each_trial_and_keeps_the_guard(guarded_run):
 def test_small_things_of_a_run(guarded_run, monkeypatch):
     """Artifacts named by study and trial; no empty spool folders; export's path."""
     tmp, url, _ = guarded_run
-    names = sorted(p.name for p in (tmp / "art").iterdir())
-    assert names and all(n.startswith("g-trial-") and n.endswith(".safetensors")
-                         for n in names)
-    assert {n.split("-")[2] for n in names} <= {"0", "1", "2"}
+    study = optuna.load_study(study_name="g", storage=url)
+    for t in study.trials:  # art/g/trial-N/<the id's hex>.safetensors
+        number, key = t.user_attrs["artifact_id"].split("-")
+        assert int(number) == t.number
+        assert (tmp / "art" / "g" / f"trial-{t.number}" / f"{key}.safetensors").is_file()
+    assert [p.name for p in (tmp / "art").iterdir()] == ["g"]
     assert not (tmp / "spool").exists() or list((tmp / "spool").iterdir()) == []
     monkeypatch.chdir(tmp)
     out = _ok(_invoke("export", "--study", "g", "--storage", url, "--trial", "0",
                       "-o", "best/"))
     assert "best/model.safetensors" in out and "//" not in out
     assert (tmp / "best" / "model.safetensors").is_file()
+
+
+def test_the_artifact_store_reads_by_id_and_keeps_older_flat_artifacts(tmp_path):
+    from search.artifacts import TrialArtifactStore, new_artifact_id
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    aid = new_artifact_id(12)
+    TrialArtifactStore(tmp_path, "my study/1").write(aid, io.BytesIO(b"model"))
+    assert (tmp_path / "my_study_1" / "trial-12").is_dir()
+    reader = TrialArtifactStore(tmp_path)  # the dashboard's and export's: any study
+    assert reader.open_reader(aid).read() == b"model"
+    old = "0b5c3f9e-8d1e-4f5a-9c43-7e1f2a3b4c5d"  # Optuna's own id, a file in the folder
+    (tmp_path / old).write_bytes(b"older")
+    assert reader.open_reader(old).read() == b"older"
+    with pytest.raises(ArtifactNotFound):
+        reader.open_reader(new_artifact_id(12))
+    with pytest.raises(ArtifactNotFound):
+        reader.open_reader("../etc/passwd")
 
 
 # --- a trial that says why it is infeasible ---------------------------------------------
@@ -273,6 +293,18 @@ def test_a_log_gets_a_line_per_trial_and_a_stage_line_at_most_every_10_s():
     assert len(trial_lines) == 3
     assert "INFEASIBLE" in trial_lines[1] and "breaks accuracy_drop<=0.01" in trial_lines[1]
     assert trial_lines[2].endswith("[3/6 eta 2m40s]")  # 160.9 s for 3 trials, 3 left
+
+
+def test_a_note_counts_as_a_line_for_the_10_s_limit():
+    clock, buf = _Clock(), io.StringIO()
+    p = Progress("lines", stream=buf, err=buf, clock=clock).start(_spec(), None)
+    p.note("study 's' created")
+    clock.now = 9.0
+    p.stage("trial 0: serve")
+    assert buf.getvalue().splitlines() == ["study 's' created"]
+    clock.now = 10.0
+    p._locked_tick()  # the once-a-second tick shows the stage still under way
+    assert buf.getvalue().splitlines() == ["study 's' created", "trial 0: serve"]
 
 
 def test_the_eta_does_not_grow_while_a_trial_runs():
