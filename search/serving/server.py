@@ -47,7 +47,7 @@ def _check_address(host: str, port: int) -> None:
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def _quiet(signum: int, frame: Any) -> None:
+def _quiet(_signum: int, _frame: Any) -> None:
     """Installed while uvicorn runs: uvicorn re-raises the signal that stopped it once it
     has shut down gracefully, and the default handlers would turn that into a traceback
     (SIGINT) or a death by signal (SIGTERM) after a clean stop."""
