@@ -16,6 +16,11 @@ its own source tree, one after the other on the same 2 cores:
 2. `csearch loadtest`'s client (`search.loadtest.run_loadtest`) of each tree against the
    new server, 3,000 requests of the trace at concurrency 16, each in its own process:
    the client's CPU per request (its process time, imports excluded) and the server's.
+3. Issue 26's guard, both servers: a 1-item request sent while a 4,000-item request
+   (random items, so no cache hits) is being answered, both latencies; SIGTERM while three
+   1,500-item requests are in flight: exit status, failed requests, traceback lines on
+   stderr. The new server only (the old one took 84.6 s to accept it, issue 26): the
+   time to refuse a 100,000-item request.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _common import machine  # noqa: E402
+from search.serving import free_port  # noqa: E402
 
 SERVE = {"batch_size": 16, "threads": 1, "cache_ratio": 0.2, "memory_ratio": 0.3,
          "memory_budget_mb": 1.0}
@@ -154,18 +161,85 @@ def run_client(tree: Path, url: str, requests: int, conc: int, sid: int) -> dict
     return res
 
 
+def _items(n: int, seed: int) -> list:
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal((n, 1, 8, 8)).round(4).tolist()
+
+
+def guard(tree: Path, new: bool) -> dict:
+    import threading
+
+    out: dict = {}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/predict"
+    p = start(tree, port)
+    try:
+        if new:
+            body = json.dumps({"inputs": _items(1, 0) * 100_000}).encode()
+            t0 = time.perf_counter()
+            r = httpx.post(url, content=body, timeout=300)
+            out["100k_items"] = {"status": r.status_code, "s": time.perf_counter() - t0,
+                                 "MB": len(body) / 1e6}
+        large: dict = {}
+
+        def send_large() -> None:
+            t = time.perf_counter()
+            r = httpx.post(url, json={"inputs": _items(4000, 1)}, timeout=300)
+            large.update(status=r.status_code, s=time.perf_counter() - t)
+
+        th = threading.Thread(target=send_large)
+        th.start()
+        time.sleep(0.3)  # the large request is being answered
+        t0 = time.perf_counter()
+        r = httpx.post(url, json={"inputs": _items(1, 2)}, timeout=300)
+        out["small_during_large"] = {"status": r.status_code, "s": time.perf_counter() - t0}
+        th.join()
+        out["large"] = large
+        codes: list = []
+
+        def send(seed: int) -> None:
+            try:
+                codes.append(httpx.post(url, json={"inputs": _items(1500, seed)},
+                                        timeout=300).status_code)
+            except httpx.HTTPError as e:
+                codes.append(type(e).__name__)
+
+        ths = [threading.Thread(target=send, args=(s,)) for s in range(3, 6)]
+        for t in ths:
+            t.start()
+        deadline = time.monotonic() + (30 if new else 1.0)
+        while time.monotonic() < deadline:  # the new server: until its gauge says 3
+            if new and "csearch_serve_requests_in_flight 3.0" in httpx.get(
+                    f"http://127.0.0.1:{port}/metrics").text:
+                break
+            time.sleep(0.01)
+        p.send_signal(signal.SIGTERM)
+        for t in ths:
+            t.join()
+        rc = p.wait(60)
+        p.log.seek(0)  # type: ignore[attr-defined]
+        err = p.log.read()  # type: ignore[attr-defined]
+        out["sigterm"] = {"exit": rc, "answers": codes,
+                          "traceback_lines": sum("Traceback" in ln for ln in err.splitlines()),
+                          "stderr_lines": len(err.strip().splitlines())}
+    finally:
+        stop(p)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--old", type=Path, required=True, help="source tree of the old server")
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--client-requests", type=int, default=3000)
+    ap.add_argument("--parts", default="wrk,client,guard")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
 
     from objectives.serve import zipf_trace
     from objectives.workloads import load_workload
-    from search.serving import free_port
-
     w = load_workload("digits-cnn")
     bodies = [json.dumps({"inputs": [w.request(i).tolist()]})
               for i in range(w.n_distinct_requests)]
@@ -190,22 +264,25 @@ def main() -> None:
         finally:
             stop(p)
 
-    for rnd in range(a.rounds):
+    for rnd in range(a.rounds if "wrk" in parts else 0):
         for name, tree in trees.items():
             measure(name, tree, [(f"c16 round {rnd + 1}", 16)])
-    for name, tree in trees.items():
+    for name, tree in trees.items() if "wrk" in parts else ():
         measure(name, tree, [("c64", 64), ("c1", 1)])
 
     port = free_port()
     p = start(ROOT, port)
     try:
-        for name, tree in trees.items():
+        for name, tree in trees.items() if "client" in parts else ():
             r = run_client(tree, f"http://127.0.0.1:{port}", a.client_requests, 16, p.pid)
             rows.append((f"new server, {name.split(' ')[0]} csearch loadtest client",
                          "client c16", r))
             print(json.dumps({"client": name, **r}), flush=True)
     finally:
         stop(p)
+
+    for name, tree in trees.items() if "guard" in parts else ():
+        print(json.dumps({"guard": name, **guard(tree, new=tree == ROOT)}), flush=True)
 
     print("\n| server | run | requests/s | p50 / p99 ms | errors | server CPU ms/request |")
     print("|---|---|---|---|---|---|")

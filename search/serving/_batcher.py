@@ -14,7 +14,7 @@ hands a request's units to it from the event loop and resolves when all are done
   that arrives during a 1,000-item one waits for at most the batch already running and
   one more, and a stream of small requests cannot starve a large one.
 - `cancel(future)` (a timed-out or abandoned request) drops its units not yet run.
-- `close()` finishes what is queued, then ends the thread.
+- `close()` refuses new work; the thread runs what is queued, then ends.
 """
 
 from __future__ import annotations
@@ -84,11 +84,11 @@ class Batcher:
                         return
 
     def close(self) -> None:
+        """No new work; the thread ends once what is queued has run. Does not wait (the
+        last unpin may run on the event loop)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
 
     def _take(self) -> list[tuple[_Work, int, int]] | None:
         """The next batch as (work, start, stop) slices; None: closed and drained."""

@@ -11,9 +11,10 @@ when the count passes the limit. A request refused that way still has its body d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._errors import ApiError
+if TYPE_CHECKING:  # FastAPI loads only where a server runs, not in `start_server`'s caller
+    from ._errors import ApiError
 
 __all__ = ["Limits", "BodyLimitMiddleware"]
 
@@ -30,11 +31,15 @@ class Limits:
             raise ValueError(f"limits must be positive: {self}")
 
     def too_large(self, nbytes: int | None = None) -> ApiError:
+        from ._errors import ApiError
+
         got = f" ({nbytes} bytes)" if nbytes is not None else ""
         return ApiError(413, f"request body{got} is over the limit of {self.max_body_bytes} "
                              "bytes (max_body_bytes)", param="max_body_bytes")
 
     def timed_out(self) -> ApiError:
+        from ._errors import ApiError
+
         return ApiError(408, f"request took longer than the limit of {self.timeout_s:g} s "
                              "(timeout_s)", param="timeout_s")
 

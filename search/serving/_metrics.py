@@ -30,6 +30,8 @@ class Metrics:
         self.latency = Histogram("csearch_serve_request_latency_seconds",
                                  "Request latency in the server, by route", ["path"],
                                  registry=r, buckets=LATENCY_BUCKETS)
+        self.in_flight = Gauge("csearch_serve_requests_in_flight",
+                               "Requests to timed routes being answered now", registry=r)
         self.version = Gauge("csearch_serve_model_version", "Model version now serving",
                              registry=r)
         self.version.set(-1)
@@ -75,6 +77,7 @@ class TimingMiddleware:
             return
         t0 = time.perf_counter()
         status = [500]
+        self.metrics.in_flight.inc()
 
         async def send_status(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -84,4 +87,5 @@ class TimingMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            self.metrics.in_flight.dec()
             self.metrics.observe(path, status[0], time.perf_counter() - t0)

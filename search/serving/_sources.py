@@ -1,8 +1,8 @@
 """Where a server's models come from: a model version in the registry (fixed, or following
 the `production` alias), or a workload's own base model (the overhead measurement).
 
-A source is handed to LitServe's inference worker, a spawned process, so it is small and
-picklable; the registry connection is opened lazily, in the process that uses it.
+A source crosses a process boundary as JSON (`start_server` -> `python -m search.serving`),
+so it is a small dataclass; the registry connection is opened lazily, where it is used.
 """
 
 from __future__ import annotations

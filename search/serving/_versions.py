@@ -3,7 +3,9 @@
 `Versions(source, make, poll_s)` turns the source's model versions into Handles through
 `make(Loaded) -> Handle` (one factory per workload kind: `app.HANDLES`). A Handle is any
 object with an attribute `version: int` and a method `close() -> None` that releases what
-it holds (threads, memory); it is closed exactly once.
+it holds (threads, memory); it is closed exactly once. `close()` may run on the event
+loop (when a request's unpin is the last), so it must not block: signal the Handle's
+thread to end, do not join it.
 
 - `start()` loads `source.wanted()` now (errors reach the caller) and, when the source
   follows the `production` alias, starts a thread that polls it every `poll_s` seconds.

@@ -1,5 +1,5 @@
 """A file-backed stand-in for `search.registry.Registry` (same methods), so the server's
-tests can promote and roll back from the test process while the server's worker process
+tests can promote and roll back from the test process while the server process
 polls. Versions are digits models saved as safetensors in the registry directory."""
 
 from __future__ import annotations

@@ -39,11 +39,15 @@ def _is_error(r: httpx.Response, status: int) -> dict:
     return err
 
 
-def _batches(url: str) -> float:
+def _metric(url: str, name: str) -> float:
     for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith("csearch_serve_batch_size_count"):
+        if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def _batches(url: str) -> float:
+    return _metric(url, "csearch_serve_batch_size_count")
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +156,9 @@ def test_sigterm_answers_the_requests_in_flight_and_exits_0_without_a_traceback(
         threads = [threading.Thread(target=send, args=(s,)) for s in range(3)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
-        while _batches(srv.url) == 0 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60  # all three are being answered
+        while (_metric(srv.url, "csearch_serve_requests_in_flight") < 3
+               or _batches(srv.url) == 0) and time.monotonic() < deadline:
             time.sleep(0.01)
         srv.process.send_signal(signal.SIGTERM)
         for t in threads:
