@@ -103,10 +103,13 @@ class EngineRunner:
     def cancel(self, req: GenRequest) -> None:
         self._inbox.put(("abort", req, None))
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop the thread at its next token boundary. Without a `timeout` it does not
+        wait: a version is closed on the event loop when its last stream ends."""
         self._stop.set()
         self._inbox.put(("stop", None, None))  # type: ignore[arg-type]
-        self._thread.join(timeout)
+        if timeout:
+            self._thread.join(timeout)
 
     def _take(self, block: bool) -> None:
         """Apply what the event loop sent: new requests, cancellations."""

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from objectives.lm.engine import SamplingParams
 
@@ -231,9 +232,19 @@ def mount_openai(app: FastAPI, versions: Any, name: str) -> None:
                 "system_fingerprint": f"csearch-v{handle.version}"}
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
+
+            def release() -> None:
+                """Also after a stream that never started (a client gone at once): the
+                pin and the sequence are let go; a second call does nothing."""
+                if gen.finish is None:
+                    gen.finish = "abort"
+                    handle.cancel(gen.req)
+                stack.close()
+
             return StreamingResponse(_stream(request, gen, q, stack, head, chat, usage, metrics),
                                      media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+                                     headers={"Cache-Control": "no-cache"},
+                                     background=BackgroundTask(release))
         with stack:
             try:
                 while gen.finish is None:

@@ -62,7 +62,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                   (first["params"].get("quant.kv_bits"), first["params"].get("quant.method"))),
                  trials[1])
     for t in (first, other):
-        csearch("deploy", "--trial", str(t["number"]), "--name", NAME, *common)
+        csearch("deploy", "--trial", str(t["number"]), "--name", NAME, "--force", *common)
     csearch("promote", NAME, "1", "--storage", db)
     samples = _samples(db, first["number"])
     return {"db": db, "trials": (first, other), "samples": samples, "model_dir": model_dir}
