@@ -76,8 +76,7 @@ def _data(seed: int) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
     tok = CharTokenizer.for_text(text)
     train, held = split_lines(text)
     d = cached_tensors(f"tiny-lm-data-v{_CODE_VERSION}", lambda: {
-        "train": torch.tensor(tok.encode(train), dtype=torch.uint8),
-        "heldout": torch.tensor(tok.encode(held), dtype=torch.uint8)})
+        "train": tok.encode_tensor(train), "heldout": tok.encode_tensor(held)})
     return tok, d["train"].long(), d["heldout"].long()
 
 
