@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..lm.corpus import CharTokenizer, kjv_text, split_lines, windows
 from ..lm.model import CausalLM
+from ..lm.replay import GenerationSettings
 from ..lm.workload import LMData, make_lm_workload
 from ..progress import report_stage
 from ..workload import Workload
@@ -33,6 +34,9 @@ _CODE_VERSION = 1
 # hidden, layers, heads, kv heads, MLP width
 TINY_LM_SHAPE = (192, 4, 6, 2, 512)
 _SEQ, _BATCH, _STEPS, _LR = 128, 32, 400, 3e-3
+# The replay: 48 requests (three rounds of the 16 clients), so that a trial of the default
+# study stays a few seconds on 2 cores (benchmarks/RESULTS.md, issue 24).
+_REPLAY = GenerationSettings(n_requests=48)
 # The shipped weights (seed 0) and the sha256 of that file, as make_tiny_lm_weights.py
 # printed it: a file with any other digest is not loaded.
 WEIGHTS_FILE = Path(__file__).resolve().parent / "data" / "tiny_lm.safetensors"
@@ -82,8 +86,7 @@ def _data(seed: int) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
     tok = CharTokenizer.for_text(text)
     train, held = split_lines(text)
     d = cached_tensors(f"tiny-lm-data-v{_CODE_VERSION}", lambda: {
-        "train": torch.tensor(tok.encode(train), dtype=torch.uint8),
-        "heldout": torch.tensor(tok.encode(held), dtype=torch.uint8)})
+        "train": tok.encode_tensor(train), "heldout": tok.encode_tensor(held)})
     return tok, d["train"].long(), d["heldout"].long()
 
 
@@ -143,4 +146,4 @@ def make_tiny_lm_workload(seed: int = 0) -> Workload:
         unigram=torch.bincount(train_ids, minlength=tok.vocab_size),
     )
     return make_lm_workload("tiny-lm", model, data, batch_size=16, memory_budget_mb=6.8,
-                            extras={"tokenizer": tok})
+                            settings=_REPLAY, extras={"tokenizer": tok})
