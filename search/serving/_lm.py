@@ -11,6 +11,7 @@ at the next boundary.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -34,13 +35,44 @@ from spaces import Config, ServeConfig
 
 from ._sources import Loaded
 
-__all__ = ["Codec", "EngineRunner", "LMHandle", "Event"]
+__all__ = ["Codec", "EngineRunner", "Event", "LMHandle", "LoopSink"]
 
 log = logging.getLogger(__name__)
 
 # (kind, payload): ("token", id) for each generated token, then ("done", finish_reason).
 Event = tuple[str, Any]
-Sink = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class LoopSink:
+    """A request's events for an asyncio queue: all the events of one step reach their
+    loop in one wake-up (one `call_soon_threadsafe`), not one per token."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+# Where a request's events go: a LoopSink, or any callable (called on the engine thread).
+Sink = LoopSink | Callable[[Event], None]
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Event]]) -> None:
+    for q, ev in items:
+        q.put_nowait(ev)
+
+
+def _deliver(out: list[tuple[Sink, Event]]) -> None:
+    loops: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+    for sink, ev in out:
+        if isinstance(sink, LoopSink):
+            loops.setdefault(sink.loop, []).append((sink.queue, ev))
+        else:
+            sink(ev)
+    for loop, items in loops.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the loop has closed (server shutting down): nobody listens
+            pass
 
 
 class Codec:
@@ -111,7 +143,7 @@ class EngineRunner:
         if timeout:
             self._thread.join(timeout)
 
-    def _take(self, block: bool) -> None:
+    def _take(self, block: bool, out: list[tuple[Sink, Event]]) -> None:
         """Apply what the event loop sent: new requests, cancellations."""
         while True:
             try:
@@ -125,7 +157,7 @@ class EngineRunner:
                 self.engine.add(req)
             elif op == "abort" and id(req) in self._sinks:
                 self.engine.abort(req)
-                self._sinks.pop(id(req))(("done", "abort"))
+                out.append((self._sinks.pop(id(req)), ("done", "abort")))
 
     def _publish(self) -> None:
         e, s = self.engine, self.stats
@@ -135,8 +167,9 @@ class EngineRunner:
     def _loop(self) -> None:
         torch.set_num_threads(self.threads)
         while not self._stop.is_set():
+            out: list[tuple[Sink, Event]] = []
             try:
-                self._take(block=self.engine.idle)
+                self._take(self.engine.idle, out)
                 if self.engine.idle:
                     self._publish()
                     continue
@@ -150,19 +183,21 @@ class EngineRunner:
                 for seq, tok in step.emitted:
                     sink = self._sinks.get(id(seq))
                     if sink is not None:
-                        sink(("token", tok))
+                        out.append((sink, ("token", tok)))
                 for seq in step.finished:
                     sink = self._sinks.pop(id(seq), None)
                     if sink is not None:
-                        sink(("done", seq.finish_reason))
+                        out.append((sink, ("done", seq.finish_reason)))
             except Exception as e:  # a broken step fails its requests, not the server
                 log.exception("engine step failed")
                 for seq in list(self.engine.running) + list(self.engine.waiting):
                     self.engine.abort(seq)
                     sink = self._sinks.pop(id(seq), None)
                     if sink is not None:
-                        sink(("error", f"{type(e).__name__}: {e}"))
+                        out.append((sink, ("error", f"{type(e).__name__}: {e}")))
                 self._publish()
+            finally:
+                _deliver(out)
 
 
 class LMHandle:

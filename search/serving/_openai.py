@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -29,7 +29,7 @@ from starlette.background import BackgroundTask
 from objectives.lm.engine import SamplingParams
 
 from ._errors import error_response
-from ._lm import LMHandle
+from ._lm import LMHandle, LoopSink
 
 __all__ = ["mount_openai"]
 
@@ -127,10 +127,9 @@ class _Generation:
         self.first: float | None = None
 
     def start(self) -> asyncio.Queue:
-        loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         self.req = self.handle.submit(self.prompt, self.params,
-                                      lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+                                      LoopSink(asyncio.get_running_loop(), q))
         return q
 
     def take(self, events: list[tuple[str, Any]]) -> str:
@@ -202,7 +201,7 @@ def mount_openai(app: FastAPI, versions: Any, name: str) -> None:
             raise _Rejected(_error(404, f"The model {body.model!r} does not exist; this server "
                                    f"serves {name!r}", param="model", code="model_not_found"))
 
-    async def run(request: Request, body: _Body, chat: bool) -> Response:
+    async def run(body: _Body, chat: bool) -> Response:
         stack = contextlib.ExitStack()
         try:
             check_model(body)
@@ -241,7 +240,7 @@ def mount_openai(app: FastAPI, versions: Any, name: str) -> None:
                     handle.cancel(gen.req)
                 stack.close()
 
-            return StreamingResponse(_stream(request, gen, q, stack, head, chat, usage, metrics),
+            return StreamingResponse(_stream(gen, q, stack, head, chat, usage, metrics),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"},
                                      background=BackgroundTask(release))
@@ -264,12 +263,12 @@ def mount_openai(app: FastAPI, versions: Any, name: str) -> None:
                              "choices": [choice], "usage": gen.usage()})
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody, request: Request) -> Response:
-        return await run(request, body, chat=False)
+    async def completions(body: CompletionBody) -> Response:
+        return await run(body, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatBody, request: Request) -> Response:
-        return await run(request, body, chat=True)
+    async def chat_completions(body: ChatBody) -> Response:
+        return await run(body, chat=True)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -289,11 +288,17 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _stream(request: Request, gen: _Generation, q: asyncio.Queue,
-                  stack: contextlib.ExitStack, head: dict[str, Any], chat: bool,
-                  usage: bool, metrics: _Metrics) -> AsyncIterator[bytes]:
+async def _stream(gen: _Generation, q: asyncio.Queue, stack: contextlib.ExitStack,
+                  head: dict[str, Any], chat: bool, usage: bool, metrics: _Metrics
+                  ) -> AsyncIterator[bytes]:
     """SSE chunks as tokens come; the version stays pinned until the last one. A client
     that goes away cancels its sequence, which frees its KV blocks at the next step."""
+    # A text chunk is this request's constant head around the new text: only the text is
+    # encoded per token.
+    c0 = {"index": 0, "delta": {"content": "\x00"}, "finish_reason": None,
+          "logprobs": None} if chat else {"index": 0, "text": "\x00", "finish_reason": None,
+                                          "logprobs": None}
+    before, after = _sse({**head, "choices": [c0]}).split(b'"\\u0000"')
 
     def chunk(delta: str | None, finish: str | None, role: bool = False) -> bytes:
         if chat:
@@ -318,10 +323,8 @@ async def _stream(request: Request, gen: _Generation, q: asyncio.Queue,
                     return
                 if gen.finish is not None:
                     break
-                if delta:
-                    yield chunk(delta, None)
-                    if await request.is_disconnected():
-                        return
+                if delta:  # a client that goes away cancels this generator (Starlette)
+                    yield before + json.dumps(delta).encode() + after
             yield chunk(delta, gen.finish)
             _observe(metrics, gen)
             if usage:
