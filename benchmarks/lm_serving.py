@@ -73,7 +73,27 @@ def _follow(url: str, want: int) -> float:
     return time.monotonic() - t0
 
 
-def _replay_now(db: str, trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+def _served_vs_replay(db: str, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                      version: int) -> dict[str, Any]:
+    """Version `version` (trial `trial`) on a server of its own: the loadtest at the trial's
+    trace and concurrency (after one warm-up pass) beside its replay, stored and now."""
+    from search.loadtest import plan_for, run_loadtest
+    from search.serving import RegistrySource, start_server
+
+    plan = plan_for(study, trial.number)
+    now = _replay_now(db, trial, version)
+    with start_server(RegistrySource(db, MODEL, version)) as srv:
+        run_loadtest(srv.url, plan)
+        r = run_loadtest(srv.url, plan)
+    stored = trial.user_attrs["metrics"]
+    return {"threads": trial.params.get("serve.threads"), "errors": r.errors,
+            "served_tps": r.lm["throughput_tps"], "served_ttft_p50_ms": r.lm["ttft_p50_ms"],
+            "trial_tps": stored["throughput_tps"], "trial_ttft_ms": stored["ttft_ms"],
+            "replay_now": now}
+
+
+def _replay_now(db: str, trial: optuna.trial.FrozenTrial, version: int = 1
+                ) -> dict[str, float]:
     """The trial's generation replay again, now, on its deployed model: the stored figures
     were measured while the study ran, under whatever else the machine was doing."""
     import torch
@@ -82,11 +102,12 @@ def _replay_now(db: str, trial: optuna.trial.FrozenTrial) -> dict[str, float]:
     from search.registry import Registry
 
     reg = Registry(db)
-    model, w = reg.load_model(MODEL, 1)
-    config = rebuild_config(reg.meta(MODEL, 1), w)
-    budget = int(float(reg.get(MODEL, 1).serve["memory_budget_mb"]) * 1e6)
+    model, w = reg.load_model(MODEL, version)
+    config = rebuild_config(reg.meta(MODEL, version), w)
+    budget = int(float(reg.get(MODEL, version).serve["memory_budget_mb"]) * 1e6)
     seed = int(trial.user_attrs.get("eval_seed", trial.number))
-    r = w.serve(model, config, budget_bytes=budget, weight_bytes=len(reg.artifact(MODEL, 1)),
+    r = w.serve(model, config, budget_bytes=budget,
+                weight_bytes=len(reg.artifact(MODEL, version)),
                 device=torch.device("cpu"), seed=seed)
     return {k: r.metrics[k] for k in ("throughput_tps", "ttft_ms", "tpot_ms")}
 
@@ -159,6 +180,7 @@ def main() -> None:
         summary["ttft_ratio_served_over_replay"] = round(
             served["ttft_p50_ms"] / summary["v1"]["ttft_ms"], 3)
 
+        summary["v2_served_vs_replay"] = _served_vs_replay(db, study, second, 2)
         swaps = []
         for action, want in (("promote", 2), ("rollback", 1)):
             box: dict[str, Any] = {}
@@ -182,8 +204,10 @@ def main() -> None:
     export = d / "export"
     csearch("export", "--study", NAME, "--storage", db, "--trial", str(first.number),
             "-o", str(export))
-    plan = plan_for(study, first.number, concurrency=16)
+    plan = plan_for(study, first.number, concurrency=16, requests=192)
+    warm = plan_for(study, first.number, concurrency=16)
     with start_server(RegistrySource(db, MODEL, 1)) as srv:
+        run_loadtest(srv.url, warm)
         ours = run_loadtest(srv.url, plan)
     port = free_port()
     threads = int(first.params.get("serve.threads", 1))
@@ -199,6 +223,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
+        run_loadtest(url, warm)
         base = run_loadtest(url, plan)
     finally:
         plain.terminate()
