@@ -19,7 +19,8 @@ from search.storage import open_storage
 from registry_fixtures import STUDY, model_server, source_study
 from test_cli import _user_error  # one line, exit 2, no traceback
 
-JSON_KEYS = {"mean_ms", "p50_ms", "p99_ms", "throughput_rps", "errors", "requests", "client_cpu_ms"}
+JSON_KEYS = {"mean_ms", "p50_ms", "p99_ms", "throughput_rps", "errors", "requests", "client_cpu_ms",
+             "versions"}
 
 
 def _invoke(*args: str):
