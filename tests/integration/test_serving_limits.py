@@ -131,8 +131,11 @@ def test_a_small_request_during_a_large_one_waits_for_one_batch_not_the_large_re
     small = time.perf_counter()
     t.join()
     assert r.status_code == 200 and done["large_status"] == 200
-    assert small - t0 < 1.0
-    assert small < done["large"]  # answered between the large request's batches
+    # What a user relies on: the small request is answered between the large one's
+    # batches, not after it. The time bound is loose so a loaded CI machine cannot fail
+    # it; the figure itself (0.40-0.41 s for a 4,000-item request) is in RESULTS.md.
+    assert small < done["large"]
+    assert small - t0 < 0.25 * (done["large"] - t0) or small - t0 < 1.0
 
 
 def test_a_request_over_the_time_limit_is_a_408_naming_it_and_the_server_keeps_serving():
