@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from .group import cli
@@ -38,3 +41,8 @@ def serve_cmd(name: str, version: int | None, host: str, port: int, max_items: i
     serve(RegistrySource(url, name, version), host, port, limits=limits,
           announce=lambda: click.echo(f"serving {name} ({which}) from {redact(url)} at "
                                       f"http://{host}:{port}; Ctrl-C stops it", err=True))
+    # Stopped gracefully: exit now, not through interpreter teardown, which can abort
+    # while torch's worker threads still exist (see search/serving/__main__.py).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

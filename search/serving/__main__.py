@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ._limits import Limits
@@ -26,6 +27,12 @@ def main() -> None:
     except Exception as e:  # one line for start_server's error message
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    # The server has stopped gracefully (requests answered, versions closed). End the
+    # process now: interpreter teardown while torch's worker threads still exist can
+    # abort (SIGABRT) instead of exiting 0.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
