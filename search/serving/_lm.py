@@ -97,11 +97,46 @@ class Codec:
             return self.tok.decode(ids, skip_special_tokens=True)
         return self.tok.decode(ids)
 
+    def decoder(self) -> TextDecoder:
+        """A decoder of one growing sequence, for streaming."""
+        return TextDecoder(self)
+
     def chat(self, messages: list[dict[str, Any]]) -> list[int]:
         ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in newer releases
             ids = ids["input_ids"]
         return [int(i) for i in ids]
+
+
+class TextDecoder:
+    """The text of a growing token sequence, decoded incrementally: each new token costs
+    a decode of the last few tokens, not of the whole output (a BPE token's text depends
+    on its neighbours, and a multi-byte character may span tokens), as vLLM's
+    incremental detokenizer does. `text` is always `codec.decode(ids)`."""
+
+    def __init__(self, codec: Codec):
+        self.codec = codec
+        self.ids: list[int] = []
+        self._stable = ""  # text of ids[:_read], final
+        self._prefix = 0  # context tokens decoded before ids[_read:]
+        self._read = 0
+
+    def push(self, new_ids: list[int]) -> str:
+        """Append tokens; return the whole text so far."""
+        self.ids.extend(new_ids)
+        if not self.codec.hf:  # one character per token: nothing to reconcile
+            return self.codec.decode(self.ids)
+        before = self.codec.decode(self.ids[self._prefix:self._read])
+        after = self.codec.decode(self.ids[self._prefix:])
+        if not after.startswith(before):  # decoding is not prefix-stable here: start over
+            self._stable, self._prefix, self._read = "", 0, 0
+            return self.push([])
+        tail = after[len(before):]
+        if tail.endswith("\ufffd"):  # an unfinished character: keep its tokens pending
+            return self._stable + tail
+        self._stable += tail
+        self._prefix, self._read = max(0, len(self.ids) - 4), len(self.ids)
+        return self._stable
 
 
 @dataclass

@@ -117,7 +117,7 @@ class _Generation:
         self.params = SamplingParams(
             max_tokens=self.max_tokens, temperature=body.temperature, top_p=body.top_p,
             seed=body.seed, stop_ids=frozenset() if body.ignore_eos else codec.eos_ids)
-        self.ids: list[int] = []
+        self.decoder = handle.codec.decoder()
         self.text = ""  # decoded so far (up to a stop string)
         self.sent = 0  # characters of `text` already sent
         self.finish: str | None = None
@@ -125,6 +125,11 @@ class _Generation:
         self.req: Any = None
         self.t0 = time.perf_counter()
         self.first: float | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        """The tokens generated so far."""
+        return self.decoder.ids
 
     def start(self) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
@@ -134,19 +139,20 @@ class _Generation:
 
     def take(self, events: list[tuple[str, Any]]) -> str:
         """Fold engine events in; return the text that may be sent now."""
+        new: list[int] = []
         for kind, payload in events:
             if self.finish is not None:  # e.g. the abort that follows a stop string
                 break
             if kind == "token":
                 if self.first is None:
                     self.first = time.perf_counter()
-                self.ids.append(int(payload))
+                new.append(int(payload))
             elif kind == "error":
                 raise RuntimeError(payload)
             else:
                 self.finish = "stop" if payload == "stop" else "length"
         if not self.stopped_by_string:
-            self.text = self.handle.codec.decode(self.ids)
+            self.text = self.decoder.push(new)
             for s in self.stops:
                 at = self.text.find(s)
                 if at >= 0:

@@ -199,3 +199,32 @@ def test_fastapi_validation_errors_and_unknown_routes_use_the_schema_as_400_and_
     assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]["message"]
     assert c.get("/nope").json()["error"]["code"] == 404
     assert c.post("/v1/completions", json={"prompt": "hi"}).json() == {"text": "hi"}
+
+
+def test_streamed_text_decodes_incrementally_to_the_whole_decode():
+    """A byte-level BPE splits multi-byte characters across tokens and merges spaces into
+    words: the streamed text, token by token, must end as (and never run ahead of) the
+    decode of the whole output, with unfinished characters held back."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from search.serving._lm import Codec
+
+    text = ["naïve café déjà vu — über straße", "the cat sat on the mat; ½ ≥ ¼ ✓"] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=280, special_tokens=["<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    codec = Codec(fast, len(fast))
+    ids = codec.encode(" ".join(text[:2]) + " ✓✓ ñ")
+    assert len(ids) > 20
+    dec, seen = codec.decoder(), []
+    for i, t in enumerate(ids):
+        out = dec.push([t])
+        assert codec.decode(ids[:i + 1]).startswith(out.rstrip("\ufffd"))
+        seen.append(out)
+    assert seen[-1] == codec.decode(ids)
+    assert any("\ufffd" in codec.decode(ids[:i]) for i in range(len(ids)))  # split chars
