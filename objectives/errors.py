@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from spaces import CsearchError
 
-__all__ = ["WorkloadError", "EarlyStopped", "EvaluationError"]
+__all__ = ["WorkloadError", "QuantizationError", "EarlyStopped", "EvaluationError"]
 
 
 class WorkloadError(CsearchError):
     """A workload reference cannot be resolved or built (a user error)."""
+
+
+class QuantizationError(CsearchError):
+    """A quantization setting no kernel can run (e.g. an int4 group size it lacks)."""
 
 
 class EvaluationError(Exception):

@@ -3,8 +3,9 @@
 Each tensor of the state dict is stored one of three ways:
   * `f`: plain tensor (biases, norms, unpruned fp32 weights);
   * `s`: sparse fp32 weight: the non-zero values plus their positions;
-  * `q`: quantized weight: fp16 group scales, and the non-zero codes bit-packed at
-    `bits` bits each plus their positions.
+  * `q`: quantized weight: group scales (fp16, or bf16 for the weight-only kernels),
+    int4's bf16 group zeros, and the non-zero codes bit-packed at `bits` bits each plus
+    their positions.
 Positions are a bitmask or a list of indices, whichever is smaller, and every byte stream
 is zlib-compressed when that makes it smaller. The layout is JSON in the safetensors
 metadata, so loading needs no pickle.
@@ -24,8 +25,8 @@ from safetensors.torch import save as st_save
 
 from .quantize import QuantizedWeight, dequantize
 
-__all__ = ["pack_bits", "unpack_bits", "pack_state", "unpack_state", "tensor_bytes",
-           "effective_bits", "FORMAT"]
+__all__ = ["pack_bits", "unpack_bits", "pack_state", "unpack_state", "unpack_quantized",
+           "tensor_bytes", "effective_bits", "FORMAT"]
 
 FORMAT = "csearch-packed-1"
 
@@ -132,6 +133,8 @@ def pack_state(
             entry: dict[str, Any] = {"k": "q", "shape": list(t.shape), "bits": qw.bits,
                                      "gs": qw.group_size}
             tensors[f"{name}.scales"] = qw.scales.contiguous()
+            if qw.zeros is not None:
+                tensors[f"{name}.zeros"] = qw.zeros.contiguous()
             sparse = _dense_or_sparse(codes.size, int(keep.sum()), qw.bits / 8)
             kept = codes[keep] if sparse else codes
             offset = 2 ** (qw.bits - 1)
@@ -165,8 +168,20 @@ def _parse(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def unpack_state(data: bytes) -> dict[str, torch.Tensor]:
     """Rebuild the float state dict from packed bytes (bit-exact for the stored codes)."""
+    return {name: dequantize(t) if isinstance(t, QuantizedWeight) else t
+            for name, t in _unpack(data).items()}
+
+
+def unpack_quantized(data: bytes) -> dict[str, QuantizedWeight]:
+    """The stored codes by layer name (`{layer}.weight` -> layer), what `apply_runtime`
+    builds weight-only kernels from."""
+    return {name[: -len(".weight")]: t for name, t in _unpack(data).items()
+            if isinstance(t, QuantizedWeight) and name.endswith(".weight")}
+
+
+def _unpack(data: bytes) -> dict[str, torch.Tensor | QuantizedWeight]:
     tensors, layout = _parse(data)
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor | QuantizedWeight] = {}
     for name, entry in layout.items():
         kind = entry["k"]
         if kind == "f":
@@ -192,11 +207,10 @@ def unpack_state(data: bytes) -> dict[str, torch.Tensor]:
                 full[keep] = signed
             else:
                 full[:] = signed
-            qw = QuantizedWeight(
+            out[name] = QuantizedWeight(
                 torch.from_numpy(full.astype(np.int8)).reshape(shape),
-                tensors[f"{name}.scales"], bits, entry["gs"],
+                tensors[f"{name}.scales"], bits, entry["gs"], tensors.get(f"{name}.zeros"),
             )
-            out[name] = dequantize(qw)
         else:
             vals = np.frombuffer(stream("val"), dtype=np.float32)
             full_f = np.zeros(n, dtype=np.float32)

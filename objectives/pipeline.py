@@ -198,7 +198,7 @@ def evaluate(
     artifact = pack_state(model.state_dict(), quantized, {f"{n}.weight" for n in masks})
     eff_bits = effective_bits(artifact, _weight_names(model), _weight_count(workload.model))
     act_bytes = activation_bytes_per_sample(model, workload.example_inputs(), device)
-    model = apply_runtime(model, config.quant, device, quant_plan)
+    model = apply_runtime(model, config.quant, device, quant_plan, quantized)
 
     reporter.stage("measure")
     # A workload's `measure` hook sees the config (e.g. a causal LM's `quant.kv_bits`).

@@ -3,8 +3,12 @@
 Every method first rounds the weights of prunable layers to a grid (`fake_quantize`), so
 the packed artifact stores exactly what the model computes with. Then `apply_runtime`
 swaps in a real low-precision kernel where one exists on the device (dynamic int8 on
-CPU, torchao's int8 tensor subclasses). `lowbit` (2..8 bits) has no kernel here and
-runs with the dequantized weights: it buys size, not speed.
+CPU, torchao's int8 tensor subclasses). `int8_weight_only`, `int4_weight_only`
+(round-to-nearest, group scales and zeros) and `int4_hqq` (HQQ's scales and zeros) build
+their kernels (`weightonly`) from the stored codes themselves, so `apply_runtime` takes
+the codes `quantize_weights` returned (or `pack.unpack_quantized` read back). `lowbit`
+(2..8 bits) has no kernel here and runs with the dequantized weights: it buys size, not
+speed.
 
 Embedding tables (`nn.Embedding`, e.g. a transformer's vocabulary, often half of its
 bytes) are quantized too whenever `quant.method` is not `none`: int8 codes with one fp16
@@ -25,9 +29,21 @@ from torch.ao.nn.quantized import dynamic as nnqd
 
 from spaces import QuantConfig
 
+from .errors import QuantizationError
 from .prune import prunable_layers
+from .weightonly import (
+    Int4WeightOnlyLinear,
+    Int8WeightOnlyLinear,
+    int4_group_size,
+    int4_hqq,
+    int4_misfit,
+    int4_rtn,
+    int8_per_channel,
+)
 
 __all__ = [
+    "INT4_METHODS",
+    "CODE_KERNEL_METHODS",
     "QuantizedWeight",
     "weight_bits",
     "group_scales",
@@ -37,6 +53,8 @@ __all__ = [
     "embedding_layers",
     "apply_runtime",
     "int8_weight_bits",
+    "layer_plan",
+    "layer_codes",
     "DynamicInt8Linear",
     "FakeQuant",
     "fake_quantize_activation",
@@ -45,6 +63,10 @@ __all__ = [
 ]
 
 EMBEDDING_BITS = 8
+# Weight-only int4 with group scales and zeros: round-to-nearest, or HQQ's solver.
+INT4_METHODS = ("int4_weight_only", "int4_hqq")
+# Methods whose kernels are built from the stored codes (`apply_runtime(quantized=...)`).
+CODE_KERNEL_METHODS = INT4_METHODS + ("int8_weight_only",)
 
 # Smallest scale stored: fp16's smallest normal number, so scales round-trip exactly.
 _MIN_SCALE = 2.0**-14
@@ -52,13 +74,16 @@ _MIN_SCALE = 2.0**-14
 
 @dataclass(frozen=True)
 class QuantizedWeight:
-    """Signed integer codes `q` (int8 holding `bits`-bit values) and fp16 `scales` of shape
-    `[out, n_groups]`; the weight is `q * scale` of its group."""
+    """Signed integer codes `q` (int8 holding `bits`-bit values) and `scales` (fp16, or
+    bf16 for the weight-only kernels) of shape `[out, n_groups]`; the weight is
+    `q * scale (+ zero)` of its group. `zeros` (bf16, int4 only) are the groups' float
+    offsets, tinygemm's convention."""
 
     q: torch.Tensor
     scales: torch.Tensor
     bits: int
     group_size: int  # 0: one group per output channel
+    zeros: torch.Tensor | None = None
 
 
 def weight_bits(cfg: QuantConfig) -> int | None:
@@ -69,7 +94,40 @@ def weight_bits(cfg: QuantConfig) -> int | None:
         return int(cfg.bits)
     if cfg.method == "int8_dynamic":
         return int8_weight_bits()
+    if cfg.method in INT4_METHODS:
+        return 4
     return 8
+
+
+def layer_plan(layer: nn.Module, cfg: QuantConfig) -> tuple[str, int, int]:
+    """(codes kind, bits, group size) of a prunable layer under `cfg`: kind `sym`
+    (symmetric, `fake_quantize`), `int8_wo` (int8 per channel, bf16 scale), `int4_rtn` or
+    `int4_hqq`. An int4 layer the kernel cannot run (`int4_misfit`: not a Linear, or
+    shapes off the kernel's grid) falls back to `int8_wo`. Raises QuantizationError for an
+    int4 group size no kernel has."""
+    bits = weight_bits(cfg)
+    if cfg.method == "lowbit":
+        return "sym", int(bits or 8), cfg.group_size
+    if cfg.method in INT4_METHODS:
+        group = int4_group_size(cfg.group_size)
+        if int4_misfit(layer, group) is None:
+            return ("int4_hqq" if cfg.method == "int4_hqq" else "int4_rtn"), 4, group
+        return "int8_wo", 8, 0
+    if cfg.method == "int8_weight_only":
+        return "int8_wo", 8, 0
+    return "sym", int(bits or 8), 0
+
+
+def layer_codes(w: torch.Tensor, kind: str, bits: int, group_size: int) -> QuantizedWeight:
+    """The stored codes of weight `w` for a `layer_plan`."""
+    if kind == "int8_wo":
+        q, scales = int8_per_channel(w)
+        return QuantizedWeight(q, scales, 8, 0)
+    if kind in ("int4_rtn", "int4_hqq"):
+        fn = int4_hqq if kind == "int4_hqq" else int4_rtn
+        q, scales, zeros = fn(w, group_size)
+        return QuantizedWeight(q, scales, 4, group_size, zeros)
+    return fake_quantize(w, bits, group_size)
 
 
 def _grouped(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
@@ -107,6 +165,8 @@ def dequantize(qw: QuantizedWeight) -> torch.Tensor:
     shape = qw.q.shape
     grouped, pad = _grouped(qw.q.float(), qw.group_size)
     w = grouped * qw.scales.float().unsqueeze(2)
+    if qw.zeros is not None:
+        w = w + qw.zeros.float().unsqueeze(2)
     w = w.reshape(w.shape[0], -1)
     if pad:
         w = w[:, :-pad]
@@ -130,17 +190,16 @@ def quantize_weights(
     targets = []
     for name, layer in prunable_layers(model).items():
         c = per_layer.get(name, cfg)
-        bits = weight_bits(c)
-        if bits is not None:
-            targets.append((name, layer, bits, c.group_size if c.method == "lowbit" else 0))
+        if weight_bits(c) is not None:
+            targets.append((name, layer, *layer_plan(layer, c)))
     for name, emb in embedding_layers(model).items():
         c = per_layer.get(name, cfg)
         bits = weight_bits(c)
         if bits is not None:
             explicit = name in per_layer and c.method == "lowbit"
-            targets.append((name, emb, bits if explicit else EMBEDDING_BITS, 0))
-    for name, layer, b, g in targets:
-        qw = fake_quantize(layer.weight, b, g)
+            targets.append((name, emb, "sym", bits if explicit else EMBEDDING_BITS, 0))
+    for name, layer, kind, b, g in targets:
+        qw = layer_codes(layer.weight, kind, b, g)
         layer.weight.copy_(dequantize(qw).to(layer.weight.device, layer.weight.dtype))
         out[name] = qw
     return out
@@ -213,6 +272,30 @@ def _int8_dynamic(model: nn.Module, device: torch.device, names: list[str] | Non
     return model
 
 
+def _from_codes(model: nn.Module, device: torch.device, names: list[str] | None,
+                quantized: Mapping[str, QuantizedWeight] | None) -> nn.Module:
+    """Swap each Linear for the int4 or int8 weight-only kernel holding its stored codes
+    (other layers, e.g. convolutions, keep their dequantized weights)."""
+    if quantized is None:
+        raise QuantizationError(
+            "weight-only kernels are built from the stored codes: pass apply_runtime the "
+            "codes quantize_weights returned (or pack.unpack_quantized read)")
+    targets = [n for n, m in model.named_modules()
+               if type(m) is nn.Linear and (names is None or n in names)]
+    for name in targets:
+        qw = quantized.get(name)
+        if qw is None:
+            raise QuantizationError(f"no stored codes for layer {name!r}")
+        layer = model.get_submodule(name)
+        if qw.zeros is not None:
+            new: nn.Module = Int4WeightOnlyLinear.from_codes(layer, qw.q, qw.scales, qw.zeros,
+                                                             qw.group_size)
+        else:
+            new = Int8WeightOnlyLinear.from_codes(layer, qw.q, qw.scales)
+        model = _replace(model, name, new)
+    return model
+
+
 def _torchao(config_name: str) -> Callable[[nn.Module, torch.device, list[str] | None], nn.Module]:
     def apply(model: nn.Module, device: torch.device, names: list[str] | None) -> nn.Module:
         with warnings.catch_warnings():
@@ -232,7 +315,6 @@ _RUNTIME: dict[str, Callable[[nn.Module, torch.device, list[str] | None], nn.Mod
     "none": lambda m, d, n: m,
     "lowbit": lambda m, d, n: m,
     "int8_dynamic": _int8_dynamic,
-    "int8_weight_only": _torchao("Int8WeightOnlyConfig"),
     "int8_dynamic_activation": _torchao("Int8DynamicActivationInt8WeightConfig"),
 }
 
@@ -242,15 +324,21 @@ def apply_runtime(
     cfg: QuantConfig,
     device: torch.device,
     per_layer: Mapping[str, QuantConfig] | None = None,
+    quantized: Mapping[str, QuantizedWeight] | None = None,
 ) -> nn.Module:
-    """Swap in each layer's low-precision kernels (after `quantize_weights`)."""
+    """Swap in each layer's low-precision kernels (after `quantize_weights`, whose codes
+    `quantized` the weight-only methods need)."""
+    methods: dict[str, list[str] | None] = {}
     if not per_layer:
-        return _RUNTIME[cfg.method](model, device, None)
-    methods: dict[str, list[str]] = {}
-    for name in prunable_layers(model):
-        methods.setdefault(per_layer.get(name, cfg).method, []).append(name)
+        methods[cfg.method] = None
+    else:
+        for name in prunable_layers(model):
+            methods.setdefault(per_layer.get(name, cfg).method, []).append(name)  # type: ignore[union-attr]
     for method, names in methods.items():
-        model = _RUNTIME[method](model, device, names)
+        if method in CODE_KERNEL_METHODS:
+            model = _from_codes(model, device, names, quantized)
+        else:
+            model = _RUNTIME[method](model, device, names)
     return model
 
 
@@ -258,15 +346,17 @@ class FakeQuant(nn.Module):
     """Parametrization for quantization-aware fine-tuning: the forward pass sees the
     masked, quantized weight; gradients pass straight through to the fp32 weight."""
 
-    def __init__(self, bits: int, group_size: int, mask: torch.Tensor | None = None):
+    def __init__(self, bits: int, group_size: int, mask: torch.Tensor | None = None,
+                 kind: str = "sym"):
         super().__init__()
-        self.bits, self.group_size = bits, group_size
+        self.bits, self.group_size, self.kind = bits, group_size, kind
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
             w = w * self.mask.to(w.dtype)
-        q = dequantize(fake_quantize(w.detach(), self.bits, self.group_size)).to(w.dtype)
+        q = dequantize(layer_codes(w.detach(), self.kind, self.bits, self.group_size))
+        q = q.to(w.dtype)
         return w + (q - w).detach()
 
 
@@ -302,12 +392,14 @@ def attach_fake_quant(
     layers = []
     for name, layer in prunable_layers(model).items():
         c = (per_layer or {}).get(name, cfg)
-        bits = weight_bits(c)
-        if bits is None:
+        if weight_bits(c) is None:
             continue
-        group = c.group_size if c.method == "lowbit" else 0
+        kind, bits, group = layer_plan(layer, c)
+        # HQQ's solver per step would cost more than the step: train against RTN's grid.
+        kind = "int4_rtn" if kind == "int4_hqq" else kind
         mask = masks.get(name)
-        fq = FakeQuant(bits, group, None if mask is None else mask.to(layer.weight.device))
+        fq = FakeQuant(bits, group, None if mask is None else mask.to(layer.weight.device),
+                       kind)
         if (c.method == "int8_dynamic" and type(layer) is nn.Linear
                 and layer.weight.device.type == "cpu"):
             fq.input_hook = layer.register_forward_pre_hook(_activation_hook)

@@ -9,18 +9,20 @@ from spaces import Config
 
 from .groups import layer_plans
 from .pipeline import build_structure
-from .quantize import apply_runtime
+from .quantize import QuantizedWeight, apply_runtime
 from .workload import Workload
 
 __all__ = ["rebuild"]
 
 
 def rebuild(workload: Workload, config: Config, state: dict[str, torch.Tensor],
-            device: torch.device) -> nn.Module:
+            device: torch.device,
+            quantized: dict[str, QuantizedWeight] | None = None) -> nn.Module:
     """The model a trial served: the config's structure, `state` (an unpacked artifact)
-    loaded into it, and the config's runtime quantization applied, in eval mode."""
+    loaded into it, and the config's runtime quantization applied, in eval mode; the
+    weight-only kernels are built from `quantized` (`pack.unpack_quantized`)."""
     model = build_structure(workload, config, device)
     model.load_state_dict({k: v.to(device) for k, v in state.items()})
     model.eval()
     _, quant_plan = layer_plans(workload, model, config)
-    return apply_runtime(model, config.quant, device, quant_plan)
+    return apply_runtime(model, config.quant, device, quant_plan, quantized)

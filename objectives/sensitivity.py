@@ -50,7 +50,7 @@ def group_sensitivity(
             prune_plan, quant_plan = layer_plans(workload, model, config)
             masks = masks_for(model, config.prune, prune_plan)
             apply_masks(model, masks)
-            quantize_weights(model, config.quant, quant_plan)
-            model = apply_runtime(model, config.quant, device, quant_plan)
+            codes = quantize_weights(model, config.quant, quant_plan)
+            model = apply_runtime(model, config.quant, device, quant_plan, codes)
             out[group][label] = float(base - workload.evaluate(model))
     return out

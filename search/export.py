@@ -21,7 +21,14 @@ from optuna.artifacts import download_artifact
 from optuna.trial import FixedTrial, TrialState
 from torch import nn
 
-from objectives import Workload, evaluate, load_workload, rebuild, unpack_state
+from objectives import (
+    Workload,
+    evaluate,
+    load_workload,
+    rebuild,
+    unpack_quantized,
+    unpack_state,
+)
 from objectives.workloads import allow as allow_workload
 from spaces import Config, parse_space
 
@@ -141,7 +148,8 @@ def rebuild_export(meta: dict[str, Any], data: bytes, device: str = "cpu", *,
     workload_obj = load_workload(meta["workload"], stored=True)
     config = rebuild_config(meta, workload_obj)
     state = unpack_state(data)
-    return rebuild(workload_obj, config, state, resolve_device(device)), workload_obj
+    return rebuild(workload_obj, config, state, resolve_device(device),
+                   unpack_quantized(data)), workload_obj
 
 
 def rebuild_config(meta: dict[str, Any], workload: Workload) -> Config:

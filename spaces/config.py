@@ -25,7 +25,8 @@ __all__ = [
 ]
 
 PRUNE_METHODS = ("none", "magnitude", "global", "structured")
-QUANT_METHODS = ("none", "int8_dynamic", "int8_weight_only", "int8_dynamic_activation", "lowbit")
+QUANT_METHODS = ("none", "int8_dynamic", "int8_weight_only", "int8_dynamic_activation",
+                 "int4_weight_only", "int4_hqq", "lowbit")
 # A per-group `quant.method[g]` of "inherit" follows the global `quant.method`.
 INHERIT = "inherit"
 # Parameters that may be set per layer group, as `quant.bits[ffn_out]`.
@@ -55,7 +56,8 @@ class PruneConfig:
 @dataclass(frozen=True)
 class QuantConfig:
     """`bits` and `group_size` apply to `lowbit` (int8 methods use 8 bits per channel).
-    `group_size` 0 means one scale per output channel. `kv_bits` is the KV-cache format
+    `group_size` 0 means one scale per output channel; the int4 methods (4 bits, group
+    scales and zeros) take 32, 64, 128 or 256, and read 0 as 64. `kv_bits` is the KV-cache format
     of causal-LM workloads (16: fp16; 8: int8 per token and head); others ignore it."""
 
     method: str = "none"
@@ -169,7 +171,8 @@ PARAM_FIELDS: dict[str, type] = _param_fields()
 # What a parameter left out of a space means: its default, which leaves the model as it is.
 OMITTED: dict[str, str] = {
     "prune.*": "method none: nothing pruned (threshold, amount, ratio unused)",
-    "quant.*": "method none: fp32 weights (bits, group_size used only by lowbit)",
+    "quant.*": "method none: fp32 weights (bits used only by lowbit, group_size by lowbit "
+                "and int4)",
     "train.*": "epochs 0: no fine-tuning (lr, kd_alpha, kd_temperature unused)",
     "serve.*": "batch_size 32, threads 1, cache_ratio 0 (no cache), memory_ratio 0.25; "
                "the model is unchanged",
