@@ -30,12 +30,19 @@ def _per_group_methods(space: Space) -> dict[str, tuple[Any, ...]]:
 
 
 def probes_for(space: Space) -> dict[str, dict[str, object]]:
-    """Probes the space can express: dynamic int8, 4-bit weights, 50% sparsity."""
+    """Probes the space can express: dynamic int8, weight-only int8, int4 on its kernel
+    (HQQ where the space has it, else round-to-nearest), 4-bit weights, 50% sparsity."""
     methods = _per_group_methods(space)
     choices = set().union(*methods.values()) if methods else set()
     probes: dict[str, dict[str, object]] = {}
     if "int8_dynamic" in choices:
         probes["int8_dynamic"] = {"quant.method": "int8_dynamic"}
+    if "int8_weight_only" in choices:
+        probes["int8_weight_only"] = {"quant.method": "int8_weight_only"}
+    for int4 in ("int4_hqq", "int4_weight_only"):
+        if int4 in choices:
+            probes[int4] = {"quant.method": int4}
+            break
     if "lowbit" in choices:
         probes["lowbit4"] = {"quant.method": "lowbit", "quant.bits": 4}
     if any(p.name.startswith("prune.amount[") for p in space.params):
@@ -87,6 +94,9 @@ def narrow(space: Space, sens: dict[str, Any] | None) -> Space:
 # Per-group quantizer options a seed can pick: (probe label, params, bits per weight).
 _OPTIONS = (
     ("int8_dynamic", {"quant.method": "int8_dynamic"}, 8),
+    ("int8_weight_only", {"quant.method": "int8_weight_only"}, 8),
+    ("int4_hqq", {"quant.method": "int4_hqq"}, 4),
+    ("int4_weight_only", {"quant.method": "int4_weight_only"}, 4),
     ("lowbit4", {"quant.method": "lowbit", "quant.bits": 4}, 4),
 )
 _PARAMS = {label: params for label, params, _ in _OPTIONS}

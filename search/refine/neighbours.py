@@ -30,7 +30,8 @@ from spaces import INHERIT, Space, split_name
 __all__ = ["compress_step", "recovery_step", "inert", "STRONGER", "RECOVERY_P"]
 
 # Quantizers from weakest to strongest (per layer group or global).
-STRONGER = ("none", "int8_dynamic", "lowbit")
+STRONGER = ("none", "int8_weight_only", "int8_dynamic", "int4_weight_only", "int4_hqq",
+            "lowbit")
 DENSITY_KEPT = (0.6, 0.85)  # a sparsity step keeps this share of the remaining weights
 THRESHOLD_UP = (0.2, 0.6)  # a magnitude threshold grows by exp(U(...))
 RECOVERY_P = 0.5  # chance a compression step comes with a recovery step
