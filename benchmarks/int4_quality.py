@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from objectives.pack import pack_state  # noqa: E402
+from objectives.prune import prunable_layers  # noqa: E402
 from objectives.quantize import apply_runtime, quantize_weights  # noqa: E402
 from objectives.workloads import load_workload  # noqa: E402
 from spaces import QuantConfig  # noqa: E402
@@ -44,10 +45,11 @@ def main() -> None:
             cfg = QuantConfig(method, group_size=g)
             codes = quantize_weights(m, cfg)
             size = len(pack_state(m.state_dict(), codes)) / 1e6
-            fallback = sorted(n for n, q in codes.items() if q.bits == 8)
+            layers = prunable_layers(m)
+            fallback = sorted(n for n, q in codes.items() if q.bits == 8 and n in layers)
             m = apply_runtime(m, cfg, torch.device("cpu"), quantized=codes)
             out[f"{method} g{g}"] = {"accuracy": float(wl.evaluate(m)), "size_mb": size,
-                                     "int8_layers": fallback}  # type: ignore[dict-item]
+                                     "int8_fallback_layers": fallback}  # type: ignore[dict-item]
     print(json.dumps(out, indent=1))
 
 
