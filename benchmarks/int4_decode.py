@@ -93,8 +93,11 @@ def main() -> None:
     fp32_artifact = len(pack_state(base.state_dict(), {}))
     models = {"fp32": base}
     sizes = {"fp32": fp32_artifact}
+    quantize_s = {}
     for method in args.methods.split(","):
+        t0 = time.perf_counter()
         models[method], sizes[method] = quantized(base, method)
+        quantize_s[method] = time.perf_counter() - t0
     prompt = torch.randint(0, CONFIG["vocab_size"], (1, args.prompt),
                            generator=torch.Generator().manual_seed(1))
     for m in models.values():  # warm-up
@@ -108,6 +111,7 @@ def main() -> None:
         "threads": args.threads, "decode_tokens": args.tokens, "prompt": args.prompt,
         "input_safetensors_mb": input_bytes / 1e6,
         "packed_mb": {k: v / 1e6 for k, v in sizes.items()},
+        "quantize_and_pack_s": quantize_s,
         "decode_tps_rounds": tps, "decode_tps_median": med,
         "speedup_vs_fp32": {k: med[k] / med["fp32"] for k in med},
         "smaller_than_input": {k: input_bytes / v for k, v in sizes.items()},
