@@ -482,7 +482,7 @@ def test_library_import_noise_stays_out_of_the_output(tmp_path, workers):
     noisy = subprocess.run([sys.executable, "-c", "import torchao"], capture_output=True,
                            text=True, timeout=300)
     noise = [ln for ln in (noisy.stdout + noisy.stderr).splitlines() if ln.strip()]
-    (tmp_path / "s.toml").write_text('[params."quant.method"]\nchoices = ["int8_weight_only"]\n')
+    (tmp_path / "s.toml").write_text('[params."quant.method"]\nchoices = ["int4_hqq"]\n')
     r = _script("run", "--workload", "digits-cnn", "--study", "q", "--storage",
                 f"sqlite:///{tmp_path / 'q.db'}",
                 "--trials", str(workers), "--workers", str(workers), "--space",
