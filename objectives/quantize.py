@@ -32,13 +32,12 @@ from spaces import QuantConfig
 from .errors import QuantizationError
 from .prune import prunable_layers
 from .weightonly import (
-    Int4WeightOnlyLinear,
-    Int8WeightOnlyLinear,
     int4_group_size,
     int4_hqq,
     int4_misfit,
     int4_rtn,
     int8_per_channel,
+    swap_in_kernels,
 )
 
 __all__ = [
@@ -272,30 +271,6 @@ def _int8_dynamic(model: nn.Module, device: torch.device, names: list[str] | Non
     return model
 
 
-def _from_codes(model: nn.Module, device: torch.device, names: list[str] | None,
-                quantized: Mapping[str, QuantizedWeight] | None) -> nn.Module:
-    """Swap each Linear for the int4 or int8 weight-only kernel holding its stored codes
-    (other layers, e.g. convolutions, keep their dequantized weights)."""
-    if quantized is None:
-        raise QuantizationError(
-            "weight-only kernels are built from the stored codes: pass apply_runtime the "
-            "codes quantize_weights returned (or pack.unpack_quantized read)")
-    targets = [n for n, m in model.named_modules()
-               if type(m) is nn.Linear and (names is None or n in names)]
-    for name in targets:
-        qw = quantized.get(name)
-        if qw is None:
-            raise QuantizationError(f"no stored codes for layer {name!r}")
-        layer = model.get_submodule(name)
-        if qw.zeros is not None:
-            new: nn.Module = Int4WeightOnlyLinear.from_codes(layer, qw.q, qw.scales, qw.zeros,
-                                                             qw.group_size)
-        else:
-            new = Int8WeightOnlyLinear.from_codes(layer, qw.q, qw.scales)
-        model = _replace(model, name, new)
-    return model
-
-
 def _torchao(config_name: str) -> Callable[[nn.Module, torch.device, list[str] | None], nn.Module]:
     def apply(model: nn.Module, device: torch.device, names: list[str] | None) -> nn.Module:
         with warnings.catch_warnings():
@@ -336,7 +311,11 @@ def apply_runtime(
             methods.setdefault(per_layer.get(name, cfg).method, []).append(name)  # type: ignore[union-attr]
     for method, names in methods.items():
         if method in CODE_KERNEL_METHODS:
-            model = _from_codes(model, device, names, quantized)
+            if quantized is None:
+                raise QuantizationError(
+                    "weight-only kernels are built from the stored codes: pass apply_runtime "
+                    "the codes quantize_weights returned (or pack.unpack_quantized read)")
+            model = swap_in_kernels(model, names, quantized)
         else:
             model = _RUNTIME[method](model, device, names)
     return model

@@ -16,6 +16,8 @@ Int4 codes follow tinygemm's convention, held signed as `q - 8` in [-8, 7]:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +25,12 @@ from torch import nn
 
 from .errors import QuantizationError
 
+if TYPE_CHECKING:
+    from .quantize import QuantizedWeight
+
 __all__ = ["INT4_GROUP_SIZES", "DEFAULT_INT4_GROUP_SIZE", "int4_group_size", "int4_misfit",
            "int4_rtn", "int4_hqq", "int8_per_channel", "Int4WeightOnlyLinear",
-           "Int8WeightOnlyLinear"]
+           "Int8WeightOnlyLinear", "swap_in_kernels"]
 
 # What the CPU int4 kernel accepts (CUDA's tinygemm also takes these).
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -200,3 +205,26 @@ class Int8WeightOnlyLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def swap_in_kernels(model: nn.Module, names: list[str] | None,
+                    quantized: Mapping[str, QuantizedWeight]) -> nn.Module:
+    """Swap each Linear (of `names`, or all) for the int4 or int8 weight-only kernel
+    holding its stored codes; other layers (convolutions) keep their dequantized weights."""
+    targets = [n for n, m in model.named_modules()
+               if type(m) is nn.Linear and (names is None or n in names)]
+    for name in targets:
+        qw = quantized.get(name)
+        if qw is None:
+            raise QuantizationError(f"no stored codes for layer {name!r}")
+        layer = model.get_submodule(name)
+        if qw.zeros is not None:
+            new: nn.Module = Int4WeightOnlyLinear.from_codes(layer, qw.q, qw.scales, qw.zeros,
+                                                             qw.group_size)
+        else:
+            new = Int8WeightOnlyLinear.from_codes(layer, qw.q, qw.scales)
+        if not name:
+            return new
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
