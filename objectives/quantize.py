@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
-from spaces import QuantConfig
+from spaces import INT4_METHODS, QuantConfig
 
 from .errors import QuantizationError
 from .prune import prunable_layers
@@ -62,8 +62,6 @@ __all__ = [
 ]
 
 EMBEDDING_BITS = 8
-# Weight-only int4 with group scales and zeros: round-to-nearest, or HQQ's solver.
-INT4_METHODS = ("int4_weight_only", "int4_hqq")
 # Methods whose kernels are built from the stored codes (`apply_runtime(quantized=...)`).
 CODE_KERNEL_METHODS = INT4_METHODS + ("int8_weight_only",)
 

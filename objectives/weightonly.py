@@ -23,17 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spaces import INT4_GROUP_SIZES
+
 from .errors import QuantizationError
 
 if TYPE_CHECKING:
     from .quantize import QuantizedWeight
 
-__all__ = ["INT4_GROUP_SIZES", "DEFAULT_INT4_GROUP_SIZE", "int4_group_size", "int4_misfit",
+__all__ = ["DEFAULT_INT4_GROUP_SIZE", "int4_group_size", "int4_misfit",
            "int4_rtn", "int4_hqq", "int8_per_channel", "Int4WeightOnlyLinear",
            "Int8WeightOnlyLinear", "swap_in_kernels"]
 
-# What the CPU int4 kernel accepts (CUDA's tinygemm also takes these).
-INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_INT4_GROUP_SIZE = 64
 _EPS = 1e-6
 

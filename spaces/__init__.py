@@ -5,6 +5,8 @@ This package imports no torch; `search` and `objectives` build on it.
 
 from .config import (
     INHERIT,
+    INT4_GROUP_SIZES,
+    INT4_METHODS,
     OMITTED,
     PARAM_FIELDS,
     PER_GROUP_FIELDS,
@@ -22,6 +24,8 @@ from .space import Param, Space, builtin_spaces, load_space, parse_space
 
 __all__ = [
     "INHERIT",
+    "INT4_GROUP_SIZES",
+    "INT4_METHODS",
     "OMITTED",
     "PARAM_FIELDS",
     "PER_GROUP_FIELDS",

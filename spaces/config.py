@@ -15,6 +15,8 @@ __all__ = [
     "split_name",
     "PRUNE_METHODS",
     "QUANT_METHODS",
+    "INT4_METHODS",
+    "INT4_GROUP_SIZES",
     "PruneConfig",
     "QuantConfig",
     "TrainConfig",
@@ -27,6 +29,10 @@ __all__ = [
 PRUNE_METHODS = ("none", "magnitude", "global", "structured")
 QUANT_METHODS = ("none", "int8_dynamic", "int8_weight_only", "int8_dynamic_activation",
                  "int4_weight_only", "int4_hqq", "lowbit")
+# Weight-only int4 on the tinygemm kernels, and the group sizes those kernels take
+# (`quant.group_size` 0 means 64 for them).
+INT4_METHODS = ("int4_weight_only", "int4_hqq")
+INT4_GROUP_SIZES = (32, 64, 128, 256)
 # A per-group `quant.method[g]` of "inherit" follows the global `quant.method`.
 INHERIT = "inherit"
 # Parameters that may be set per layer group, as `quant.bits[ffn_out]`.

@@ -23,6 +23,7 @@ from .config import (
     Config,
     split_name,
 )
+from .checks import check_int4_group_sizes
 from .errors import SpaceError
 
 if TYPE_CHECKING:  # optuna is only needed by callers that sample
@@ -231,6 +232,7 @@ def _build(name: str, params: dict[str, dict[str, Any]]) -> Space:
                     "which must be declared before it"
                 )
         seen.add(p.name)
+    check_int4_group_sizes(name, built)
     source = "\n".join(_param_toml(p) for p in built)
     return Space(name=name, params=built, source=source)
 

@@ -117,6 +117,26 @@ def test_spaces_accept_the_new_methods_and_the_sensitivity_pass_probes_them():
         parse_space('[params."quant.method"]\nchoices = ["int3"]\n')
 
 
+@pytest.mark.parametrize("text", [
+    # a global int4 layer that can get group size 16
+    '[params."quant.method"]\nchoices = ["int4_hqq", "lowbit"]\n'
+    '[params."quant.group_size"]\nchoices = [0, 16]\n',
+    # a group's int4 inheriting the global lowbit group size
+    'include = ["compression"]\n[params."quant.method[*]"]\nchoices = ["inherit", "int4_hqq"]\n'
+    '[params."quant.bits[*]"]\ntype = "int"\nlow = 2\nhigh = 8\n'
+    'when = { "quant.method[*]" = "lowbit" }\n',
+])
+def test_a_space_whose_int4_layers_can_get_a_group_size_no_kernel_has_is_refused(text):
+    from spaces import SpaceError
+
+    with pytest.raises(SpaceError, match="'quant.group_size' can be 16 while a layer runs"):
+        parse_space(text)
+    # Group sizes only lowbit sees are fine.
+    parse_space('[params."quant.method"]\nchoices = ["int4_hqq", "lowbit"]\n'
+                '[params."quant.group_size"]\nchoices = [0, 16]\n'
+                'when = { "quant.method" = "lowbit" }\n')
+
+
 def test_an_int4_trial_reloads_from_its_artifact(digits):
     """digits-cnn: fc1 (512 -> 256) on the int4 kernel; fc2 (10 outputs) and the
     convolutions fall back to int8 codes."""
