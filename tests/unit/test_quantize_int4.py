@@ -151,3 +151,19 @@ def test_an_int4_trial_reloads_from_its_artifact(digits):
     assert float(digits.evaluate(model)) == pytest.approx(ev.metrics["accuracy"], abs=1e-9)
     assert ev.metrics["size_mb"] < 0.3 * len(pack_state(copy.deepcopy(digits.model)
                                                         .state_dict(), {})) / 1e6
+
+
+def test_per_group_methods_mix_kernels_in_one_model():
+    from objectives.quantize import DynamicInt8Linear
+
+    model, x = _model(), torch.randn(4, 128)
+    cfg = QuantConfig("none")
+    plan = {"0": QuantConfig("int4_hqq", group_size=32), "2": QuantConfig("int8_dynamic"),
+            "4": QuantConfig("int8_weight_only")}
+    codes = quantize_weights(model, cfg, plan)
+    assert codes["0"].group_size == 32 and codes["0"].scales.shape == (64, 4)
+    ref = model(x)
+    served = apply_runtime(model, cfg, CPU, plan, codes)
+    assert [type(served[i]) for i in (0, 2, 4)] == [Int4WeightOnlyLinear, DynamicInt8Linear,
+                                                    Int8WeightOnlyLinear]
+    assert torch.allclose(served(x), ref, rtol=0, atol=5e-2 * float(ref.abs().max()))
