@@ -1,7 +1,11 @@
 """Generation serve replay: greedy decoding of a Zipf-skewed prompt trace with continuous
 batching over a paged, prefix-caching KV cache, with real forward passes.
 
-Load model: closed loop, `concurrency` clients each with one request in flight. The
+Load model: closed loop, `concurrency` clients each with one request in flight. A
+client's next request arrives when its previous one ends, but joins no earlier than the
+step after next: a real client receives the last token and sends again over the network
+while the server has already started the following step (so the predicted TTFT is
+what a served client measures, not one step shorter). The
 server runs in steps (token boundaries). Before each step, waiting requests join in
 arrival order while the running batch is below its cap (`serve.batch_size`) and the
 block pool can hold the request's whole sequence (prompt + K - 1 tokens; its cached
@@ -178,25 +182,35 @@ class _Run:
     def max_running(self) -> int:
         return self.engine.max_running
 
-    def _issue(self, client: int) -> None:
+    def _issue(self, client: int, arrival: float | None = None) -> None:
         if self.next_pos < len(self.trace):
             prompt = list(self.prompts[int(self.trace[self.next_pos])])
             self.engine.add(GenRequest(prompt, self.params, tag=(self.next_pos, client),
-                                       arrival=self.clock))
+                                       arrival=self.clock if arrival is None else arrival))
             self.next_pos += 1
 
     def loop(self) -> None:
-        while not self.engine.idle:
+        sent: list[tuple[int, float]] = []  # (client, sent at) during the running step
+        while not self.engine.idle or sent:
+            if self.engine.idle:  # nothing runs: a request sent now starts at once
+                for client, at in sent:
+                    self._issue(client, at)
+                sent = []
+                if self.engine.idle:  # the trace is exhausted
+                    break
             step = self.engine.step()
             if step is None:
                 raise RuntimeError("the KV block pool cannot hold the next request")
             self.clock += step.seconds
             self.steps += 1
             self.computed_tokens += step.tokens
+            for client, at in sent:  # arrived while this step ran: join the next one
+                self._issue(client, at)
+            sent = []
             for seq, _ in step.emitted:
                 if seq.generated == 1:
                     seq.first = self.clock
             for seq in step.finished:
                 seq.end = self.clock
                 self.done.append(seq)
-                self._issue(seq.tag[1])
+                sent.append((seq.tag[1], self.clock))
