@@ -1,0 +1,99 @@
+"""Issue 25: a study whose best compressed config breaks the budget only through its
+sampled serve split is impossible. The config is re-split, feasible, on the front, and
+export, deploy and the tables use the split it was measured with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from objectives.pack import pack_state
+from objectives.workloads import allow
+from search import attrs
+from search.export import export_trial, rebuild_config
+from search.results import pareto_rows
+from search.runner import MEMORY_CONSTRAINT, run_trials
+from search.storage import open_storage
+from search.study import build_spec, create_or_resume, load_context
+from tests.unit.lm_split_workload import REF, make_workload
+
+# Every trial is the same config: fp32, no fine-tuning, a split far too large for the room
+# its weights leave in the budget below (KV pool 60 % and workspace 40 % of it).
+SPACE = """
+[params."prune.method"]
+choices = ["none"]
+[params."quant.method"]
+choices = ["none"]
+[params."train.epochs"]
+choices = [0]
+[params."serve.cache_ratio"]
+choices = [0.6]
+[params."serve.memory_ratio"]
+choices = [0.4]
+"""
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("split")
+    (tmp / "split.toml").write_text(SPACE)
+    weights = len(pack_state(make_workload().model.state_dict(), {}))
+    allow(REF)
+    spec = build_spec(workload=REF, space=str(tmp / "split.toml"),
+                      objectives=("accuracy:max", "throughput_tps:max"), constraints=(),
+                      sampler="random", seed=0, device="cpu", trials=1, timeout=None,
+                      memory_budget_mb=(weights + 80_000) / 1e6, artifacts=str(tmp / "art"))
+    url = f"sqlite:///{tmp / 's.db'}"
+    ctx = load_context(spec)
+    study, _ = create_or_resume(open_storage(url, create=True), "split", spec, ctx)
+    run_trials(study, ctx)
+    return study, url, tmp
+
+
+def test_the_split_alone_never_makes_a_config_infeasible(study_db):
+    study, _, _ = study_db
+    (t,) = study.trials
+    assert t.constraints[MEMORY_CONSTRAINT] <= 0
+    split = t.user_attrs[attrs.SERVE_SPLIT]
+    assert split["sampled"] == {"cache_ratio": 0.6, "memory_ratio": 0.4}
+    assert split["cache_ratio"] / split["memory_ratio"] == pytest.approx(1.5)
+    budget = study.user_attrs[attrs.BASELINE]["memory_budget_mb"]
+    assert t.user_attrs[attrs.METRICS]["memory_mb"] <= budget
+    assert [r["number"] for r in pareto_rows(study)] == [0]
+    # The baseline, fp32 at the workload's serving defaults, was re-split too.
+    assert attrs.SERVE_SPLIT in study.user_attrs[attrs.BASELINE]
+    assert study.user_attrs[attrs.BASELINE]["memory_mb"] <= study.user_attrs[
+        attrs.BASELINE]["memory_budget_mb"]
+
+
+def test_export_and_deploy_use_the_split_that_was_measured(study_db):
+    from search.registry import Registry
+
+    study, url, tmp = study_db
+    split = study.trials[0].user_attrs[attrs.SERVE_SPLIT]
+    meta = export_trial(study, 0, tmp / "out")
+    assert meta["serve_split"] == {k: split[k] for k in ("cache_ratio", "memory_ratio")}
+    on_disk = json.loads((Path(tmp / "out") / "csearch.json").read_text())
+    cfg = rebuild_config(on_disk, make_workload())
+    assert (cfg.serve.cache_ratio, cfg.serve.memory_ratio) == (split["cache_ratio"],
+                                                               split["memory_ratio"])
+    version = Registry(url).deploy(study, 0, "split-lm")
+    assert version.serve["cache_ratio"] == split["cache_ratio"]
+    assert version.serve["memory_ratio"] == split["memory_ratio"]
+
+
+def test_tables_show_the_split_used_beside_the_sampled_one(study_db):
+    from search.cli import cli
+
+    study, url, _ = study_db
+    split = study.trials[0].user_attrs[attrs.SERVE_SPLIT]
+    shown = [f"0.6→{split['cache_ratio']:.3g}", f"0.4→{split['memory_ratio']:.3g}"]
+    runner = CliRunner()
+    args = ["--study", "split", "--storage", url]
+    for command in (["trials", "--params"], ["pareto", "--params"], ["show", "--trial", "0"]):
+        res = runner.invoke(cli, [*command, *args])
+        assert res.exit_code == 0, res.stderr
+        assert all(text in res.stdout for text in shown), res.stdout
