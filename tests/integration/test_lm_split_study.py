@@ -97,3 +97,24 @@ def test_tables_show_the_split_used_beside_the_sampled_one(study_db):
         res = runner.invoke(cli, [*command, *args])
         assert res.exit_code == 0, res.stderr
         assert all(text in res.stdout for text in shown), res.stdout
+
+
+def test_a_plugin_lm_gets_the_lm_defaults_and_a_budget_with_a_kv_pool(tmp_path):
+    """`module:factory` is known to be an LM only once built: a new study of one gets the
+    LM space and objectives, and a budget of fp32 weights + KV pool + workspace."""
+    from objectives.lm.budget import lm_default_budget
+    from search.cli import cli
+    from search.spec import LM_DEFAULT_OBJECTIVES, LM_DEFAULT_SPACE, stored_spec
+    from search.storage import load_study
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    res = CliRunner().invoke(cli, ["run", "--workload", REF, "--trials", "1", "--device",
+                                   "cpu", "--study", "p", "--storage", url],
+                             env={"CSEARCH_STORAGE": None})
+    assert res.exit_code == 0, res.stderr
+    study = load_study(open_storage(url, create=False), "p")
+    spec = stored_spec(study)
+    assert spec.space == LM_DEFAULT_SPACE and spec.objectives == LM_DEFAULT_OBJECTIVES
+    budget = lm_default_budget(make_workload())
+    assert study.user_attrs[attrs.BASELINE]["memory_budget_mb"] == budget.mb
+    assert f"budget {budget.mb:g} MB ({budget.describe()})" in res.output  # at study start
