@@ -92,7 +92,8 @@ def test_the_default_budget_is_fp32_weights_plus_a_working_kv_pool(lm):
     per_block = settings.block_size * kv_bytes_per_token(shape.n_layers, shape.n_kv_heads,
                                                          shape.head_dim, 16)
     longest = max(len(p) for p in prompts)
-    assert b.weight_bytes == len(pack_state(lm.model.state_dict(), {}))
+    packed = len(pack_state(lm.model.state_dict(), {}))
+    assert packed <= b.weight_bytes < packed + 512 * len(lm.model.state_dict()) + 4096
     assert b.sequences == settings.concurrency == 4
     assert b.kv_bytes == 4 * blocks_for(longest, settings.new_tokens, 8) * per_block
     assert b.tokens == max(4, longest) and b.workspace_bytes > 0
