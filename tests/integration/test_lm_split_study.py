@@ -20,13 +20,18 @@ from search.storage import open_storage
 from search.study import build_spec, create_or_resume, load_context
 from tests.unit.lm_split_workload import REF, make_workload
 
-# Every trial is the same config: fp32, no fine-tuning, a split far too large for the room
-# its weights leave in the budget below (KV pool 60 % and workspace 40 % of it).
+# Every trial is the same compressed config: 8-bit weights (about a quarter of the fp32
+# bytes), no fine-tuning, and a split far too large for the room those weights leave in
+# the budget below (KV pool 60 % and workspace 40 % of it).
 SPACE = """
 [params."prune.method"]
 choices = ["none"]
 [params."quant.method"]
-choices = ["none"]
+choices = ["lowbit"]
+[params."quant.bits"]
+choices = [8]
+[params."quant.group_size"]
+choices = [0]
 [params."train.epochs"]
 choices = [0]
 [params."serve.cache_ratio"]
@@ -45,7 +50,7 @@ def study_db(tmp_path_factory):
     spec = build_spec(workload=REF, space=str(tmp / "split.toml"),
                       objectives=("accuracy:max", "throughput_tps:max"), constraints=(),
                       sampler="random", seed=0, device="cpu", trials=1, timeout=None,
-                      memory_budget_mb=(weights + 80_000) / 1e6, artifacts=str(tmp / "art"))
+                      memory_budget_mb=0.4 * weights / 1e6, artifacts=str(tmp / "art"))
     url = f"sqlite:///{tmp / 's.db'}"
     ctx = load_context(spec)
     study, _ = create_or_resume(open_storage(url, create=True), "split", spec, ctx)
@@ -61,12 +66,15 @@ def test_the_split_alone_never_makes_a_config_infeasible(study_db):
     assert split["sampled"] == {"cache_ratio": 0.6, "memory_ratio": 0.4}
     assert split["cache_ratio"] / split["memory_ratio"] == pytest.approx(1.5)
     budget = study.user_attrs[attrs.BASELINE]["memory_budget_mb"]
-    assert t.user_attrs[attrs.METRICS]["memory_mb"] <= budget
+    m = t.user_attrs[attrs.METRICS]
+    # Compressed weights that fit with room to spare; only the sampled split (the whole
+    # budget again) did not.
+    assert m["size_mb"] < 0.5 * budget and m["effective_bits"] < 9
+    assert m["memory_mb"] <= budget
     assert [r["number"] for r in pareto_rows(study)] == [0]
-    # The baseline, fp32 at the workload's serving defaults, was re-split too.
-    assert attrs.SERVE_SPLIT in study.user_attrs[attrs.BASELINE]
-    assert study.user_attrs[attrs.BASELINE]["memory_mb"] <= study.user_attrs[
-        attrs.BASELINE]["memory_budget_mb"]
+    # The fp32 baseline's weights alone exceed this budget: no split fits it, none is made.
+    base = study.user_attrs[attrs.BASELINE]
+    assert base["size_mb"] > base["memory_budget_mb"] and attrs.SERVE_SPLIT not in base
 
 
 def test_export_and_deploy_use_the_split_that_was_measured(study_db):
