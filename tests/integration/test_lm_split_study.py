@@ -69,7 +69,7 @@ def test_the_split_alone_never_makes_a_config_infeasible(study_db):
     m = t.user_attrs[attrs.METRICS]
     # Compressed weights that fit with room to spare; only the sampled split (the whole
     # budget again) did not.
-    assert m["size_mb"] < 0.5 * budget and m["effective_bits"] < 9
+    assert m["size_mb"] < 0.75 * budget and m["effective_bits"] < 9
     assert m["memory_mb"] <= budget
     assert [r["number"] for r in pareto_rows(study)] == [0]
     # The fp32 baseline's weights alone exceed this budget: no split fits it, none is made.
