@@ -32,6 +32,7 @@ from .quantize import (
     quantize_weights,
 )
 from .serve import activation_bytes_per_sample, replay
+from .split import no_split_reason
 from .train import finetune
 from .workload import Workload
 
@@ -250,8 +251,6 @@ def _served_split(served: Any, config: Config, reporter: Reporter, rejected: boo
                   ) -> dict[str, Any] | None:
     """The split a replay re-split the trial to (as stored on the trial), or None; when no
     split fits, the reason goes to the reporter (unless the weights alone were rejected)."""
-    from .split import no_split_reason
-
     split, need = getattr(served, "serve_split", None), getattr(served, "split_need", None)
     if split is None:
         if need is not None and need.overage_bytes > 0 and not rejected:
