@@ -32,6 +32,7 @@ from .quantize import (
     quantize_weights,
 )
 from .serve import activation_bytes_per_sample, replay
+from .split import no_split_reason
 from .train import finetune
 from .workload import Workload
 
@@ -56,6 +57,9 @@ class Evaluation:
     memory_margin_mb: float  # <= 0: packed weights + cache + workspace fit the budget
     # What a generation replay produced for a few prompts (`GenerationResult.samples`).
     samples: list[dict[str, Any]] | None = None
+    # The split served with when the sampled one broke the budget and this one fits:
+    # {"cache_ratio", "memory_ratio", "sampled": {...}}; None: served as sampled.
+    serve_split: dict[str, Any] | None = None
 
 
 def base_accuracy(workload: Workload) -> float:
@@ -214,7 +218,7 @@ def evaluate(
     reporter.stage("serve")
     served = workload.serve and workload.serve(  # a workload's own replay (causal LMs)
         model, config, budget_bytes=budget_bytes, weight_bytes=len(artifact), device=device,
-        seed=seed)
+        seed=seed)  # re-splits a sampled split that does not fit, as `replay` below
     served = served or replay(
         model,
         workload,
@@ -226,7 +230,9 @@ def evaluate(
         act_bytes=act_bytes,
         serve_overhead_ms=serve_overhead_ms,
         baseline=None if is_baseline else _baseline_model(workload, device),
+        resplit=True,
     )
+    split = _served_split(served, config, reporter, rejected)
     metrics = {
         "accuracy": acc,
         "accuracy_drop": base_acc - acc,
@@ -242,4 +248,18 @@ def evaluate(
         metrics["speedup"] = 1.0
     metrics["eval_seconds"] = time.perf_counter() - t_start
     samples = served.samples() if hasattr(served, "samples") else None
-    return Evaluation(metrics, artifact, served.feasible_margin_mb, samples)
+    return Evaluation(metrics, artifact, served.feasible_margin_mb, samples, split)
+
+
+def _served_split(served: Any, config: Config, reporter: Reporter, rejected: bool
+                  ) -> dict[str, Any] | None:
+    """The split a replay re-split the trial to (as stored on the trial), or None; when no
+    split fits, the reason goes to the reporter (unless the weights alone were rejected)."""
+    split, need = getattr(served, "serve_split", None), getattr(served, "split_need", None)
+    if split is None:
+        if need is not None and need.overage_bytes > 0 and not rejected:
+            reporter.attr("rejected", no_split_reason(need))
+        return None
+    return {"cache_ratio": split[0], "memory_ratio": split[1],
+            "sampled": {"cache_ratio": config.serve.cache_ratio,
+                        "memory_ratio": config.serve.memory_ratio}}

@@ -22,7 +22,7 @@ __all__ = [
     "ARTIFACT_ID", "BASELINE", "CONSTRAINT_PREFIX", "DEVICE", "EVAL_SEED", "ENVIRONMENT",
     "FAIL_REASON", "GPU", "INTERRUPTED", "LEGACY_CONSTRAINTS", "METRICS", "PARTIAL_METRICS",
     "PRUNED_REASON", "RECOVERED_FROM", "REJECTED", "REPLAY_SAMPLES", "RETRY_OF", "SEEDED",
-    "SENSITIVITY", "SERVED", "SPEC", "WORKER", "TrialResult", "store_results",
+    "SENSITIVITY", "SERVED", "SERVE_SPLIT", "SPEC", "WORKER", "TrialResult", "store_results",
 ]
 
 # --- trial user attrs --------------------------------------------------------------------
@@ -41,6 +41,10 @@ RECOVERED_FROM = "recovered_from"  # a spooled result re-added as a new trial: t
 RETRY_OF = "retry_of"  # re-queued after a signal failed it: the failed trial's number
 SEEDED = "seeded"  # enqueued by csearch (True, or the seeding's name); also a study attr
 SERVED = "served"  # `csearch loadtest --trial`: the real server's measurements
+# The serve split the trial was measured with when its sampled one broke the budget and
+# this one fits: {"cache_ratio", "memory_ratio", "sampled": {...}}; export, deploy and
+# serve use it (also a key of the study's BASELINE when the baseline was re-split).
+SERVE_SPLIT = "serve_split"
 # A generation replay's tokens for its first distinct prompts: [{"prompt": i, "tokens": [...]}]
 REPLAY_SAMPLES = "replay_samples"
 

@@ -146,6 +146,8 @@ class TrialObjective:
         constraints = {str(c): c.value(ev.metrics) for c in spec.parsed_constraints()}
         constraints[MEMORY_CONSTRAINT] = ev.memory_margin_mb
         extra = {attrs.REPLAY_SAMPLES: ev.samples} if ev.samples else {}
+        if ev.serve_split is not None:
+            extra[attrs.SERVE_SPLIT] = ev.serve_split
         result = TrialResult(values, ev.metrics, constraints, extra=extra)
         if self.spool is not None:  # before any database write: nothing evaluated is lost
             self.spool.add(trial, result)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import nn
 
 from spaces import ServeConfig
 
+from ..split import SplitNeed, fitting_split, split_fits
 from .blocks import BlockPool
 from .engine import Engine, GenRequest, SamplingParams, blocks_for, build_engine, size_engine
 from .model import decoder_forward, full_attention
@@ -64,6 +65,9 @@ class GenerationResult:
     pool: BlockPool  # the block pool as the replay left it
     trace: tuple[int, ...] = ()  # prompt index of each request
     prompts: tuple[tuple[int, ...], ...] = ()  # the replay's distinct prompts
+    # (cache_ratio, memory_ratio) served with, when re-split from the sampled one
+    serve_split: tuple[float, float] | None = None
+    split_need: SplitNeed | None = None  # what any split had to give (budget, weights, least)
 
     def samples(self, n: int = 8) -> list[dict[str, list[int] | int]]:
         """The tokens generated for the first `n` distinct prompts of the trace: stored on
@@ -87,8 +91,13 @@ def generation_replay(
     weight_bytes: int,
     device: torch.device | str = "cpu",
     settings: GenerationSettings | None = None,
+    resplit: bool = False,
 ) -> GenerationResult:
-    """Replay `trace` (indices into `prompts`) through the KV-cache server."""
+    """Replay `trace` (indices into `prompts`) through the KV-cache server.
+
+    `resplit`: a sampled split that breaks the budget while another split fits is replaced
+    by the fitting split nearest it (`objectives.split`), reported as `serve_split`; with
+    no split fitting, the margin is how far the smallest split that serves is over."""
     device = torch.device(device)
     settings = settings or GenerationSettings()
     bs, k_new = settings.block_size, settings.new_tokens
@@ -96,11 +105,24 @@ def generation_replay(
                          sample_prompt=prompts[int(trace[0])], device=device)
     longest = max(len(prompts[int(i)]) for i in trace)
     per_seq = blocks_for(longest, k_new, bs)
+    need = SplitNeed(budget_bytes, weight_bytes, per_seq * sizing.block_bytes,
+                     sizing.act_per_token)
+    split = None
+    if resplit and not split_fits(cfg.cache_ratio, cfg.memory_ratio, need):
+        split = fitting_split(cfg.cache_ratio, cfg.memory_ratio, need)
+        if split is not None:
+            cfg = replace(cfg, cache_ratio=split[0], memory_ratio=split[1])
+            s_cache, s_mem = round(budget_bytes * split[0]), round(budget_bytes * split[1])
+            sizing = replace(sizing, s_cache=s_cache, s_mem=s_mem,
+                             n_blocks=s_cache // sizing.block_bytes,
+                             token_budget=s_mem // sizing.act_per_token)
     memory = weight_bytes + sizing.s_cache + sizing.s_mem
     margin = max(memory - budget_bytes,
                  (per_seq - sizing.n_blocks) * sizing.block_bytes
                  if sizing.n_blocks < per_seq else -math.inf,
                  sizing.act_per_token - sizing.s_mem if sizing.token_budget < 1 else -math.inf)
+    if resplit and split is None and need.overage_bytes > 0:
+        margin = need.overage_bytes  # no split fits: by how much the least that serves is over
     # An infeasible split is still replayed (with the least that runs) so all metrics exist.
     engine = build_engine(model, sizing, cfg, kv_bits=kv_bits, block_size=bs,
                           min_blocks=per_seq, device=device)
@@ -122,8 +144,9 @@ def generation_replay(
         torch.set_num_threads(old_threads)
     if pool.in_use:
         raise RuntimeError(f"{pool.in_use} KV blocks still in use after the replay")
-    return _result(run, trace, prompts, memory, capacity, margin,
-                   (sizing.s_cache, sizing.s_mem))
+    out = _result(run, trace, prompts, memory, capacity, margin,
+                  (sizing.s_cache, sizing.s_mem))
+    return replace(out, serve_split=split, split_need=need)
 
 
 def _result(run: _Run, trace: Sequence[int], prompts: Sequence[Sequence[int]],

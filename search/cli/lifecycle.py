@@ -76,6 +76,7 @@ def _run(progress: _Progress, workers: int, ray_address: str | None, gpus_per_wo
     progress.note(f"study {study.study_name!r} {verb}: {done0}/{tctx.spec.trials} trials "
                   f"finished, workload {tctx.spec.workload}, space {tctx.spec.space}, "
                   f"device {tctx.device}, budget {tctx.budget_mb:g} MB"
+                  + (f" ({tctx.budget_note})" if tctx.budget_note else "")
                   + (f", guard {tctx.spec.guard}" if tctx.spec.guard else ""))
     progress.start(tctx.spec, study)
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import click
 from .group import cli
 from .options import format_option, open_target, storage_option, study_option
 from .tables import (broken_text, feas, fmt_value, pareto_table, params_text, table,
-                     table_width)
+                     table_width, with_split)
 
 @cli.command()
 @storage_option
@@ -56,7 +56,7 @@ def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ..
     # Why a trial failed, was stopped, or is infeasible (which constraint, by how much).
     body = [[r["number"], r["state"] + (" (stale)" if r.get("stale") else ""), feas(r["feasible"]),
              *[fmt_value(v) for v in (r["values"] or [None] * len(names))],
-             fmt_value(r["duration_s"]), params_text(r["params"], full),
+             fmt_value(r["duration_s"]), params_text(r["params"], full, r.get("serve_split")),
              r.get("reason") or broken_text(r, short=True)]
             for r in rows]
     if not any(b[-1] for b in body):
@@ -100,7 +100,8 @@ def show(study_name: str, storage: str | None, fmt: str, number: int) -> None:
     sections = [
         ("objective", "value", [[k, fmt_value(v)] for k, v in d["objectives"].items()]),
         ("constraint", "check", [[c["constraint"], _check(c)] for c in d["constraint_checks"]]),
-        ("parameter", "value", [[k, fmt_value(v)] for k, v in d["params"].items()]),
+        ("parameter", "value", [[k, fmt_value(v)] for k, v in
+                                with_split(d["params"], d.get("serve_split")).items()]),
         ("metric", "value", [[k, fmt_value(v)] for k, v in sorted(d["metrics"].items())]),
     ]
     for name, what, rows in sections:

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 __all__ = ["duration", "fmt_value", "feas", "broken_text", "params_text", "changed_params", "table",
-           "table_width", "pareto_table", "TABLE_WIDTH"]
+           "table_width", "pareto_table", "with_split", "TABLE_WIDTH"]
 
 def duration(sec: float) -> str:
     sec = int(round(sec))
@@ -93,8 +93,25 @@ def changed_params(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def params_text(p: dict[str, Any], full: bool = False) -> str:
-    """`full`: every parameter as stored; else the changed ones, shortened."""
+def with_split(p: dict[str, Any], split: dict[str, Any] | None) -> dict[str, Any]:
+    """The params with the serve ratios shown as `sampled→served` where the evaluation
+    re-split the trial (`serve_split`): the table says which split was measured."""
+    if not split:
+        return p
+    out = dict(p)
+    sampled = split.get("sampled") or {}
+    for key in ("cache_ratio", "memory_ratio"):
+        was = p.get(f"serve.{key}", sampled.get(key))
+        was_text = f"{was:.3g}" if isinstance(was, float) else str(was)
+        out[f"serve.{key}"] = f"{was_text}→{float(split[key]):.3g}"
+    return out
+
+
+def params_text(p: dict[str, Any], full: bool = False,
+                split: dict[str, Any] | None = None) -> str:
+    """`full`: every parameter as stored; else the changed ones, shortened. With `split`
+    (a trial's `serve_split`), the serve ratios show the split it was measured with."""
+    p = with_split(p, split)
     if full:
         return " ".join(f"{k}={fmt_value(v)}" for k, v in p.items())
     short = []
@@ -152,6 +169,7 @@ def pareto_table(rows: list[dict[str, Any]], names: list[str], baseline: dict | 
         m = r["metrics"]
         ratio = f"{base_size / m['size_mb']:.1f}x" if base_size and m.get("size_mb") else "-"
         body.append([r["number"], *[fmt_value(v) for v in r["values"]], ratio,
-                     *[fmt_value(m.get(k)) for k in extras], params_text(r["params"], full)])
+                     *[fmt_value(m.get(k)) for k in extras],
+                     params_text(r["params"], full, r.get("serve_split"))])
     return table(["#", *names, "smaller", *extras, "params"], body,
                  None if full else table_width(), shrink=(("params", 12),))
