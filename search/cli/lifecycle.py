@@ -12,7 +12,7 @@ from .options import (check_spec_args, info, log_format_option, open_target, pre
                       spec_options, storage_option, stored, study_option, url_of)
 from .progress import Progress as _Progress
 from .progress import progress_mode
-from .tables import pareto_table
+from .tables import pareto_table, study_groups
 
 # --- run / create / worker -----------------------------------------------------------
 
@@ -163,7 +163,8 @@ def _print_front(progress: _Progress, study: Any, spec: Any) -> None:
         click.echo(json.dumps({"event": "front", "study": study.study_name, "trials": rows}))
         return
     click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
-    click.echo(pareto_table(rows, spec.metric_names, study.user_attrs.get("baseline")))
+    click.echo(pareto_table(rows, spec.metric_names, study.user_attrs.get("baseline"),
+                            groups=study_groups(study)))
 
 
 
