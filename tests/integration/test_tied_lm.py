@@ -104,3 +104,20 @@ def test_a_compressed_tied_head_follows_the_embedding_and_reloads_tied(
         torch.testing.assert_close(head.weight, dequantize(fake_quantize(original, 8, 0)),
                                    rtol=0, atol=0)
     assert w.evaluate(model) == pytest.approx(ev.metrics["accuracy"], abs=1e-6)
+
+
+def test_an_artifact_with_the_head_stored_on_its_own_still_loads_as_stored(
+        tied_llama: tuple[Path, Path]) -> None:
+    """Artifacts packed before tied layers stayed tied hold the head as its own tensor:
+    loading them must not overwrite the embedding with the head."""
+    from objectives.pack import pack_state
+    from search.study import baseline_config
+
+    w = _workload(tied_llama)
+    state = {k: v.clone() for k, v in w.model.state_dict().items()}
+    state["lm.lm_head.weight"] = state["lm.lm_head.weight"] * 0.5
+    model = rebuild(w, baseline_config(w), unpack_state(pack_state(state, {})),
+                    torch.device("cpu"))
+    lm = model.lm
+    assert torch.equal(lm.get_input_embeddings().weight, state["lm.model.embed_tokens.weight"])
+    assert torch.equal(lm.get_output_embeddings().weight, state["lm.lm_head.weight"])
