@@ -22,14 +22,14 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from objectives import EarlyStopped, Reporter, evaluate, report_stage
 
 from . import attrs
-from ._optuna import note_attrs, storage_of, trial_id_of, upload_named_artifact
+from ._optuna import note_attrs, storage_of, study_id_of, trial_id_of, upload_named_artifact
 from .artifacts import TrialArtifactStore, new_artifact_id
 from .attrs import TrialResult, store_results
 from .budget import FINISHED, BudgetGate, count_finished, remaining_budget
 from .errors import StorageError
 from .placement import placed_gpu
 from .spool import Spool
-from .storage import error_chain, sampling_pass, set_trial_attrs
+from .storage import budget_lock, error_chain, sampling_pass, set_trial_attrs
 from .study import Context
 
 __all__ = [
@@ -331,7 +331,11 @@ def run_trials(
                 if gate is not None and not gate.open():
                     break
                 try:
-                    _enqueue_next(study)
+                    if gate is not None:  # its lock is held until the trial exists
+                        _enqueue_next(study)
+                    else:
+                        with budget_lock(storage_of(study), study_id_of(study)):
+                            _enqueue_next(study)
                     study.optimize(objective, n_trials=1, timeout=timeout,
                                    catch=(Exception,), callbacks=callbacks)
                 finally:
