@@ -244,8 +244,8 @@ def apply_runtime(
     per_layer: Mapping[str, QuantConfig] | None = None,
 ) -> nn.Module:
     """Swap in each layer's low-precision kernels (after `quantize_weights`)."""
-    if not per_layer:
-        return _RUNTIME[cfg.method](model, device, None)
+    if not per_layer:  # named layers: a tied output layer stays with its embedding
+        return _RUNTIME[cfg.method](model, device, list(prunable_layers(model)))
     methods: dict[str, list[str]] = {}
     for name in prunable_layers(model):
         methods.setdefault(per_layer.get(name, cfg).method, []).append(name)

@@ -8,8 +8,8 @@ import click
 
 from .group import cli
 from .options import format_option, open_target, storage_option, study_option
-from .tables import (broken_text, feas, fmt_value, pareto_table, params_text, table,
-                     table_width, with_split)
+from .tables import (broken_text, feas, fmt_value, pareto_table, params_text, study_groups,
+                     table, table_width, with_split)
 
 @cli.command()
 @storage_option
@@ -52,11 +52,13 @@ def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ..
         click.echo(json.dumps(rows, indent=2))
         return
     names = study.metric_names or []
+    groups = study_groups(study)
     headers = ["#", "state", "feasible", *names, "seconds", "params", "reason"]
     # Why a trial failed, was stopped, or is infeasible (which constraint, by how much).
     body = [[r["number"], r["state"] + (" (stale)" if r.get("stale") else ""), feas(r["feasible"]),
              *[fmt_value(v) for v in (r["values"] or [None] * len(names))],
-             fmt_value(r["duration_s"]), params_text(r["params"], full, r.get("serve_split")),
+             fmt_value(r["duration_s"]),
+             params_text(r["params"], full, groups, split=r.get("serve_split")),
              r.get("reason") or broken_text(r, short=True)]
             for r in rows]
     if not any(b[-1] for b in body):
@@ -138,7 +140,7 @@ def pareto(study_name: str, storage: str | None, fmt: str, full: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(pareto_table(rows, study.metric_names or [], study.user_attrs.get("baseline"),
-                            full))
+                            full, study_groups(study)))
 
 
 @cli.command()

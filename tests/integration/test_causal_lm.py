@@ -78,7 +78,7 @@ def test_the_workload_serves_the_models_own_forward_pass(
     w = load_workload(workload_ref(f"causal-lm:{d}", str(model_dir[1])))
     assert not any(type(m).__name__ == "Conv1D" for m in w.model.modules())
     head, emb = w.model.lm.get_output_embeddings(), w.model.lm.get_input_embeddings()
-    assert head.weight is not emb.weight  # untied: each is compressed on its own
+    assert head.weight is emb.weight  # tied, as the user saved it: stored once
     x = w.extras["lm_data"].heldout[:2, :40]
     b, n = x.shape
     with torch.no_grad():
@@ -119,6 +119,7 @@ def test_run_export_and_reload_reproduces_accuracy(model_dir: tuple[Path, Path],
     acc = w.evaluate(model)
     assert abs(acc - trial["metrics"]["accuracy"]) <= 0.01
     assert not any(type(m).__name__ == "Conv1D" for m in model.modules())
+    assert model.lm.get_output_embeddings().weight is model.lm.get_input_embeddings().weight
 
 
 def _bad(args: list[str], tmp_path: Path, needle: str) -> None:
