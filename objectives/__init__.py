@@ -27,6 +27,8 @@ _EXPORTS = {
     "build_structure": ".pipeline",
     "evaluate": ".pipeline",
     "rebuild": ".rebuild",
+    "SplitNeed": ".split",
+    "fitting_split": ".split",
     "Workload": ".workload",
     "BUILTIN_WORKLOADS": ".workloads",
     "list_workloads": ".workloads",

@@ -1,11 +1,13 @@
 """The packed artifact: a safetensors file whose byte count is the model's `size_mb`.
 
-Each tensor of the state dict is stored one of three ways:
+Each tensor of the state dict is stored one of four ways:
   * `f`: plain tensor (biases, norms, unpruned fp32 weights);
   * `s`: sparse fp32 weight: the non-zero values plus their positions;
   * `q`: quantized weight: group scales (fp16, or bf16 for the weight-only kernels),
     int4's bf16 group zeros, and the non-zero codes bit-packed at `bits` bits each plus
-    their positions.
+    their positions;
+  * `a`: alias of an earlier entry whose tensor it shares (a tied output layer is the
+    input embedding's tensor): stored, and counted in `size_mb`, once.
 Positions are a bitmask or a list of indices, whichever is smaller, and every byte stream
 is zlib-compressed when that makes it smaller. The layout is JSON in the safetensors
 metadata, so loading needs no pickle.
@@ -26,7 +28,7 @@ from safetensors.torch import save as st_save
 from .quantize import QuantizedWeight, dequantize
 
 __all__ = ["pack_bits", "unpack_bits", "pack_state", "unpack_state", "unpack_quantized",
-           "tensor_bytes", "effective_bits", "FORMAT"]
+           "tensor_bytes", "effective_bits", "shared_tensors", "FORMAT"]
 
 FORMAT = "csearch-packed-1"
 
@@ -114,19 +116,41 @@ def _dense_or_sparse(n: int, nonzero: int, value_bytes_each: float) -> bool:
     return (n - nonzero) * value_bytes_each > n / 8
 
 
+def shared_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """{name: earlier name} for the entries of a state dict that are views of the same
+    memory as an earlier one (tied weights: `state_dict` lists a shared tensor under
+    every name it has)."""
+    seen: dict[tuple, str] = {}
+    out: dict[str, str] = {}
+    for name, t in state.items():
+        if t.numel() == 0:
+            continue
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+               t.stride(), t.dtype)
+        if key in seen:
+            out[name] = seen[key]
+        else:
+            seen[key] = name
+    return out
+
+
 def pack_state(
     state: Mapping[str, torch.Tensor],
     quantized: Mapping[str, QuantizedWeight],
     sparse_weights: set[str] | frozenset[str] = frozenset(),
 ) -> bytes:
     """Pack a state dict. `quantized` maps layer names to their codes (`{layer}.weight` is
-    then stored quantized); `sparse_weights` names fp32 weights to store sparsely."""
+    then stored quantized); `sparse_weights` names fp32 weights to store sparsely. A
+    tensor shared under several names is stored under the first (see `shared_tensors`)."""
     tensors: dict[str, torch.Tensor] = {}
     layout: dict[str, Any] = {}
     qnames = {f"{layer}.weight": qw for layer, qw in quantized.items()}
+    aliases = shared_tensors(state)
     for name, t in state.items():
         t = t.detach().cpu()
-        if name in qnames:
+        if name in aliases:
+            layout[name] = {"k": "a", "of": aliases[name]}
+        elif name in qnames:
             qw = qnames[name]
             codes = qw.q.flatten().numpy().astype(np.int16)
             keep = codes != 0
@@ -168,8 +192,15 @@ def _parse(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def unpack_state(data: bytes) -> dict[str, torch.Tensor]:
     """Rebuild the float state dict from packed bytes (bit-exact for the stored codes)."""
-    return {name: dequantize(t) if isinstance(t, QuantizedWeight) else t
-            for name, t in _unpack(data).items()}
+    out: dict[str, torch.Tensor] = {}
+    done: dict[int, torch.Tensor] = {}  # an alias stays the same tensor
+    for name, t in _unpack(data).items():
+        if isinstance(t, QuantizedWeight):
+            if id(t) not in done:
+                done[id(t)] = dequantize(t)
+            t = done[id(t)]
+        out[name] = t
+    return out
 
 
 def unpack_quantized(data: bytes) -> dict[str, QuantizedWeight]:
@@ -186,6 +217,9 @@ def _unpack(data: bytes) -> dict[str, torch.Tensor | QuantizedWeight]:
         kind = entry["k"]
         if kind == "f":
             out[name] = tensors[name]
+            continue
+        if kind == "a":  # the same tensor, so a model loading it stays tied
+            out[name] = out[entry["of"]]
             continue
         shape = tuple(entry["shape"])
         n = int(np.prod(shape)) if shape else 1

@@ -20,7 +20,7 @@ from spaces import Config, QuantConfig
 from ._device import to_device
 from .errors import EarlyStopped, EvaluationError
 from .metrics import METRICS
-from .pack import pack_state
+from .pack import pack_state, shared_tensors
 from .prune import apply_masks, masks_for, prunable_layers, structured_prune
 from .groups import layer_plans
 from .pack import effective_bits
@@ -32,6 +32,7 @@ from .quantize import (
     quantize_weights,
 )
 from .serve import activation_bytes_per_sample, replay
+from .split import no_split_reason
 from .train import finetune
 from .workload import Workload
 
@@ -56,6 +57,9 @@ class Evaluation:
     memory_margin_mb: float  # <= 0: packed weights + cache + workspace fit the budget
     # What a generation replay produced for a few prompts (`GenerationResult.samples`).
     samples: list[dict[str, Any]] | None = None
+    # The split served with when the sampled one broke the budget and this one fits:
+    # {"cache_ratio", "memory_ratio", "sampled": {...}}; None: served as sampled.
+    serve_split: dict[str, Any] | None = None
 
 
 def base_accuracy(workload: Workload) -> float:
@@ -110,7 +114,9 @@ def _packed_size(model: nn.Module, config: Config, masks: dict[str, torch.Tensor
     header), so when the dense state already fits `budget_bytes` that bound is
     returned without packing (a large model need not be packed twice)."""
     state = model.state_dict()
-    dense = sum(t.numel() * t.element_size() for t in state.values()) + 4096 + 512 * len(state)
+    tied = shared_tensors(state)  # stored once
+    dense = (sum(t.numel() * t.element_size() for n, t in state.items() if n not in tied)
+             + 4096 + 512 * len(state))
     if budget_bytes is not None and dense <= budget_bytes:
         return dense
     probe = copy.deepcopy(model)
@@ -147,7 +153,9 @@ def evaluate(
     device = torch.device(device)
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    base_acc = base_accuracy(workload)
+    # The baseline is the base model: its own measurement is the reference (not a second
+    # pass over the held-out data).
+    base_acc = workload._cache.get("base_accuracy") if is_baseline else base_accuracy(workload)
     budget_bytes = int(round(budget_mb * 1e6))
     base_count = _prunable_count(workload.model)
 
@@ -206,11 +214,13 @@ def evaluate(
     acc = float(measured.pop("accuracy") if measured else workload.evaluate(model))
     if not math.isfinite(acc):
         raise EvaluationError(f"accuracy is {acc}")
+    if base_acc is None:
+        base_acc = workload._cache["base_accuracy"] = acc
 
     reporter.stage("serve")
     served = workload.serve and workload.serve(  # a workload's own replay (causal LMs)
         model, config, budget_bytes=budget_bytes, weight_bytes=len(artifact), device=device,
-        seed=seed)
+        seed=seed)  # re-splits a sampled split that does not fit, as `replay` below
     served = served or replay(
         model,
         workload,
@@ -222,7 +232,9 @@ def evaluate(
         act_bytes=act_bytes,
         serve_overhead_ms=serve_overhead_ms,
         baseline=None if is_baseline else _baseline_model(workload, device),
+        resplit=True,
     )
+    split = _served_split(served, config, reporter, rejected)
     metrics = {
         "accuracy": acc,
         "accuracy_drop": base_acc - acc,
@@ -238,4 +250,18 @@ def evaluate(
         metrics["speedup"] = 1.0
     metrics["eval_seconds"] = time.perf_counter() - t_start
     samples = served.samples() if hasattr(served, "samples") else None
-    return Evaluation(metrics, artifact, served.feasible_margin_mb, samples)
+    return Evaluation(metrics, artifact, served.feasible_margin_mb, samples, split)
+
+
+def _served_split(served: Any, config: Config, reporter: Reporter, rejected: bool
+                  ) -> dict[str, Any] | None:
+    """The split a replay re-split the trial to (as stored on the trial), or None; when no
+    split fits, the reason goes to the reporter (unless the weights alone were rejected)."""
+    split, need = getattr(served, "serve_split", None), getattr(served, "split_need", None)
+    if split is None:
+        if need is not None and need.overage_bytes > 0 and not rejected:
+            reporter.attr("rejected", no_split_reason(need))
+        return None
+    return {"cache_ratio": split[0], "memory_ratio": split[1],
+            "sampled": {"cache_ratio": config.serve.cache_ratio,
+                        "memory_ratio": config.serve.memory_ratio}}

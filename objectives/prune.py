@@ -25,11 +25,17 @@ __all__ = [
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Layers whose `weight` is pruned and quantized: Linear and Conv layers."""
+    """Layers whose `weight` is pruned and quantized: Linear and Conv layers.
+
+    A layer whose weight is an embedding table's (an LM's tied output layer) is left out:
+    it shares the table's one stored tensor, so it is compressed as the table is (per row,
+    never pruned) and the artifact stores it once."""
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     return {
         name: m
         for name, m in model.named_modules()
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        and id(m.weight) not in tied
     }
 
 

@@ -303,7 +303,7 @@ def apply_runtime(
     `quantized` the weight-only methods need)."""
     methods: dict[str, list[str] | None] = {}
     if not per_layer:
-        methods[cfg.method] = None
+        methods[cfg.method] = list(prunable_layers(model))  # a tied head stays with its table
     else:
         for name in prunable_layers(model):
             methods.setdefault(per_layer.get(name, cfg).method, []).append(name)  # type: ignore[union-attr]

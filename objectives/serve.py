@@ -26,7 +26,7 @@ import hashlib
 import heapq
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as _replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from torch import nn
 from spaces import ServeConfig
 
 from ._device import to_device
+from .split import SplitNeed, fitting_split, split_fits
 from .timing import time_interleaved, warm_up
 from .workload import Workload
 
@@ -137,6 +138,9 @@ class ServeResult:
     batches: tuple[tuple[int, ...], ...]  # request positions in the trace, per batch
     max_batch: int
     feasible_margin_mb: float  # <= 0 when the memory split fits the budget
+    # (cache_ratio, memory_ratio) served with, when re-split from the sampled one
+    serve_split: tuple[float, float] | None = None
+    split_need: SplitNeed | None = None  # what any split had to give (budget, weights, least)
 
 
 def request_key(item: Any) -> bytes:
@@ -263,6 +267,7 @@ def replay(
     act_bytes: int | None = None,
     serve_overhead_ms: float = 0.0,
     baseline: nn.Module | None = None,
+    resplit: bool = False,
 ) -> ServeResult:
     """Replay the workload's trace through cache and batcher (see the module docstring).
 
@@ -270,16 +275,27 @@ def replay(
     batch's forward time is the median of repeats after a warm-up; with `baseline` (the
     uncompressed model) the same batches are timed through it too, interleaved with
     `model`, giving `baseline_model_latency_ms` and `speedup` on identical work.
+    `resplit`: a sampled split that breaks the budget while another fits is replaced by
+    the fitting split nearest it (`objectives.split`), reported as `serve_split`.
     """
     keys = _request_keys(workload)
-    s_cache = round(budget_bytes * cfg.cache_ratio)
-    s_mem = round(budget_bytes * cfg.memory_ratio)
     if act_bytes is None:
         act_bytes = activation_bytes_per_sample(model, workload.example_inputs(), device)
+    # A response cache may be empty; the workspace must hold one sample.
+    need = SplitNeed(budget_bytes, weight_bytes, 0, act_bytes)
+    split = None
+    if resplit and not split_fits(cfg.cache_ratio, cfg.memory_ratio, need):
+        split = fitting_split(cfg.cache_ratio, cfg.memory_ratio, need)
+        if split is not None:
+            cfg = _replace(cfg, cache_ratio=split[0], memory_ratio=split[1])
+    s_cache = round(budget_bytes * cfg.cache_ratio)
+    s_mem = round(budget_bytes * cfg.memory_ratio)
     fits = max_batch_for(s_mem, act_bytes, cfg.batch_size)
     mb = max(fits, 1)  # an infeasible split is still replayed, so all metrics exist
     memory = weight_bytes + s_cache + s_mem
     margin = max(memory - budget_bytes, act_bytes - s_mem if fits < 1 else -np.inf)
+    if resplit and split is None and need.overage_bytes > 0:
+        margin = need.overage_bytes  # no split fits: by how much the least that serves is over
 
     trace = zipf_trace(len(keys), workload.n_requests, workload.zipf_skew, seed)
     models = [model] if baseline is None else [model, baseline]
@@ -320,4 +336,5 @@ def replay(
         metrics["baseline_model_latency_ms"] = 1e3 * sum(medians[1]) / n_miss
         metrics["speedup"] = metrics["baseline_model_latency_ms"] / model_ms
     batches = tuple(chunk for _, round_batches in plan.rounds for chunk in round_batches)
-    return ServeResult(metrics, tuple(plan.hits), batches, fits, float(margin) / 1e6)
+    return ServeResult(metrics, tuple(plan.hits), batches, fits, float(margin) / 1e6, split,
+                       need)

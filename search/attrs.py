@@ -21,8 +21,9 @@ from .storage import set_trial_attrs
 __all__ = [
     "ARTIFACT_ID", "BASELINE", "CONSTRAINT_PREFIX", "DEVICE", "EVAL_SEED", "ENVIRONMENT",
     "FAIL_REASON", "GPU", "INTERRUPTED", "LEGACY_CONSTRAINTS", "METRICS", "PARTIAL_METRICS",
-    "PRUNED_REASON", "RECOVERED_FROM", "REJECTED", "REPLAY_SAMPLES", "RETRY_OF", "SEEDED",
-    "SENSITIVITY", "SERVED", "SPEC", "WORKER", "TrialResult", "store_results",
+    "PRUNED_REASON", "QUEUED", "RECOVERED_FROM", "REJECTED", "REPLAY_SAMPLES", "RETRY_OF",
+    "SEEDED", "SENSITIVITY", "SERVED", "SERVE_SPLIT", "SPEC", "WORKER", "TrialResult",
+    "store_results",
 ]
 
 # --- trial user attrs --------------------------------------------------------------------
@@ -40,7 +41,14 @@ REJECTED = "rejected"  # the evaluation's cheap pre-check said no (objectives' r
 RECOVERED_FROM = "recovered_from"  # a spooled result re-added as a new trial: the old number
 RETRY_OF = "retry_of"  # re-queued after a signal failed it: the failed trial's number
 SEEDED = "seeded"  # enqueued by csearch (True, or the seeding's name); also a study attr
+# Study attr: the trials csearch queues itself ([{"params", "user_attrs"}]), each enqueued
+# only just before it runs; trial attr: the trial's index in that list.
+QUEUED = "queued"
 SERVED = "served"  # `csearch loadtest --trial`: the real server's measurements
+# The serve split the trial was measured with when its sampled one broke the budget and
+# this one fits: {"cache_ratio", "memory_ratio", "sampled": {...}}; export, deploy and
+# serve use it (also a key of the study's BASELINE when the baseline was re-split).
+SERVE_SPLIT = "serve_split"
 # A generation replay's tokens for its first distinct prompts: [{"prompt": i, "tokens": [...]}]
 REPLAY_SAMPLES = "replay_samples"
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from . import attrs
 from ._optuna import storage_of, study_id_of
 from .storage import budget_lock, count_trials
 
@@ -25,8 +27,18 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _TAKEN = (*FINISHED, TrialState.RUNNING)  # a running trial holds its place in the budget
 
 
+def _interrupted(storage: BaseStorage, study_id: int) -> int:
+    """FAIL trials a signal stopped: each is re-run as a new trial, which takes its place
+    in the budget (only FAIL trials are read, and they are few)."""
+    return sum(1 for t in storage.get_all_trials(study_id, deepcopy=False,
+                                                 states=(TrialState.FAIL,))
+               if t.user_attrs.get(attrs.INTERRUPTED))
+
+
 def count_finished(study: optuna.Study) -> int:
-    return count_trials(storage_of(study), study_id_of(study), FINISHED)
+    """Finished trials, less the interrupted ones (see `_interrupted`)."""
+    storage, study_id = storage_of(study), study_id_of(study)
+    return count_trials(storage, study_id, FINISHED) - _interrupted(storage, study_id)
 
 
 def remaining_budget(study: optuna.Study, trials: int | None) -> int | None:
@@ -51,7 +63,7 @@ class BudgetGate:
         storage, study_id = storage_of(self.study), study_id_of(self.study)
         stack.enter_context(budget_lock(storage, study_id))
         try:
-            taken = count_trials(storage, study_id, _TAKEN)
+            taken = count_trials(storage, study_id, _TAKEN) - _interrupted(storage, study_id)
         except BaseException:
             stack.close()
             raise

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from .spec import VERSION
 from .study import Context, load_context, resolve_device, resolve_space, stored_spec
 
 __all__ = ["export_trial", "load", "rebuild_config", "rebuild_export", "complete_trial",
-           "stored_artifact", "trial_meta", "MODEL_FILE", "META_FILE"]
+           "served_split", "stored_artifact", "trial_meta", "MODEL_FILE", "META_FILE"]
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "csearch.json"
@@ -89,6 +90,8 @@ def trial_meta(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: bytes
         "workload": spec.workload,
         "space_toml": spec.space_toml,
         "params": trial.params,
+        # The split the trial was measured with, when it was re-split from the sampled one.
+        **({"serve_split": served_split(trial)} if served_split(trial) else {}),
         "metrics": trial.user_attrs.get(attrs.METRICS, {}),
         "baseline": study.user_attrs.get(attrs.BASELINE, {}),
         "spec": spec.to_dict(),
@@ -152,8 +155,23 @@ def rebuild_export(meta: dict[str, Any], data: bytes, device: str = "cpu", *,
                    unpack_quantized(data)), workload_obj
 
 
+def served_split(trial: optuna.trial.FrozenTrial) -> dict[str, float] | None:
+    """{"cache_ratio", "memory_ratio"} the trial was measured with, when the evaluation
+    re-split its sampled split to fit the budget (`objectives.split`); else None."""
+    split = trial.user_attrs.get(attrs.SERVE_SPLIT)
+    if not split:
+        return None
+    return {"cache_ratio": float(split["cache_ratio"]),
+            "memory_ratio": float(split["memory_ratio"])}
+
+
 def rebuild_config(meta: dict[str, Any], workload: Workload) -> Config:
     """The trial's whole config (defaults of the workload included) from its metadata: what
-    a server needs beyond the weights (the KV format, the serve split)."""
+    a server needs beyond the weights (the KV format, the serve split it was measured
+    with, which is the re-split one where the evaluation re-split it)."""
     space = resolve_space(parse_space(meta["space_toml"], name="export"), workload)
-    return space.sample(FixedTrial(meta["params"]))
+    config = space.sample(FixedTrial(meta["params"]))
+    split = meta.get("serve_split")
+    if split:
+        config = replace(config, serve=replace(config.serve, **split))
+    return config

@@ -111,6 +111,8 @@ def trial_row(t: FrozenTrial, stale: bool = False) -> dict[str, Any]:
     for key in (attrs.FAIL_REASON, attrs.PRUNED_REASON):
         if key in t.user_attrs:
             row["reason"] = t.user_attrs[key]
+    if t.user_attrs.get(attrs.SERVE_SPLIT):  # measured with this split, not the sampled one
+        row["serve_split"] = t.user_attrs[attrs.SERVE_SPLIT]
     return row
 
 
@@ -205,7 +207,8 @@ def pareto_rows(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
     else:
         front = [t for t in trials if trial_id_of(t) in ids]
     return [
-        {k: trial_row(t)[k] for k in ("number", "params", "metrics", "values", "feasible")}
+        {k: v for k, v in trial_row(t).items()
+         if k in ("number", "params", "metrics", "values", "feasible", "serve_split")}
         for t in sorted(front, key=lambda t: t.number)
     ]
 

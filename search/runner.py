@@ -17,19 +17,19 @@ from dataclasses import dataclass, field, replace
 
 import optuna
 import sqlalchemy.exc
-from optuna.trial import FrozenTrial, Trial
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from objectives import EarlyStopped, Reporter, evaluate, report_stage
 
 from . import attrs
-from ._optuna import note_attrs, storage_of, trial_id_of, upload_named_artifact
+from ._optuna import note_attrs, storage_of, study_id_of, trial_id_of, upload_named_artifact
 from .artifacts import TrialArtifactStore, new_artifact_id
 from .attrs import TrialResult, store_results
 from .budget import FINISHED, BudgetGate, count_finished, remaining_budget
 from .errors import StorageError
 from .placement import placed_gpu
 from .spool import Spool
-from .storage import error_chain, sampling_pass, set_trial_attrs
+from .storage import budget_lock, error_chain, sampling_pass, set_trial_attrs
 from .study import Context
 
 __all__ = [
@@ -146,6 +146,8 @@ class TrialObjective:
         constraints = {str(c): c.value(ev.metrics) for c in spec.parsed_constraints()}
         constraints[MEMORY_CONSTRAINT] = ev.memory_margin_mb
         extra = {attrs.REPLAY_SAMPLES: ev.samples} if ev.samples else {}
+        if ev.serve_split is not None:
+            extra[attrs.SERVE_SPLIT] = ev.serve_split
         result = TrialResult(values, ev.metrics, constraints, extra=extra)
         if self.spool is not None:  # before any database write: nothing evaluated is lost
             self.spool.add(trial, result)
@@ -189,21 +191,49 @@ def reap_stale(study: optuna.Study) -> None:
 
 
 def _seed_once(study: optuna.Study, ctx: Context) -> None:
-    """Queue the warm-start configurations when the study's first worker starts (not at
-    `create`, which stores a study without trials)."""
-    from .seeds import enqueue_seeds
+    """Store the warm-start configurations when the study's first worker starts (not at
+    `create`, which stores a study without trials), as the study's queue: `_enqueue_next`
+    enqueues each just before it runs, so an interrupted run leaves none WAITING."""
+    from .seeds import seed_entries
 
     from .sensitivity import sensitivity_seeds
 
     if study.user_attrs.get(attrs.SEEDED) or study.get_trials(deepcopy=False):
         return
-    study.set_user_attr(attrs.SEEDED, True)
     # At least one, at most a tenth of the budget; the sampler does the rest.
     limit = max(1, (ctx.spec.trials or 40) // 10)
-    for params in sensitivity_seeds(ctx.space, study.user_attrs.get(attrs.SENSITIVITY))[:limit]:
-        study.enqueue_trial(params, user_attrs={attrs.SEEDED: "sensitivity"})
-        limit -= 1
-    enqueue_seeds(study, ctx.space, limit)
+    sens = sensitivity_seeds(ctx.space, study.user_attrs.get(attrs.SENSITIVITY))[:limit]
+    queue = [{"params": p, "user_attrs": {attrs.SEEDED: "sensitivity"}} for p in sens]
+    queue += seed_entries(ctx.space, limit - len(queue))
+    study.set_user_attr(attrs.QUEUED, queue)
+    study.set_user_attr(attrs.SEEDED, True)
+
+
+def _enqueue_next(study: optuna.Study) -> None:
+    """Enqueue the next trial csearch owes the study, unless one is WAITING already: first
+    a retry of a trial a signal failed (same params, `retry_of`), then the next unused
+    entry of the study's queue. Called just before a trial starts (under the budget gate),
+    so a queued trial is WAITING only for that moment. The trial is marked with this
+    worker, so an interrupt in that moment fails it (see `workers._finish_interrupted`)."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return
+    mine = {attrs.WORKER: worker_id()}
+    retried = {t.user_attrs.get(attrs.RETRY_OF) for t in trials}
+    for t in trials:
+        if (t.state == TrialState.FAIL and t.user_attrs.get(attrs.INTERRUPTED)
+                and t.number not in retried):
+            kept = {k: t.user_attrs[k] for k in (attrs.SEEDED, attrs.QUEUED)
+                    if k in t.user_attrs}
+            study.enqueue_trial(t.params, user_attrs={**kept, **mine, attrs.RETRY_OF: t.number},
+                                skip_if_exists=False)
+            return
+    used = {t.user_attrs.get(attrs.QUEUED) for t in trials}
+    for i, entry in enumerate(study.user_attrs.get(attrs.QUEUED) or []):
+        if i not in used:
+            study.enqueue_trial(entry["params"], skip_if_exists=False,
+                                user_attrs={**entry["user_attrs"], **mine, attrs.QUEUED: i})
+            return
 
 
 def _is_db_error(e: BaseException | None) -> bool:
@@ -289,10 +319,10 @@ def run_trials(
                 if not _is_db_error(e):
                     raise
                 _wait_for_database(study, time.monotonic() + outage_seconds)
-        # With a budget, one trial per `optimize` call, each admitted by the budget gate
-        # (exact across workers); without one, a single call until the timeout.
         gate = BudgetGate(study, spec.trials) if spec.trials is not None else None
         objective.gate = gate
+        # One trial per `optimize` call (with a budget, each admitted by the budget gate,
+        # exact across workers), each preceded by the trial csearch queues for it.
         while not objective.stopping:
             try:
                 timeout = None
@@ -303,13 +333,16 @@ def run_trials(
                 if gate is not None and not gate.open():
                     break
                 try:
-                    study.optimize(objective, n_trials=1 if gate else None, timeout=timeout,
+                    if gate is not None:  # its lock is held until the trial exists
+                        _enqueue_next(study)
+                    else:
+                        with budget_lock(storage_of(study), study_id_of(study)):
+                            _enqueue_next(study)
+                    study.optimize(objective, n_trials=1, timeout=timeout,
                                    catch=(Exception,), callbacks=callbacks)
                 finally:
                     if gate is not None:
                         gate.release()
-                if gate is None:
-                    break
             except Exception as e:
                 if not (_is_db_error(e) or _finished_elsewhere(e)):
                     raise

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import optuna
-
 from spaces import INHERIT, Param, Space, split_name
 
 from . import attrs
 
-__all__ = ["SEED_LADDER", "fit_value", "seed_params", "follow_global", "enqueue_seeds"]
+__all__ = ["SEED_LADDER", "fit_value", "seed_params", "follow_global", "seed_entries"]
 
 # Each entry: dotted params; "max"/"mid" mean the space's upper bound / geometric middle.
 SEED_LADDER: tuple[dict[str, Any], ...] = (
@@ -91,9 +89,8 @@ def seed_params(space: Space) -> list[dict[str, Any]]:
     return out
 
 
-def enqueue_seeds(study: optuna.Study, space: Space, limit: int) -> int:
-    """Queue up to `limit` seed configurations; return how many."""
-    params = seed_params(space)[: max(0, limit)]
-    for p in params:
-        study.enqueue_trial(p, user_attrs={attrs.SEEDED: True})
-    return len(params)
+def seed_entries(space: Space, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` seed configurations as entries of the study's queue (`attrs.QUEUED`),
+    which the runner enqueues one at a time, just before each runs."""
+    return [{"params": p, "user_attrs": {attrs.SEEDED: True}}
+            for p in seed_params(space)[: max(0, limit)]]

@@ -6,7 +6,7 @@ import os
 import platform
 import socket
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -49,6 +49,10 @@ class Context:
     device: torch.device
     budget_mb: float
     serve_overhead_ms: float = 0.0  # the real server's per-request cost, added in the replay
+    budget_note: str = ""  # how a default budget was made up (printed at study start)
+    # The serve split a default budget was made of ({"serve.cache_ratio": ...}): the
+    # baseline is served with it. Empty: the workload's serving defaults.
+    baseline_serve: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(text: str) -> torch.device:
@@ -125,11 +129,20 @@ def build_spec(
     )
 
 
-def _default_budget(workload: Workload) -> float:
+def _default_budget(workload: Workload) -> tuple[float, str, dict[str, float]]:
+    """The workload's own budget; else, for a causal LM, room for its fp32 weights and a
+    working KV pool (`objectives.lm.budget`); else twice the fp32 weights. With how it
+    was made up (for the study's start line) and the split it was made of, if any."""
+    from objectives.lm.budget import lm_default_budget
+    from objectives.lm.workload import is_lm_workload
+
     if workload.memory_budget_mb is not None:
-        return float(workload.memory_budget_mb)
+        return float(workload.memory_budget_mb), "", {}
+    if is_lm_workload(workload):
+        lm = lm_default_budget(workload)
+        return lm.mb, lm.describe(), lm.split()
     fp32 = sum(t.numel() * t.element_size() for t in workload.model.state_dict().values())
-    return 2 * fp32 / 1e6
+    return 2 * fp32 / 1e6, "twice the fp32 weights", {}
 
 
 def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = False,
@@ -147,13 +160,15 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
     workload_obj = load_workload(spec.workload, stored=stored)
     _check_metrics(spec, workload_obj)
     space = resolve_space(parse_space(spec.space_toml, name=spec.space), workload_obj)
-    budget = spec.memory_budget_mb or _default_budget(workload_obj)
+    budget, note, split = ((spec.memory_budget_mb, "", {}) if spec.memory_budget_mb
+                           else _default_budget(workload_obj))
     dev = resolve_device(device or spec.device)
     # A workload with its own serve replay (causal LMs) does not use the HTTP server's
     # per-request overhead, so it is not measured for it.
     overhead = 0.0 if workload_obj.serve else _serve_overhead_ms(workload_obj, dev,
                                                                  spec.workload)
-    return Context(spec, workload_obj, space, dev, budget, serve_overhead_ms=overhead)
+    return Context(spec, workload_obj, space, dev, budget, serve_overhead_ms=overhead,
+                   budget_note=note, baseline_serve=split)
 
 
 def _serve_overhead_ms(workload: Workload, device: torch.device, ref: str) -> float:
@@ -211,12 +226,21 @@ def resolve_space(space: Space, workload: Workload) -> Space:
     return space
 
 
-def baseline_config(workload: Workload | None = None) -> Config:
+def baseline_config(workload: Workload | None = None,
+                    serve_split: dict[str, float] | None = None) -> Config:
     """The uncompressed model, no fine-tuning, default serving (the workload's own
-    serving defaults, `Workload.param_defaults`, where it has them)."""
+    serving defaults, `Workload.param_defaults`, where it has them), with `serve_split`
+    (the split a default budget was made of) over them. A split that does not fit is
+    re-split by the evaluation (`objectives.split`)."""
     serve = {k: v for k, v in ((workload and workload.param_defaults) or {}).items()
              if k.startswith("serve.")}
-    return replace(Config.from_flat(serve), train=TrainConfig(epochs=0))
+    return replace(Config.from_flat({**serve, **(serve_split or {})}),
+                   train=TrainConfig(epochs=0))
+
+
+def _split_attr(split: dict | None) -> dict[str, object]:
+    """The baseline's re-split serve split, as a key of the stored baseline."""
+    return {} if split is None else {attrs.SERVE_SPLIT: split}
 
 
 def environment(device: torch.device) -> dict[str, object]:
@@ -260,7 +284,8 @@ def create_or_resume(
     if ctx is None:
         raise StudyNotFound(f"no study named {name!r}")
     report_stage("measuring the baseline (the uncompressed model)")
-    base = evaluate(ctx.workload, baseline_config(ctx.workload), budget_mb=ctx.budget_mb,
+    base = evaluate(ctx.workload, baseline_config(ctx.workload, ctx.baseline_serve),
+                    budget_mb=ctx.budget_mb,
                     device=ctx.device, seed=spec.seed, serve_overhead_ms=ctx.serve_overhead_ms,
                     is_baseline=True)
     study = optuna.create_study(
@@ -270,7 +295,8 @@ def create_or_resume(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(spec.metric_names)
     study.set_user_attr(attrs.SPEC, spec.to_dict())
-    study.set_user_attr(attrs.BASELINE, {**base.metrics, "memory_budget_mb": ctx.budget_mb})
+    study.set_user_attr(attrs.BASELINE, {**base.metrics, "memory_budget_mb": ctx.budget_mb,
+                                         **_split_attr(base.serve_split)})
     study.set_user_attr(attrs.ENVIRONMENT, {**environment(ctx.device),
                                           "serve_overhead_ms": ctx.serve_overhead_ms})
     from .sensitivity import measure

@@ -1,9 +1,10 @@
 """Worker processes: one process per worker, each with its own storage engine.
 
 `join_study` is the body of `csearch worker` and of each `--workers N` process.
-SIGINT/SIGTERM during an evaluation fail that trial cleanly (it is re-queued with the
-same parameters, so its work is redone by someone); outside an evaluation the worker just
-stops after the current bookkeeping. Either way it exits 0 and leaves nothing RUNNING.
+SIGINT/SIGTERM during an evaluation fail that trial cleanly, as interrupted (the study's
+next worker re-queues it with the same parameters, so its work is redone by someone);
+outside an evaluation the worker just stops after the current bookkeeping. Either way it
+leaves nothing RUNNING or WAITING, and `csearch worker` exits 0.
 A SIGKILLed worker's trial is failed and retried through the heartbeat.
 """
 
@@ -48,21 +49,22 @@ __all__ = ["join_study", "run_until_budget", "run_local_workers", "settle", "Int
 
 
 def _finish_interrupted(study: Study, reason: str) -> None:
-    """Fail this worker's RUNNING trials and re-queue every trial it lost to a signal."""
+    """Fail, as interrupted, the trial this worker was running and any trial it had just
+    queued: nothing is left RUNNING or WAITING. The next worker of the study (another
+    one, or `csearch run` resumed) re-queues each first, with the same params
+    (`runner._enqueue_next`), and an interrupted trial takes no place in the budget."""
     me = worker_id()
     storage = storage_of(study)
-    trials = study.get_trials(deepcopy=False)
-    requeued = {t.user_attrs.get(attrs.RETRY_OF) for t in trials}
-    for t in trials:
-        if t.user_attrs.get(attrs.WORKER) != me or t.number in requeued:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if t.user_attrs.get(attrs.WORKER) != me:
             continue
-        if t.state == TrialState.RUNNING:
-            set_trial_attrs(storage, trial_id_of(t), {attrs.FAIL_REASON: f"interrupted: {reason}",
-                                                     attrs.INTERRUPTED: True})
+        why = reason if t.state == TrialState.RUNNING else f"{reason} before it started"
+        set_trial_attrs(storage, trial_id_of(t), {attrs.FAIL_REASON: f"interrupted: {why}",
+                                                 attrs.INTERRUPTED: True})
+        try:
             storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL)
-        elif not (t.state == TrialState.FAIL and t.user_attrs.get(attrs.INTERRUPTED)):
-            continue
-        study.enqueue_trial(t.params, user_attrs={attrs.RETRY_OF: t.number}, skip_if_exists=False)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished meanwhile (another worker popped and ran it)
 
 
 def join_study(
@@ -96,8 +98,12 @@ def run_until_budget(
     *,
     on_trial: Callable[[Study, FrozenTrial], None] | None = None,
     worker_index: int | None = 0,
+    raise_interrupt: bool = False,
 ) -> int:
-    """`run_trials` with SIGINT/SIGTERM turned into a clean stop (see module doc)."""
+    """`run_trials` with SIGINT/SIGTERM turned into a clean stop (see module doc).
+
+    `raise_interrupt`: after that stop, raise `Interrupted` (naming the signal) instead of
+    returning, so that `csearch run` can say so and exit 130."""
     objective = TrialObjective(ctx)
     received: list[str] = []
 
@@ -126,13 +132,14 @@ def run_until_budget(
         signal.signal(s, handler)
     previous_hook = sys.unraisablehook
     sys.unraisablehook = unraisable
+    ran = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return run_trials(study, ctx, on_trial=on_trial, worker_index=worker_index,
-                              objective=objective)
+            ran = run_trials(study, ctx, on_trial=on_trial, worker_index=worker_index,
+                             objective=objective)
     except Interrupted:
-        return 0
+        pass
     finally:
         sys.unraisablehook = previous_hook
         if received:
@@ -146,6 +153,9 @@ def run_until_budget(
         else:
             for s, h in old.items():
                 signal.signal(s, h)
+    if received and raise_interrupt:
+        raise Interrupted(received[0])
+    return ran
 
 
 def _child(study_name: str, url: str, index: int, device: str | None,
@@ -177,7 +187,8 @@ def run_local_workers(study_name: str, url: str, n: int, device: str | None = No
     Returns their exit codes. Each process opens its own engine (never share one across
     fork) and builds its own workload. With device `auto` or `cuda` and GPUs visible
     (`gpus`, default `placement.visible_gpus()`), worker i sees only GPU i mod G.
-    SIGINT/SIGTERM here are passed on to the workers.
+    SIGINT/SIGTERM here are passed on to the workers; once they have stopped,
+    `Interrupted` (naming the signal) is raised.
     """
     ctx = multiprocessing.get_context("spawn")
     # Each local worker gets its share of the cores: N workers each using every core
@@ -192,7 +203,10 @@ def run_local_workers(study_name: str, url: str, n: int, device: str | None = No
     for p in procs:
         p.start()
 
+    received: list[str] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
         for p in procs:
             if p.is_alive() and p.pid:
                 os.kill(p.pid, signum)
@@ -206,6 +220,8 @@ def run_local_workers(study_name: str, url: str, n: int, device: str | None = No
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if received:
+        raise Interrupted(received[0])
     return [p.exitcode or 0 for p in procs]
 
 

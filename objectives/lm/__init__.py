@@ -3,6 +3,7 @@ KV-cache formats (`quant.kv_bits`), a paged prefix-caching block pool, and the g
 serve replay with continuous batching."""
 
 from .blocks import BlockPool, BlockPoolError, prefix_hashes
+from .budget import LMBudget, lm_default_budget
 from .corpus import CharTokenizer, kjv_text, split_lines, windows
 from .kv import KV_BITS, dequantize_kv, fake_quant_kv, kv_bytes_per_token, quantize_kv
 from .model import (
@@ -25,6 +26,7 @@ from .workload import (
 
 __all__ = [
     "KV_BITS",
+    "LMBudget",
     "LM_FAMILIES",
     "BlockPool",
     "BlockPoolError",
@@ -42,6 +44,7 @@ __all__ = [
     "is_lm_workload",
     "kjv_text",
     "kv_bytes_per_token",
+    "lm_default_budget",
     "lm_logits",
     "lm_shape",
     "make_lm_workload",

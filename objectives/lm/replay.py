@@ -1,7 +1,11 @@
 """Generation serve replay: greedy decoding of a Zipf-skewed prompt trace with continuous
 batching over a paged, prefix-caching KV cache, with real forward passes.
 
-Load model: closed loop, `concurrency` clients each with one request in flight. The
+Load model: closed loop, `concurrency` clients each with one request in flight. A
+client's next request arrives when its previous one ends, but joins no earlier than the
+step after next: a real client receives the last token and sends again over the network
+while the server has already started the following step (so the predicted TTFT is
+what a served client measures, not one step shorter). The
 server runs in steps (token boundaries). Before each step, waiting requests join in
 arrival order while the running batch is below its cap (`serve.batch_size`) and the
 block pool can hold the request's whole sequence (prompt + K - 1 tokens; its cached
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ from torch import nn
 
 from spaces import ServeConfig
 
+from ..split import SplitNeed, fitting_split, split_fits
 from .blocks import BlockPool
 from .engine import Engine, GenRequest, SamplingParams, blocks_for, build_engine, size_engine
 from .model import decoder_forward, full_attention
@@ -60,6 +65,9 @@ class GenerationResult:
     pool: BlockPool  # the block pool as the replay left it
     trace: tuple[int, ...] = ()  # prompt index of each request
     prompts: tuple[tuple[int, ...], ...] = ()  # the replay's distinct prompts
+    # (cache_ratio, memory_ratio) served with, when re-split from the sampled one
+    serve_split: tuple[float, float] | None = None
+    split_need: SplitNeed | None = None  # what any split had to give (budget, weights, least)
 
     def samples(self, n: int = 8) -> list[dict[str, list[int] | int]]:
         """The tokens generated for the first `n` distinct prompts of the trace: stored on
@@ -83,8 +91,13 @@ def generation_replay(
     weight_bytes: int,
     device: torch.device | str = "cpu",
     settings: GenerationSettings | None = None,
+    resplit: bool = False,
 ) -> GenerationResult:
-    """Replay `trace` (indices into `prompts`) through the KV-cache server."""
+    """Replay `trace` (indices into `prompts`) through the KV-cache server.
+
+    `resplit`: a sampled split that breaks the budget while another split fits is replaced
+    by the fitting split nearest it (`objectives.split`), reported as `serve_split`; with
+    no split fitting, the margin is how far the smallest split that serves is over."""
     device = torch.device(device)
     settings = settings or GenerationSettings()
     bs, k_new = settings.block_size, settings.new_tokens
@@ -92,11 +105,24 @@ def generation_replay(
                          sample_prompt=prompts[int(trace[0])], device=device)
     longest = max(len(prompts[int(i)]) for i in trace)
     per_seq = blocks_for(longest, k_new, bs)
+    need = SplitNeed(budget_bytes, weight_bytes, per_seq * sizing.block_bytes,
+                     sizing.act_per_token)
+    split = None
+    if resplit and not split_fits(cfg.cache_ratio, cfg.memory_ratio, need):
+        split = fitting_split(cfg.cache_ratio, cfg.memory_ratio, need)
+        if split is not None:
+            cfg = replace(cfg, cache_ratio=split[0], memory_ratio=split[1])
+            s_cache, s_mem = round(budget_bytes * split[0]), round(budget_bytes * split[1])
+            sizing = replace(sizing, s_cache=s_cache, s_mem=s_mem,
+                             n_blocks=s_cache // sizing.block_bytes,
+                             token_budget=s_mem // sizing.act_per_token)
     memory = weight_bytes + sizing.s_cache + sizing.s_mem
     margin = max(memory - budget_bytes,
                  (per_seq - sizing.n_blocks) * sizing.block_bytes
                  if sizing.n_blocks < per_seq else -math.inf,
                  sizing.act_per_token - sizing.s_mem if sizing.token_budget < 1 else -math.inf)
+    if resplit and split is None and need.overage_bytes > 0:
+        margin = need.overage_bytes  # no split fits: by how much the least that serves is over
     # An infeasible split is still replayed (with the least that runs) so all metrics exist.
     engine = build_engine(model, sizing, cfg, kv_bits=kv_bits, block_size=bs,
                           min_blocks=per_seq, device=device)
@@ -118,8 +144,9 @@ def generation_replay(
         torch.set_num_threads(old_threads)
     if pool.in_use:
         raise RuntimeError(f"{pool.in_use} KV blocks still in use after the replay")
-    return _result(run, trace, prompts, memory, capacity, margin,
-                   (sizing.s_cache, sizing.s_mem))
+    out = _result(run, trace, prompts, memory, capacity, margin,
+                  (sizing.s_cache, sizing.s_mem))
+    return replace(out, serve_split=split, split_need=need)
 
 
 def _result(run: _Run, trace: Sequence[int], prompts: Sequence[Sequence[int]],
@@ -178,25 +205,35 @@ class _Run:
     def max_running(self) -> int:
         return self.engine.max_running
 
-    def _issue(self, client: int) -> None:
+    def _issue(self, client: int, arrival: float | None = None) -> None:
         if self.next_pos < len(self.trace):
             prompt = list(self.prompts[int(self.trace[self.next_pos])])
             self.engine.add(GenRequest(prompt, self.params, tag=(self.next_pos, client),
-                                       arrival=self.clock))
+                                       arrival=self.clock if arrival is None else arrival))
             self.next_pos += 1
 
     def loop(self) -> None:
-        while not self.engine.idle:
+        sent: list[tuple[int, float]] = []  # (client, sent at) during the running step
+        while not self.engine.idle or sent:
+            if self.engine.idle:  # nothing runs: a request sent now starts at once
+                for client, at in sent:
+                    self._issue(client, at)
+                sent = []
+                if self.engine.idle:  # the trace is exhausted
+                    break
             step = self.engine.step()
             if step is None:
                 raise RuntimeError("the KV block pool cannot hold the next request")
             self.clock += step.seconds
             self.steps += 1
             self.computed_tokens += step.tokens
+            for client, at in sent:  # arrived while this step ran: join the next one
+                self._issue(client, at)
+            sent = []
             for seq, _ in step.emitted:
                 if seq.generated == 1:
                     seq.first = self.clock
             for seq in step.finished:
                 seq.end = self.clock
                 self.done.append(seq)
-                self._issue(seq.tag[1])
+                sent.append((seq.tag[1], self.clock))

@@ -111,11 +111,13 @@ def make_lm_workload(name: str, model: nn.Module, data: LMData, *, batch_size: i
         return next_token_metrics(m, data.heldout, config.quant.kv_bits)
 
     def serve(m: nn.Module, config: Config, *, budget_bytes: int, weight_bytes: int,
-              device: torch.device, seed: int = 0) -> GenerationResult:
+              device: torch.device, seed: int = 0, resplit: bool = True) -> GenerationResult:
+        # A trial is served with a split that fits when one does (`objectives.split`).
         trace = zipf_trace(len(data.prompts), settings.n_requests, zipf_skew, seed)
         return generation_replay(m, data.prompts, trace, config.serve,
                                  kv_bits=config.quant.kv_bits, budget_bytes=budget_bytes,
-                                 weight_bytes=weight_bytes, device=device, settings=settings)
+                                 weight_bytes=weight_bytes, device=device, settings=settings,
+                                 resplit=resplit)
 
     extras = dict(extras or {})
     extras["lm_data"] = data

@@ -100,12 +100,8 @@ def _load_model(d: Path) -> CausalLM:
         raise WorkloadError(f"cannot load the causal LM in {str(d)!r}: "
                             f"{type(e).__name__}: {e}") from e
     conv1d_to_linear(lm)
-    # Untie the output layer from the input embedding: csearch prunes and quantizes each
-    # layer on its own, and a shared tensor would be changed (and counted) twice.
-    head, emb = lm.get_output_embeddings(), lm.get_input_embeddings()
-    if head is not None and head.weight is emb.weight:
-        head.weight = torch.nn.Parameter(emb.weight.detach().clone())
-    lm.config.tie_word_embeddings = False
+    # A tied output layer stays tied: it is the embedding's tensor, compressed with it and
+    # stored once (see `prunable_layers`), so the baseline is as big as the user's files.
     if getattr(lm.config, "scale_attn_by_inverse_layer_idx", False) or not getattr(
             lm.config, "scale_attn_weights", True):
         raise WorkloadError(f"{str(d)!r}: GPT-2 attention scaling options are not supported")
@@ -176,4 +172,11 @@ def make_causal_lm_workload(model_dir: str, data: str, seed: int = 0) -> Workloa
     if model.lm.config.model_type == "gpt2":
         w.groups = {"embeddings": ["*wte", "*wpe"], "attn": ["*attn.*"], "mlp": ["*mlp.*"],
                     "lm_head": ["*lm_head"]}
+    if _tied(model):  # the head is the embeddings' tensor: no group of its own
+        w.groups = {g: p for g, p in (w.groups or {}).items() if g != "lm_head"}
     return w
+
+
+def _tied(model: CausalLM) -> bool:
+    head, emb = model.lm.get_output_embeddings(), model.lm.get_input_embeddings()
+    return head is not None and head.weight is emb.weight

@@ -41,8 +41,9 @@ class _Group(click.Group):
             if debug:
                 raise
             raise _UserError(str(e)) from None
-        except KeyboardInterrupt:
-            raise click.Abort() from None
+        except KeyboardInterrupt:  # Ctrl-C before any trial started: 128 + SIGINT
+            click.echo("interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
         except Exception as e:
             if debug:
                 raise

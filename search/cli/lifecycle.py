@@ -12,7 +12,7 @@ from .options import (check_spec_args, info, log_format_option, open_target, pre
                       spec_options, storage_option, stored, study_option, url_of)
 from .progress import Progress as _Progress
 from .progress import progress_mode
-from .tables import pareto_table
+from .tables import pareto_table, study_groups
 
 # --- run / create / worker -----------------------------------------------------------
 
@@ -62,7 +62,6 @@ def _run(progress: _Progress, workers: int, ray_address: str | None, gpus_per_wo
          p: dict[str, Any]) -> None:
     from ..runner import count_finished
 
-    quiet = progress.quiet
     study, tctx, created = prepare(p, need_context=False)
     url = url_of(p)
     done0 = count_finished(study)
@@ -76,16 +75,60 @@ def _run(progress: _Progress, workers: int, ray_address: str | None, gpus_per_wo
     progress.note(f"study {study.study_name!r} {verb}: {done0}/{tctx.spec.trials} trials "
                   f"finished, workload {tctx.spec.workload}, space {tctx.spec.space}, "
                   f"device {tctx.device}, budget {tctx.budget_mb:g} MB"
+                  + (f" ({tctx.budget_note})" if tctx.budget_note else "")
                   + (f", guard {tctx.spec.guard}" if tctx.spec.guard else ""))
     progress.start(tctx.spec, study)
     t0 = time.perf_counter()
+    try:
+        _run_workers(study, tctx, url, workers, ray_address, gpus_per_worker, progress)
+    except KeyboardInterrupt as e:  # `Interrupted`: the workers stopped cleanly
+        click.echo(_interrupted_line(study, tctx.spec, done0, time.perf_counter() - t0,
+                                     str(e) or "SIGINT"))
+        _print_front(progress, study, tctx.spec)
+        raise click.exceptions.Exit(130) from None
+    elapsed = time.perf_counter() - t0
+    done = count_finished(study)
+    progress.note(f"{done - done0} trial(s) in {elapsed:.1f}s; {done}/{tctx.spec.trials} "
+                  "finished")
+    _print_front(progress, study, tctx.spec)
+
+
+def _interrupted_line(study: Any, spec: Any, done0: int, elapsed: float, signal: str) -> str:
+    """What an interrupted run really finished, in the terms of `csearch studies` (trials
+    by state): the interrupted trial is FAIL there, and is re-run first on resume."""
+    from collections import Counter
+
+    from ..attrs import INTERRUPTED, RETRY_OF
+    from ..runner import count_finished
+
+    trials = study.get_trials(deepcopy=False)
+    states = " ".join(f"{k}={v}" for k, v in sorted(Counter(t.state.name
+                                                            for t in trials).items()))
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    stopped = [t.number for t in trials if t.state.name == "FAIL"
+               and t.user_attrs.get(INTERRUPTED) and t.number not in retried]
+    done = count_finished(study)
+    line = (f"interrupted ({signal}) after {elapsed:.1f}s: {done - done0} trial(s) finished "
+            f"in this run; study {study.study_name!r}: {len(trials)} trial(s), "
+            f"{states or 'none'}; {done}/{spec.trials} of the budget finished")
+    if stopped:
+        line += (f"; interrupted: trial {', '.join(map(str, stopped))} (re-run first when "
+                 "`csearch run` resumes)")
+    return line
+
+
+def _run_workers(study: Any, tctx: Any, url: str, workers: int, ray_address: str | None,
+                 gpus_per_worker: float, progress: _Progress) -> None:
+    """Run the study's trials here: one worker in this process, N local processes, or Ray
+    tasks. Raises `Interrupted` when a signal stopped them."""
+    quiet = progress.quiet
     if ray_address is not None:
         _run_on_ray(study, tctx, url, workers, ray_address, gpus_per_worker, progress, quiet)
     elif workers == 1:
         from ..workers import run_until_budget
 
         try:
-            run_until_budget(study, tctx, on_trial=progress)
+            run_until_budget(study, tctx, on_trial=progress, raise_interrupt=True)
         finally:
             progress.close()
     else:
@@ -108,11 +151,6 @@ def _run(progress: _Progress, workers: int, ray_address: str | None, gpus_per_wo
             click.echo(f"warning: worker exit codes {codes}", err=True)
     if ray_address is not None or workers > 1:
         _settle(study, quiet)
-    elapsed = time.perf_counter() - t0
-    done = count_finished(study)
-    progress.note(f"{done - done0} trial(s) in {elapsed:.1f}s; {done}/{tctx.spec.trials} "
-                  "finished")
-    _print_front(progress, study, tctx.spec)
 
 
 def _print_front(progress: _Progress, study: Any, spec: Any) -> None:
@@ -126,7 +164,8 @@ def _print_front(progress: _Progress, study: Any, spec: Any) -> None:
         click.echo(json.dumps({"event": "front", "study": study.study_name, "trials": rows}))
         return
     click.echo(f"Pareto front of {study.study_name!r} ({len(rows)} feasible trial(s)):")
-    click.echo(pareto_table(rows, spec.metric_names, study.user_attrs.get("baseline")))
+    click.echo(pareto_table(rows, spec.metric_names, study.user_attrs.get("baseline"),
+                            groups=study_groups(study)))
 
 
 

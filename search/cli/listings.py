@@ -8,8 +8,8 @@ import click
 
 from .group import cli
 from .options import format_option, open_target, storage_option, study_option
-from .tables import (broken_text, feas, fmt_value, pareto_table, params_text, table,
-                     table_width)
+from .tables import (broken_text, feas, fmt_value, pareto_table, params_text, study_groups,
+                     table, table_width, with_split)
 
 @cli.command()
 @storage_option
@@ -52,11 +52,13 @@ def trials(study_name: str, storage: str | None, fmt: str, states: tuple[str, ..
         click.echo(json.dumps(rows, indent=2))
         return
     names = study.metric_names or []
+    groups = study_groups(study)
     headers = ["#", "state", "feasible", *names, "seconds", "params", "reason"]
     # Why a trial failed, was stopped, or is infeasible (which constraint, by how much).
     body = [[r["number"], r["state"] + (" (stale)" if r.get("stale") else ""), feas(r["feasible"]),
              *[fmt_value(v) for v in (r["values"] or [None] * len(names))],
-             fmt_value(r["duration_s"]), params_text(r["params"], full),
+             fmt_value(r["duration_s"]),
+             params_text(r["params"], full, groups, split=r.get("serve_split")),
              r.get("reason") or broken_text(r, short=True)]
             for r in rows]
     if not any(b[-1] for b in body):
@@ -100,7 +102,8 @@ def show(study_name: str, storage: str | None, fmt: str, number: int) -> None:
     sections = [
         ("objective", "value", [[k, fmt_value(v)] for k, v in d["objectives"].items()]),
         ("constraint", "check", [[c["constraint"], _check(c)] for c in d["constraint_checks"]]),
-        ("parameter", "value", [[k, fmt_value(v)] for k, v in d["params"].items()]),
+        ("parameter", "value", [[k, fmt_value(v)] for k, v in
+                                with_split(d["params"], d.get("serve_split")).items()]),
         ("metric", "value", [[k, fmt_value(v)] for k, v in sorted(d["metrics"].items())]),
     ]
     for name, what, rows in sections:
@@ -137,7 +140,7 @@ def pareto(study_name: str, storage: str | None, fmt: str, full: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(pareto_table(rows, study.metric_names or [], study.user_attrs.get("baseline"),
-                            full))
+                            full, study_groups(study)))
 
 
 @cli.command()

@@ -184,19 +184,46 @@ def prepare(p: dict[str, Any], need_context: bool = True) -> tuple[Any, Any, boo
             storage = open_storage(url, create=True)
     else:
         storage = open_storage(url, create=True)
-    if storage is not None and p["study_name"] in {
-        s.study_name for s in storage.get_all_studies()
-    }:
+    resumed = storage is not None and p["study_name"] in {
+        s.study_name for s in storage.get_all_studies()}
+    if resumed:
         old = stored_spec(load_study(storage, p["study_name"]))
         spec = resumed_spec(spec, old, given_options(click.get_current_context()))
         study, _ = create_or_resume(storage, p["study_name"], spec, None)
         if not need_context and remaining_budget(study, spec.trials) == 0:
             return study, None, False
     ctx = load_context(spec)
+    if not resumed:
+        _lm_plugin_defaults(p, ctx)
     if storage is None:
         storage = open_storage(url, create=True)
-    study, created = create_or_resume(storage, p["study_name"], spec, ctx)
+    study, created = create_or_resume(storage, p["study_name"], ctx.spec, ctx)
     return study, ctx, created
+
+
+def _lm_plugin_defaults(p: dict[str, Any], ctx: Any) -> None:
+    """A plugin (`module:factory`) is known to be a causal LM only once built: a new study
+    of one whose user named no space or no objectives gets the LM ones, as `tiny-lm` and
+    `causal-lm:DIR` do (`spec.workload_defaults`)."""
+    from dataclasses import replace
+
+    from objectives.lm.workload import is_lm_workload
+    from spaces import load_space, parse_space
+
+    from ..spec import LM_DEFAULT_OBJECTIVES, LM_DEFAULT_SPACE, workload_defaults
+    from ..study import resolve_space
+
+    if not is_lm_workload(ctx.workload) or workload_defaults(ctx.spec.workload)[0] == \
+            LM_DEFAULT_SPACE:
+        return
+    spec = ctx.spec
+    if not p["objectives"]:
+        spec = replace(spec, objectives=LM_DEFAULT_OBJECTIVES)
+    if not p["space"]:
+        spec = replace(spec, space=LM_DEFAULT_SPACE,
+                       space_toml=load_space(LM_DEFAULT_SPACE).source)
+        ctx.space = resolve_space(parse_space(spec.space_toml, name=spec.space), ctx.workload)
+    ctx.spec = spec
 
 
 def stored(study: Any) -> Any:

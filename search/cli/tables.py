@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 __all__ = ["duration", "fmt_value", "feas", "broken_text", "params_text", "changed_params", "table",
-           "table_width", "pareto_table", "TABLE_WIDTH"]
+           "table_width", "pareto_table", "study_groups", "with_split", "TABLE_WIDTH"]
 
 def duration(sec: float) -> str:
     sec = int(round(sec))
@@ -69,18 +70,62 @@ def table_width() -> int:
     return TABLE_WIDTH
 
 
-def changed_params(p: dict[str, Any]) -> dict[str, Any]:
-    """The parameters whose value differs from what leaving them out means: the config
-    default for a global one, the trial's global value (or "inherit") for a per-group one.
-    Without fine-tuning epochs the other `train.*` values change nothing either."""
+# The method values that use each section's other parameters (`kv_bits` is the KV
+# cache's format, whatever the weights' method).
+_USED_BY = {"prune.threshold": "magnitude", "prune.amount": "global",
+            "prune.structured_ratio": "structured", "quant.bits": "lowbit",
+            "quant.group_size": "lowbit"}
+
+
+def _methods(p: dict[str, Any], groups: Collection[str] | None, section: str,
+             defaults: dict[str, Any]) -> tuple[str, dict[str, str], bool]:
+    """(global method, each named group's own method, whether a layer follows the global
+    method): with `groups` (the workload's layer groups) known, the global method is
+    unused when every group overrides it; without, some layer may follow it."""
+    from spaces import INHERIT, split_name
+
+    key = f"{section}.method"
+    glob = p.get(key, defaults[key])
+    own = {g: v for k, v in p.items() for base, g in [split_name(k)]
+           if g is not None and base == key and v != INHERIT}
+    follows = groups is None or any(g not in own for g in groups)
+    return glob, own, follows
+
+
+def changed_params(p: dict[str, Any], groups: Collection[str] | None = None
+                   ) -> dict[str, Any]:
+    """The parameters that have an effect and whose value differs from what leaving them
+    out means: the config default for a global one, the trial's global value (or
+    "inherit") for a per-group one. Without fine-tuning epochs the other `train.*` values
+    change nothing; a method's parameters count only where a layer uses that method
+    (`quant.bits` only with `lowbit`), and a global method only where a layer group
+    follows it. `groups`: the workload's layer groups, where known."""
     from spaces import INHERIT, Config, split_name
 
     defaults = Config().flat()
     trains = p.get("train.epochs", defaults["train.epochs"]) != 0
+    methods = {s: _methods(p, groups, s, defaults) for s in ("prune", "quant")}
+
+    def used(base: str, group: str | None) -> bool:
+        section = base.partition(".")[0]
+        if section not in methods:
+            return section != "train" or trains
+        glob, own, follows = methods[section]
+        if base == f"{section}.method":
+            return group is not None or follows
+        if base not in _USED_BY:
+            return True
+        if group is not None:  # this group's method
+            return own.get(group, glob) == _USED_BY[base]
+        # The global value: used by a group on that method without its own value.
+        users = [g for g, m in own.items() if m == _USED_BY[base]
+                 and f"{base}[{g}]" not in p]
+        return bool(users) or (follows and glob == _USED_BY[base])
+
     out = {}
     for k, v in p.items():
         base, group = split_name(k)
-        if base.startswith("train.") and not trains:
+        if not used(base, group):
             continue
         if group is None:
             omitted = defaults.get(k)
@@ -93,16 +138,42 @@ def changed_params(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def params_text(p: dict[str, Any], full: bool = False) -> str:
-    """`full`: every parameter as stored; else the changed ones, shortened."""
+def with_split(p: dict[str, Any], split: dict[str, Any] | None) -> dict[str, Any]:
+    """The params with the serve ratios shown as `sampled→served` where the evaluation
+    re-split the trial (`serve_split`): the table says which split was measured."""
+    if not split:
+        return p
+    out = dict(p)
+    sampled = split.get("sampled") or {}
+    for key in ("cache_ratio", "memory_ratio"):
+        was = p.get(f"serve.{key}", sampled.get(key))
+        was_text = f"{was:.3g}" if isinstance(was, float) else str(was)
+        out[f"serve.{key}"] = f"{was_text}→{float(split[key]):.3g}"
+    return out
+
+
+def params_text(p: dict[str, Any], full: bool = False,
+                groups: Collection[str] | None = None,
+                split: dict[str, Any] | None = None) -> str:
+    """`full`: every parameter as stored; else the changed ones that have an effect
+    (see `changed_params`), shortened. With `split` (a trial's `serve_split`), the serve
+    ratios show the split it was measured with."""
+    p = with_split(p, split)
     if full:
         return " ".join(f"{k}={fmt_value(v)}" for k, v in p.items())
     short = []
-    for k, v in changed_params(p).items():
+    for k, v in changed_params(p, groups).items():
         section, _, rest = k.partition(".")
         value = f"{v:.3g}" if isinstance(v, float) else str(v)
         short.append(f"{_SECTIONS.get(section, section)}.{rest}={value}")
     return " ".join(short) or "(defaults)"
+
+
+def study_groups(study: Any) -> list[str] | None:
+    """The workload's layer groups as the study's sensitivity pass stored them (None when
+    it had none), without loading the workload."""
+    weights = (study.user_attrs.get("sensitivity") or {}).get("weights")
+    return list(weights) if weights else None
 
 
 def _cut(text: str, width: int) -> str:
@@ -138,9 +209,10 @@ _LM_FRONT_EXTRAS = ("accuracy_drop", "perplexity", "ttft_ms", "throughput_tps")
 
 
 def pareto_table(rows: list[dict[str, Any]], names: list[str], baseline: dict | None,
-                 full: bool = False) -> str:
+                 full: bool = False, groups: Collection[str] | None = None) -> str:
     """The feasible front; `full`: every parameter, however wide the lines get. A language
-    model's front shows its own metrics (TTFT, tokens/s, perplexity)."""
+    model's front shows its own metrics (TTFT, tokens/s, perplexity). `groups`: the
+    workload's layer groups, where known (see `changed_params`)."""
     if not rows:
         return "(no feasible trials)"
     base_size = (baseline or {}).get("size_mb")
@@ -152,6 +224,7 @@ def pareto_table(rows: list[dict[str, Any]], names: list[str], baseline: dict | 
         m = r["metrics"]
         ratio = f"{base_size / m['size_mb']:.1f}x" if base_size and m.get("size_mb") else "-"
         body.append([r["number"], *[fmt_value(v) for v in r["values"]], ratio,
-                     *[fmt_value(m.get(k)) for k in extras], params_text(r["params"], full)])
+                     *[fmt_value(m.get(k)) for k in extras],
+                     params_text(r["params"], full, groups, split=r.get("serve_split"))])
     return table(["#", *names, "smaller", *extras, "params"], body,
                  None if full else table_width(), shrink=(("params", 12),))

@@ -85,7 +85,7 @@ class Registry:
         (default: the study's name). A trial without a stored artifact is refused."""
         from spaces import Config
 
-        from ..export import complete_trial, stored_artifact, trial_meta
+        from ..export import complete_trial, served_split, stored_artifact, trial_meta
         from ..spec import BASELINE_ATTR, stored_spec
 
         name = study.study_name if name is None else name
@@ -102,6 +102,7 @@ class Registry:
             )
         serve_params = {k: v for k, v in frozen.params.items() if k.startswith("serve.")}
         serve = asdict(Config.from_flat(serve_params).serve)
+        serve.update(served_split(frozen) or {})  # the split the trial was measured with
         baseline = study.user_attrs.get(BASELINE_ATTR, {})
         serve["memory_budget_mb"] = spec.memory_budget_mb or baseline.get("memory_budget_mb")
         sha = hashlib.sha256(data).hexdigest()

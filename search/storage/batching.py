@@ -49,13 +49,18 @@ def budget_lock(storage: BaseStorage, study_id: int) -> Iterator[None]:
     """Hold the study's budget lock: one worker at a time counts the trials and creates the
     next one, so workers sharing a study stop at exactly its budget instead of each
     starting one more trial past it. A PostgreSQL advisory lock or a MySQL named lock, on
-    a connection of its own; on other storages (one process: SQLite, in-memory, journal
-    files, a gRPC proxy) nothing to lock."""
+    a connection of its own; for a SQLite file (local workers on one machine), a file
+    lock beside it; on other storages (one process: in-memory, journal files, a gRPC
+    proxy) nothing to lock."""
     import sqlalchemy
 
     backend = unwrap_storage(storage)
     engine = getattr(backend, "engine", None)
     dialect = engine.dialect.name if engine is not None else ""
+    if dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with _file_lock(f"{engine.url.database}.csearch-lock"):
+            yield
+        return
     if dialect not in ("postgresql", "mysql"):
         yield
         return
@@ -68,6 +73,23 @@ def budget_lock(storage: BaseStorage, study_id: int) -> Iterator[None]:
         finally:
             conn.execute(sqlalchemy.text(unlock), {"k": key})
             conn.commit()
+
+
+@contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if missing); no lock where there is no
+    `fcntl` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 _LOCK_BASE = 0x6373_0000_0000  # "cs": keeps csearch's advisory locks apart from others'

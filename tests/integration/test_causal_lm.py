@@ -78,7 +78,7 @@ def test_the_workload_serves_the_models_own_forward_pass(
     w = load_workload(workload_ref(f"causal-lm:{d}", str(model_dir[1])))
     assert not any(type(m).__name__ == "Conv1D" for m in w.model.modules())
     head, emb = w.model.lm.get_output_embeddings(), w.model.lm.get_input_embeddings()
-    assert head.weight is not emb.weight  # untied: each is compressed on its own
+    assert head.weight is emb.weight  # tied, as the user saved it: stored once
     x = w.extras["lm_data"].heldout[:2, :40]
     b, n = x.shape
     with torch.no_grad():
@@ -119,6 +119,7 @@ def test_run_export_and_reload_reproduces_accuracy(model_dir: tuple[Path, Path],
     acc = w.evaluate(model)
     assert abs(acc - trial["metrics"]["accuracy"]) <= 0.01
     assert not any(type(m).__name__ == "Conv1D" for m in model.modules())
+    assert model.lm.get_output_embeddings().weight is model.lm.get_input_embeddings().weight
 
 
 def _bad(args: list[str], tmp_path: Path, needle: str) -> None:
@@ -166,3 +167,39 @@ def test_kv_bits_is_searched_only_where_there_is_a_kv_cache(
     assert "quant.kv_bits" in resolve_space(load_space("lm"), lm).names()
     digits = resolve_space(load_space("lm"), load_workload("digits-cnn"))
     assert "quant.kv_bits" not in digits.names() and "quant.method" in digits.names()
+
+
+def test_a_causal_lm_without_a_budget_gets_room_for_fp32_weights_and_a_kv_pool(
+        model_dir: tuple[Path, Path]) -> None:
+    """Issue 25: fp32 weights + fp16 KV blocks for every client's longest sequence + one
+    step's workspace, rounded up to 3 digits, instead of a classifier's 2x the weights;
+    the baseline is served with the split the budget was made of, and fits it."""
+    from objectives.lm.budget import lm_default_budget
+    from objectives.lm.engine import blocks_for
+    from objectives.lm.kv import kv_bytes_per_token
+    from objectives.lm.model import lm_shape
+    from objectives import evaluate
+    from search.study import baseline_config, build_spec, load_context, workload_ref
+
+    d, data = model_dir
+    spec = build_spec(workload=workload_ref(f"causal-lm:{d}", str(data)), space="lm",
+                      objectives=("accuracy:max",), constraints=(), sampler="random", seed=0,
+                      device="cpu", trials=1, timeout=None, memory_budget_mb=None,
+                      artifacts=None)
+    ctx = load_context(spec)
+    w = ctx.workload
+    assert w.memory_budget_mb is None
+    b = lm_default_budget(w)
+    s, shape = w.extras["generation"], lm_shape(w.model)
+    longest = max(len(p) for p in w.extras["lm_data"].prompts)
+    block = s.block_size * kv_bytes_per_token(shape.n_layers, shape.n_kv_heads,
+                                              shape.head_dim, 16)
+    assert b.kv_bytes == s.concurrency * blocks_for(longest, s.new_tokens, s.block_size) * block
+    fp32 = sum(t.numel() * t.element_size() for t in w.model.state_dict().values())
+    assert fp32 <= b.weight_bytes < fp32 * 1.05
+    assert ctx.budget_mb == b.mb == float(f"{b.mb:.3g}")
+    assert "KV pool" in ctx.budget_note
+    ev = evaluate(w, baseline_config(w, ctx.baseline_serve), budget_mb=ctx.budget_mb,
+                  is_baseline=True)
+    assert ev.memory_margin_mb <= 0 and ev.serve_split is None
+    assert ev.metrics["max_running"] == min(s.concurrency, s.n_requests)

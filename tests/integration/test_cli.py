@@ -462,6 +462,31 @@ def test_table_params_leave_out_what_omitting_them_means():
     assert changed_params({**p, "train.epochs": 2})["train.lr"] == 0.01
 
 
+def test_table_params_leave_out_what_has_no_effect():
+    """A global method every layer group overrides, and bits no lowbit layer uses, are not
+    shown (issue 25: every group on `none` was shown as `q.method=lowbit`)."""
+    from search.cli.tables import changed_params, params_text
+
+    groups = ["attn", "mlp"]
+    p = {"prune.method": "none", "prune.amount[mlp]": 0.5, "quant.method": "lowbit",
+         "quant.bits": 4, "quant.method[attn]": "none", "quant.method[mlp]": "none",
+         "quant.bits[mlp]": 3, "quant.kv_bits": 8}
+    assert changed_params(p, groups) == {"quant.method[attn]": "none",
+                                         "quant.method[mlp]": "none", "quant.kv_bits": 8}
+    assert "q.method=lowbit" not in params_text(p, groups=groups)
+    # Groups unknown: a layer outside the named ones may follow the global method.
+    assert changed_params(p)["quant.method"] == "lowbit"
+    # One group on lowbit with its own bits: the global bits are unused, its own are not.
+    q = {**p, "quant.method[mlp]": "lowbit"}
+    assert changed_params(q, groups) == {"quant.method[attn]": "none",
+                                         "quant.bits[mlp]": 3, "quant.kv_bits": 8}
+    # Without lowbit anywhere, bits mean nothing; with global pruning, amounts do.
+    r = {"prune.method": "global", "prune.amount": 0.3, "prune.threshold": 0.1,
+         "quant.method": "int8_dynamic", "quant.bits": 4, "quant.group_size": 32}
+    assert changed_params(r) == {"prune.method": "global", "prune.amount": 0.3,
+                                 "quant.method": "int8_dynamic"}
+
+
 def test_delete_asks_then_deletes(tmp_path):
     url = f"sqlite:///{tmp_path / 'del.db'}"
     optuna.create_study(study_name="gone", storage=url).optimize(

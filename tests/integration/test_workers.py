@@ -131,7 +131,7 @@ def sigkill_one_worker_then_finish(worker_url: str, url: str, name: str,
     return trials
 
 
-def test_sigterm_fails_trial_cleanly_and_requeues_it(pg, tmp_path):
+def test_sigterm_fails_trial_cleanly_and_the_next_worker_reruns_it(pg, tmp_path):
     url, name = pg
     # Evaluations of a second or more: the signal lands mid-evaluation.
     _create(url, name, 3, tmp_path, space="training", workload=SLOW)
@@ -146,9 +146,15 @@ def test_sigterm_fails_trial_cleanly_and_requeues_it(pg, tmp_path):
     interrupted = {t.number: t for t in trials}[number]
     assert interrupted.state == TrialState.FAIL
     assert "interrupted" in interrupted.user_attrs.get("fail_reason", "")
+    assert not [t for t in trials if t.state == TrialState.WAITING]
+    # The next worker re-runs it first, with the same params.
+    code, err = _finish(_worker(url, name, tmp_path, "--workload", SLOW), timeout=300)
+    assert code == 0, err
+    trials = _study(url, name).get_trials()
     requeued = [t for t in trials if t.user_attrs.get("retry_of") == number]
-    assert requeued and requeued[0].state == TrialState.WAITING
-    assert requeued[0].system_attrs["fixed_params"] == interrupted.params
+    assert len(requeued) == 1 and requeued[0].state == TrialState.COMPLETE
+    assert requeued[0].params == interrupted.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3  # the whole budget
 
 
 def _restart_postgres() -> None:

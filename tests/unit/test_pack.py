@@ -198,3 +198,16 @@ def test_sparsity_and_bits_shrink_the_artifact():
     qw = fake_quantize(w_sparse, 3, 0)
     packed = len(pack_state({"l.weight": dequantize(qw)}, {"l": qw}))
     assert packed < fp32 / 20
+
+
+def test_a_tensor_shared_under_two_names_is_stored_once():
+    from objectives.pack import shared_tensors
+
+    emb = torch.randn(50, 8)
+    state = {"emb.weight": emb, "bias": torch.zeros(3), "head.weight": emb.detach()}
+    assert shared_tensors(state) == {"head.weight": "emb.weight"}
+    once = pack_state(state, {})
+    twice = pack_state({k: v.clone() for k, v in state.items()}, {})
+    assert len(twice) - len(once) >= emb.numel() * 4
+    out = unpack_state(once)
+    assert out["head.weight"] is out["emb.weight"] and torch.equal(out["emb.weight"], emb)
