@@ -4,10 +4,10 @@ Llama (30 layers, hidden 576, 9 query / 3 KV heads, MLP 1536, vocabulary 49,152,
 embeddings). Speed and size do not depend on the weights.
 
 The model is saved with `save_pretrained` (the input's bytes: the tied head stored once)
-and loaded with csearch's causal-LM loader, which unties the head. Quantization is
-csearch's own: `quantize_weights` -> `pack_state` (the artifact's bytes) ->
-`apply_runtime` with the stored codes (int4 tinygemm kernel for every Linear, the head
-included; the embedding table int8 per row, dequantized). Decoding is Hugging Face's
+and loaded with csearch's causal-LM loader, which keeps the head tied. Quantization is
+csearch's own: `quantize_weights` -> `pack_state` (the artifact's bytes, the tied table
+once) -> `apply_runtime` with the stored codes (the int4 kernel for every decoder Linear;
+the tied table int8 per row, which the head runs on the int8 weight-only kernel). Decoding is Hugging Face's
 KV-cached forward, greedy, one token at a time; fp32 and int4 are timed in alternating
 rounds in one process, and the median round counts.
 
@@ -74,7 +74,7 @@ def quantized(model: CausalLM, method: str) -> tuple[CausalLM, int]:
     m = apply_runtime(m, cfg, torch.device("cpu"), quantized=codes)
     kernels = sum(isinstance(x, Int4WeightOnlyLinear) for x in m.modules())
     linears = sum(type(x) is torch.nn.Linear for x in m.modules())
-    assert kernels > 0 and linears == 0, (kernels, linears)
+    assert kernels > 0 and linears == 0, (kernels, linears)  # the head too: int8 kernel
     return m.eval(), len(artifact)
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "dequantize",
     "quantize_weights",
     "embedding_layers",
+    "tied_heads",
     "apply_runtime",
     "int8_weight_bits",
     "layer_plan",
@@ -175,6 +176,13 @@ def embedding_layers(model: nn.Module) -> dict[str, nn.Embedding]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
 
 
+def tied_heads(model: nn.Module) -> dict[str, str]:
+    """{output layer: embedding table} for Linears whose weight is a table's (tied)."""
+    tables = {id(m.weight): n for n, m in embedding_layers(model).items()}
+    return {n: tables[id(m.weight)] for n, m in model.named_modules()
+            if type(m) is nn.Linear and id(m.weight) in tables}
+
+
 @torch.no_grad()
 def quantize_weights(
     model: nn.Module, cfg: QuantConfig, per_layer: Mapping[str, QuantConfig] | None = None
@@ -189,12 +197,16 @@ def quantize_weights(
         c = per_layer.get(name, cfg)
         if weight_bits(c) is not None:
             targets.append((name, layer, *layer_plan(layer, c)))
+    tied = set(tied_heads(model).values())
     for name, emb in embedding_layers(model).items():
         c = per_layer.get(name, cfg)
         bits = weight_bits(c)
         if bits is not None:
             explicit = name in per_layer and c.method == "lowbit"
-            targets.append((name, emb, "sym", bits if explicit else EMBEDDING_BITS, 0))
+            # A table tied to an output layer served by a weight-only kernel gets the int8
+            # kernel's codes (bf16 row scales), so that head runs on them (`apply_runtime`).
+            kind = "int8_wo" if name in tied and c.method in CODE_KERNEL_METHODS else "sym"
+            targets.append((name, emb, kind, bits if explicit else EMBEDDING_BITS, 0))
     for name, layer, kind, b, g in targets:
         qw = layer_codes(layer.weight, kind, b, g)
         layer.weight.copy_(dequantize(qw).to(layer.weight.device, layer.weight.dtype))
@@ -316,6 +328,10 @@ def apply_runtime(
             model = swap_in_kernels(model, names, quantized)
         else:
             model = _RUNTIME[method](model, device, names)
+    for head, table in tied_heads(model).items():  # the int8 table's codes, on the kernel
+        c = (per_layer or {}).get(table, cfg)
+        if c.method in CODE_KERNEL_METHODS and quantized and table in quantized:
+            model = swap_in_kernels(model, [head], {head: quantized[table]})
     return model
 
 

@@ -167,3 +167,35 @@ def test_per_group_methods_mix_kernels_in_one_model():
     assert [type(served[i]) for i in (0, 2, 4)] == [Int4WeightOnlyLinear, DynamicInt8Linear,
                                                     Int8WeightOnlyLinear]
     assert torch.allclose(served(x), ref, rtol=0, atol=5e-2 * float(ref.abs().max()))
+
+
+def test_a_tied_output_layer_runs_on_the_int8_kernel_with_the_tables_stored_codes():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from objectives.lm.model import CausalLM
+    from objectives.quantize import tied_heads
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    model, ids = CausalLM(lm).eval(), torch.randint(0, 96, (2, 5))
+    assert tied_heads(model) == {"lm.lm_head": "lm.model.embed_tokens"}
+    cfg = QuantConfig("int4_weight_only", group_size=32)
+    codes = quantize_weights(model, cfg)
+    table = codes["lm.model.embed_tokens"]
+    assert table.bits == 8 and table.scales.dtype == torch.bfloat16
+    with torch.no_grad():
+        ref = model(ids)
+    artifact = pack_state(model.state_dict(), codes)
+    assert _parse(artifact)[1]["lm.lm_head.weight"] == {"k": "a", "of":
+                                                        "lm.model.embed_tokens.weight"}
+    served = apply_runtime(copy.deepcopy(model), cfg, CPU, quantized=codes)
+    assert isinstance(served.lm.lm_head, Int8WeightOnlyLinear)
+    assert isinstance(served.lm.model.layers[0].mlp.up_proj, Int4WeightOnlyLinear)
+    with torch.no_grad():
+        y = served(ids)
+        assert torch.allclose(y, ref, rtol=0, atol=3e-2 * float(ref.abs().max()))
+        model.load_state_dict(unpack_state(artifact))
+        again = apply_runtime(model, cfg, CPU, quantized=unpack_quantized(artifact))
+        assert torch.equal(again(ids), y)
