@@ -7,9 +7,9 @@ The model is saved with `save_pretrained` (the input's bytes: the tied head stor
 and loaded with csearch's causal-LM loader, which keeps the head tied. Quantization is
 csearch's own: `quantize_weights` -> `pack_state` (the artifact's bytes, the tied table
 once) -> `apply_runtime` with the stored codes (the int4 kernel for every decoder Linear;
-the tied table int8 per row, which the head runs on the int8 weight-only kernel). Decoding is Hugging Face's
-KV-cached forward, greedy, one token at a time; fp32 and int4 are timed in alternating
-rounds in one process, and the median round counts.
+the tied table int8 per row, which the head runs on the int8 weight-only kernel).
+Decoding is Hugging Face's KV-cached forward, greedy, one token at a time; fp32 and int4
+are timed in alternating rounds in one process, and the median round counts.
 
     nice -n 10 python benchmarks/int4_decode.py --threads 2 --tokens 48 --rounds 3
 """
