@@ -18,7 +18,7 @@ from torch import nn
 from spaces import Config, QuantConfig
 
 from ._device import to_device
-from .errors import EarlyStopped, EvaluationError
+from .errors import EvaluationError
 from .metrics import METRICS
 from .pack import pack_state
 from .prune import apply_masks, masks_for, prunable_layers, structured_prune
@@ -32,7 +32,8 @@ from .quantize import (
     quantize_weights,
 )
 from .serve import activation_bytes_per_sample, replay
-from .train import finetune
+from .train import finetune, planned_steps
+from .early_stop import KNOWN_BEFORE_RECOVERY, RecoveryWatch
 from .workload import Workload
 
 __all__ = ["Reporter", "Evaluation", "evaluate", "base_accuracy", "build_structure", "METRICS"]
@@ -47,6 +48,14 @@ class Reporter:
 
     def attr(self, key: str, value: object) -> None:
         """Store a piece of diagnostic information on the trial."""
+
+    def front_objectives(self) -> tuple[str, ...] | None:
+        """The study's objective metrics, when it can tell a trial it is dominated."""
+        return None
+
+    def dominated(self, known: dict[str, float]) -> str | None:
+        """Which front trial dominates these (optimistic) metrics, or None."""
+        return None
 
 
 @dataclass
@@ -140,7 +149,8 @@ def evaluate(
     `speedup` is 1 by definition rather than the ratio of two noisy timings of one model.
 
     `accuracy_guard` is the study's largest allowed accuracy drop, if it has one: a trial
-    still far below it after its first fine-tune epoch raises `EarlyStopped`.
+    whose recovery cannot reach it (or, per the reporter, cannot leave the study's front
+    dominated) raises `EarlyStopped` after a group of fine-tune steps (`early_stop.py`).
     Raises `EvaluationError` for a failed evaluation (NaN accuracy, diverged training).
     """
     reporter = reporter or Reporter()
@@ -170,25 +180,21 @@ def evaluate(
     if not rejected:
         reporter.stage("finetune")
 
-        def after_epoch(epoch: int) -> None:
-            if accuracy_guard is None or epoch + 1 >= config.train.epochs:
-                return
-            acc = float(workload.evaluate(model))
-            drop = base_acc - acc
-            hopeless = max(10 * accuracy_guard, accuracy_guard + 0.2)
-            if drop > hopeless:
-                raise EarlyStopped(
-                    f"accuracy {acc:.4f} after epoch {epoch + 1} is {drop:.4f} below the base "
-                    f"model (guard {accuracy_guard:g}); it cannot recover in "
-                    f"{config.train.epochs - epoch - 1} more epoch(s)",
-                    {"accuracy": acc, "accuracy_drop": drop},
-                )
-
         # Quantization-aware: the fine-tune sees the weights it will be served with.
+        trains = planned_steps(workload, config.train) > 0
+        objs = reporter.front_objectives() or ()
+        front = trains and bool(objs) and set(objs) <= set(KNOWN_BEFORE_RECOVERY)
+        watch = RecoveryWatch(
+            workload, model, base_acc, accuracy_guard,
+            dominated=reporter.dominated if front else None,
+            # Packed before training: the formats' bytes depend on shapes and masks only.
+            size_mb=(_packed_size(model, config, masks, None, quant_plan) / 1e6
+                     if front and "size_mb" in objs else None))
         fq_layers = (attach_fake_quant(model, config.quant, masks, quant_plan)
-                     if config.train.epochs else [])
+                     if trains else [])
         try:
-            finetune(model, workload, config.train, masks, device, after_epoch)
+            finetune(model, workload, config.train, masks, device,
+                     watch if accuracy_guard is not None or front else None)
         finally:
             detach_fake_quant(fq_layers)
             apply_masks(model, masks)

@@ -155,7 +155,7 @@ def sensitivity_seeds(space: Space, sens: dict[str, Any] | None) -> list[dict[st
         if "none" in methods[group] or label != "none":
             plain.update({f"{k}[{group}]": v for k, v in params.items()})
     for name, value in (("quant.method", "none"), ("prune.method", "none"),
-                        ("train.epochs", 0)):
+                        ("train.epochs", 0), ("train.steps", 0)):
         if name in names:
             plain[name] = value
     seeds = [plain]

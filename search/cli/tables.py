@@ -76,7 +76,8 @@ def changed_params(p: dict[str, Any]) -> dict[str, Any]:
     from spaces import INHERIT, Config, split_name
 
     defaults = Config().flat()
-    trains = p.get("train.epochs", defaults["train.epochs"]) != 0
+    trains = (p.get("train.steps", 0) != 0 if p.get("train.steps") is not None
+              else p.get("train.epochs", defaults["train.epochs"]) != 0)
     out = {}
     for k, v in p.items():
         base, group = split_name(k)
