@@ -67,11 +67,20 @@ class Evaluation:
     samples: list[dict[str, Any]] | None = None
 
 
-def base_accuracy(workload: Workload) -> float:
-    """Accuracy of the uncompressed model, once per process."""
-    if "base_accuracy" not in workload._cache:
-        workload._cache["base_accuracy"] = float(workload.evaluate(workload.model))
-    return workload._cache["base_accuracy"]
+def base_accuracy(workload: Workload, guard: float | None = None) -> float:
+    """Accuracy of the uncompressed model, once per process. A workload measured on a
+    subset of held-out windows (causal LMs) first sizes that subset to the study's
+    `guard` (its standard error below guard / 2), and every later evaluation in the
+    process uses the same windows, so an accuracy drop compares like with like."""
+    cache = workload._cache
+    if "base_accuracy" not in cache:
+        subset = workload.extras.get("heldout_subset")
+        if subset is not None and guard is not None:
+            cache["base_measured"] = subset.settle(workload.model, guard)
+            cache["base_accuracy"] = float(cache["base_measured"]["accuracy"])
+        else:
+            cache["base_accuracy"] = float(workload.evaluate(workload.model))
+    return cache["base_accuracy"]
 
 
 def _baseline_model(workload: Workload, device: torch.device) -> nn.Module:
@@ -157,7 +166,7 @@ def evaluate(
     device = torch.device(device)
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    base_acc = base_accuracy(workload)
+    base_acc = base_accuracy(workload, accuracy_guard)
     budget_bytes = int(round(budget_mb * 1e6))
     base_count = _prunable_count(workload.model)
 
@@ -208,8 +217,14 @@ def evaluate(
 
     reporter.stage("measure")
     # A workload's `measure` hook sees the config (e.g. a causal LM's `quant.kv_bits`).
-    measured = dict(workload.measure(model, config)) if workload.measure else {}
-    acc = float(measured.pop("accuracy") if measured else workload.evaluate(model))
+    # The baseline is the base model itself: its quality was measured by `base_accuracy`.
+    base_measured = workload._cache.get("base_measured")
+    if is_baseline and base_measured is not None and config.quant.kv_bits == 16:
+        measured = {k: v for k, v in base_measured.items() if not k.startswith("heldout_")}
+    else:
+        measured = dict(workload.measure(model, config)) if workload.measure else {}
+    acc = float(measured.pop("accuracy") if measured else
+                base_acc if is_baseline else workload.evaluate(model))
     if not math.isfinite(acc):
         raise EvaluationError(f"accuracy is {acc}")
 

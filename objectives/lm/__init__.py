@@ -11,6 +11,7 @@ from .model import (
     conv1d_to_linear,
     decoder_forward,
     full_attention,
+    lm_head,
     lm_logits,
     lm_shape,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "is_lm_workload",
     "kjv_text",
     "kv_bytes_per_token",
+    "lm_head",
     "lm_logits",
     "lm_shape",
     "make_lm_workload",
