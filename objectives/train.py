@@ -74,8 +74,9 @@ def finetune(
     Returns the steps taken.
 
     `check(step, total)` runs in eval mode after each group of steps, at most `checks`
-    times and never after the last step (with epochs: after each epoch but the last); it
-    may raise `EarlyStopped` to abandon a hopeless trial.
+    times and at most once per 4 steps (a check is an evaluation, which costs about what
+    a step does), never after the last step (with epochs: after each epoch but the last);
+    it may raise `EarlyStopped` to abandon a hopeless trial.
     """
     total = planned_steps(workload, cfg)
     if total <= 0 or workload.train_batches is None:
@@ -84,7 +85,7 @@ def finetune(
     kd_fn = workload.distill_loss or distillation_loss
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     by_steps = cfg.steps is not None
-    every = math.ceil(total / (checks + 1)) if by_steps else 0
+    every = math.ceil(total / (min(checks, total // 4) + 1)) if by_steps else 0
     step, epoch = 0, 0
     while step < total if by_steps else epoch < cfg.epochs:
         model.train()

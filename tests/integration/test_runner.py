@@ -75,7 +75,7 @@ def test_recovery_in_steps_stops_early_and_the_report_counts_the_time_saved(tmp_
     (t,) = study.trials
     assert t.state == TrialState.PRUNED
     stop = t.user_attrs["early_stop"]
-    assert (stop["rule"], stop["step"], stop["steps"]) == ("guard", 2, 8)
+    assert (stop["rule"], stop["step"], stop["steps"]) == ("guard", 3, 8)
     assert stop["seconds_saved"] > 0
     ctx = collect_context(study)
     assert ctx.n_early_stopped == 1 and ctx.seconds_saved == stop["seconds_saved"]

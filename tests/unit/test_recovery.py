@@ -64,7 +64,7 @@ def test_recovery_that_cannot_reach_the_guard_stops_early_and_says_where():
     with pytest.raises(EarlyStopped) as e:
         evaluate(w, Config.from_flat({"train.steps": 8}), budget_mb=10.0, accuracy_guard=0.01)
     info = e.value.info
-    assert info["rule"] == "guard" and (info["step"], info["steps"]) == (2, 8)
+    assert info["rule"] == "guard" and (info["step"], info["steps"]) == (3, 8)  # 2 checks
     assert info["seconds_saved"] >= 0 and e.value.metrics["accuracy_drop"] == pytest.approx(0.6)
 
 
@@ -75,7 +75,7 @@ def test_recovery_within_reach_of_the_guard_runs_all_its_steps():
     _counting(base, calls)  # the trial's deep copy keeps the hook
     ev = evaluate(w, Config.from_flat({"train.steps": 8}), budget_mb=10.0, accuracy_guard=0.01)
     assert ev.metrics["accuracy"] == pytest.approx(0.895)
-    assert sum(calls) == 8  # every step taken: three checks, no stop
+    assert sum(calls) == 8  # every step taken: two checks, no stop
 
 
 def test_a_trial_the_front_dominates_stops_with_the_rule_named():
