@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--timeout", type=float, default=None,
                     help="csearch run --timeout: start no trial after this many seconds")
+    ap.add_argument("--kill-after", type=float, default=None,
+                    help="stop csearch run after this many seconds and report what finished")
     a = ap.parse_args()
     d = a.dir or Path(tempfile.mkdtemp(prefix="csearch-pretrained-"))
     d.mkdir(parents=True, exist_ok=True)
@@ -84,12 +86,19 @@ def main() -> None:
             "--storage", url, "--device", "cpu", "--log-format", "text",
             *(["--timeout", str(a.timeout)] if a.timeout else [])]
     t0 = now()
-    r = subprocess.run([*CLI, *args], cwd=d, capture_output=True, text=True,
-                       env=env(PYTHONPATH=ROOT, CSEARCH_CACHE_DIR=str(d / "cache")))
+    try:
+        r = subprocess.run([*CLI, *args], cwd=d, capture_output=True, text=True,
+                           env=env(PYTHONPATH=ROOT, CSEARCH_CACHE_DIR=str(d / "cache")),
+                           timeout=a.kill_after)
+        out, err, code = r.stdout, r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:
+        def text(b: bytes | str | None) -> str:
+            return b.decode() if isinstance(b, bytes) else b or ""
+        out, err, code = text(e.stdout), text(e.stderr), None
     wall = now() - t0
-    (d / "run.log").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
-    if r.returncode:
-        raise SystemExit(f"csearch run failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
+    (d / "run.log").write_text(out + "\n--- stderr ---\n" + err)
+    if code:
+        raise SystemExit(f"csearch run failed ({code}): {err.strip()[-1500:]}")
     study = load("pretrained", url)
     start = study.user_attrs.get("start_seconds", {})
     trials = []
@@ -108,12 +117,12 @@ def main() -> None:
         "start_seconds": start,
         "start_total_seconds": round(sum(start.get(k, 0.0) for k in
                                          ("load", "baseline", "sensitivity")), 1),
-        "run_wall_seconds": round(wall, 1),
+        "run_wall_seconds": round(wall, 1), "killed_after_limit": code is None,
         "trials": trials,
         "median_trial_seconds": statistics.median(done) if done else None,
         "baseline": {k: v for k, v in (study.user_attrs.get("baseline") or {}).items()
                      if k in ("accuracy", "perplexity", "size_mb", "eval_seconds")},
-        "start_line": next((ln for ln in r.stderr.splitlines() + r.stdout.splitlines()
+        "start_line": next((ln for ln in err.splitlines() + out.splitlines()
                             if "start:" in ln), None),
     }
     (d / "summary.json").write_text(json.dumps(summary, indent=1))
