@@ -37,13 +37,16 @@ def probe_configs(group: str, probes: dict[str, dict[str, object]]) -> dict[str,
 
 @torch.no_grad()
 def group_sensitivity(
-    workload: Workload, probes: dict[str, dict[str, object]], device: torch.device | str = "cpu"
+    workload: Workload, probes: dict[str, dict[str, object]], device: torch.device | str = "cpu",
+    guard: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """{group: {probe label: accuracy drop}} with each group compressed alone.
 
-    A probe of a group that is only a language model's output head reuses the fp32
-    decoder's final hidden states (`HeldoutSubset.head_metrics`) instead of running the
-    whole model again."""
+    A language model's probes reuse the fp32 model's results: each probe's drop is paired
+    window by window with the fp32 per-window accuracies and stops at the chunk where its
+    standard error is below `guard / 2` (`HeldoutSubset.probe_drop`), and a probe of a
+    group that is only the output head reuses the fp32 decoder's final hidden states
+    instead of running the whole model again."""
     device = torch.device(device)
     base = base_accuracy(workload)
     subset = workload.extras.get("heldout_subset")
@@ -61,7 +64,10 @@ def group_sensitivity(
             apply_masks(model, masks)
             quantize_weights(model, config.quant, quant_plan)
             model = apply_runtime(model, config.quant, device, quant_plan)
-            acc = (subset.head_metrics(workload.model, model)["accuracy"] if head_only
-                   else workload.evaluate(model))
-            out[group][label] = float(base - acc)
+            if subset is not None and guard is not None:
+                drop = subset.probe_drop(workload.model, model, guard, head_only)["drop"]
+            else:
+                drop = base - (subset.head_metrics(workload.model, model)["accuracy"]
+                               if head_only else workload.evaluate(model))
+            out[group][label] = float(drop)
     return out

@@ -53,7 +53,8 @@ def measure(ctx: Any) -> dict[str, Any] | None:
     from objectives.groups import group_weights
 
     guard = ctx.spec.accuracy_guard()
-    table = group_sensitivity(ctx.workload, probes, ctx.device)
+    table = group_sensitivity(ctx.workload, probes, ctx.device,
+                              guard if guard is not None else DEFAULT_GUARD)
     return {"guard": guard if guard is not None else DEFAULT_GUARD, "probes": probes,
             "drops": table, "weights": group_weights(ctx.workload)}
 

@@ -122,6 +122,7 @@ class HeldoutSubset:
     windows: torch.Tensor
     n: int | None = None
     _hidden: list[torch.Tensor] | None = None  # the fp32 model's, for the current subset
+    _base_correct: torch.Tensor | None = None  # the fp32 model's per-window correct counts
 
     def current(self) -> torch.Tensor:
         return self.windows if self.n is None else self.windows[:self.n]
@@ -132,32 +133,68 @@ class HeldoutSubset:
         head = lm_head(model)
         return next((n for n, m in model.named_modules() if m is head), None)
 
-    @torch.inference_mode()
-    def head_metrics(self, base: nn.Module, model: nn.Module, batch: int = 16
-                     ) -> dict[str, float]:
-        """Metrics of `model`, which differs from the fp32 `base` only in its output head:
-        the decoder's final hidden states are the fp32 ones, computed once and reused
-        (a sensitivity probe of the head costs one matmul per window, not a forward)."""
+    def _hidden_states(self, base: nn.Module) -> list[torch.Tensor]:
+        """The fp32 decoder's final hidden states of the current subset, one tensor per
+        chunk of `WINDOW_CHUNK` windows, computed once."""
         windows = self.current()
-        if self._hidden is None or sum(len(h) for h in self._hidden) != len(windows) * (
-                windows.shape[1] - 1):
+        if self._hidden is None or len(self._hidden) != math.ceil(len(windows) / WINDOW_CHUNK):
             self._hidden = []
-            for x in windows.split(batch):
+            for x in windows.split(WINDOW_CHUNK):
                 x = x.to(_device(base))
                 b, n = x.shape[0], x.shape[1] - 1
                 positions = torch.arange(n, device=x.device).repeat(b)
                 self._hidden.append(decoder_forward(
                     base.eval(), x[:, :-1].reshape(-1), positions, full_attention(16),
                     batch=b))
-        correct, nll = 0, 0.0
+        return self._hidden
+
+    def _head_chunk(self, base: nn.Module, model: nn.Module, i: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-window correct counts and NLL of chunk `i` through `model`'s head only."""
+        x = self.current().split(WINDOW_CHUNK)[i]
+        hidden = self._hidden_states(base)[i]
         device = _device(model)
-        for x, hidden in zip(windows.split(batch), self._hidden):
-            logits = lm_logits(model, hidden.to(device)).float()
-            target = x[:, 1:].reshape(-1).to(device)
-            correct += int((logits.argmax(-1) == target).sum())
-            nll += float(F.cross_entropy(logits, target, reduction="sum"))
-        count = len(windows) * (windows.shape[1] - 1)
-        return {"accuracy": correct / count, "perplexity": math.exp(nll / count)}
+        logits = lm_logits(model, hidden.to(device)).float()
+        b, n = x.shape[0], x.shape[1] - 1
+        target = x[:, 1:].reshape(-1).to(device)
+        return ((logits.argmax(-1) == target).view(b, n).sum(1).cpu(),
+                F.cross_entropy(logits, target, reduction="none").view(b, n).sum(1).cpu()
+                .double())
+
+    @torch.inference_mode()
+    def head_metrics(self, base: nn.Module, model: nn.Module) -> dict[str, float]:
+        """Metrics of `model`, which differs from the fp32 `base` only in its output head:
+        the decoder's final hidden states are the fp32 ones, computed once and reused
+        (a sensitivity probe of the head costs one matmul per window, not a forward)."""
+        parts = [self._head_chunk(base, model, i)
+                 for i in range(len(self._hidden_states(base)))]
+        return _aggregate(torch.cat([c for c, _ in parts]), torch.cat([n for _, n in parts]),
+                          self.current().shape[1] - 1)
+
+    @torch.inference_mode()
+    def probe_drop(self, base: nn.Module, model: nn.Module, guard: float,
+                   head_only: bool = False) -> dict[str, float]:
+        """Accuracy drop of `model` against the fp32 `base`, paired window by window with
+        the fp32 model's per-window results (kept from `settle`, not recomputed), over
+        chunks of the subset until the standard error of the per-window drop is below
+        `guard / 2` (at least one chunk). A probe changes few predictions, so the paired
+        drop is far less noisy than either accuracy and a chunk or two usually decide.
+        `head_only`: `model` differs from `base` only in its output head
+        (`head_metrics`). Returns the drop and the windows it used."""
+        windows = self.current()
+        per_window = windows.shape[1] - 1
+        if self._base_correct is None or len(self._base_correct) < len(windows):
+            self._base_correct = window_metrics(base, windows, 16)[0]
+        diffs = torch.zeros(0, dtype=torch.float64)
+        for i, x in enumerate(windows.split(WINDOW_CHUNK)):
+            correct = (self._head_chunk(base, model, i)[0] if head_only
+                       else window_metrics(model, x, 16)[0])
+            start = i * WINDOW_CHUNK
+            base_c = self._base_correct[start:start + len(x)]
+            diffs = torch.cat([diffs, (base_c - correct).double() / per_window])
+            if len(diffs) > 1 and float(diffs.std()) / math.sqrt(len(diffs)) < guard / 2:
+                break
+        return {"drop": float(diffs.mean()), "windows": float(len(diffs))}
 
     def settle(self, model: nn.Module, guard: float) -> dict[str, float]:
         """Evaluate the fp32 `model` chunk by chunk until the subset's standard error is
@@ -174,6 +211,7 @@ class HeldoutSubset:
                 break
         self.n = n
         k = len(self.windows) if n is None else n
+        self._base_correct = correct[:k]
         return {**_aggregate(correct[:k], nll[:k], per_window),
                 "heldout_windows": float(k), "heldout_total": float(len(self.windows))}
 

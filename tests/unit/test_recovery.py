@@ -170,3 +170,20 @@ def test_teacher_logits_are_computed_once_per_batch_across_trials(lm):
     finally:
         hook.remove()
     assert len(teacher_calls) == 2  # 16 windows / batch 8 = two distinct batches
+
+
+def test_a_probe_drop_is_paired_with_the_fp32_windows_and_stops_at_its_standard_error(lm):
+    base_accuracy(lm, guard=0.5)
+    subset = lm.extras["heldout_subset"]
+    cfg = Config.from_flat({"quant.method[lm_head]": "lowbit", "quant.bits[lm_head]": 2})
+    model = build_structure(lm, cfg, torch.device("cpu"))
+    _, plan = layer_plans(lm, model, cfg)
+    quantize_weights(model, cfg.quant, plan)
+    model = apply_runtime(model, cfg.quant, torch.device("cpu"), plan)
+    exact = subset.probe_drop(lm.model, model, guard=1e-9, head_only=True)
+    assert exact["windows"] == 16  # an impossible standard error: every window
+    full = lm._cache["base_accuracy"] - subset.head_metrics(lm.model, model)["accuracy"]
+    assert exact["drop"] == pytest.approx(full)
+    # The same through the whole model (no hidden-state reuse) gives the same drop.
+    assert subset.probe_drop(lm.model, model, guard=1e-9)["drop"] == pytest.approx(full)
+    assert subset.probe_drop(lm.model, model, guard=0.5, head_only=True)["windows"] == 8
