@@ -187,3 +187,24 @@ def test_a_probe_drop_is_paired_with_the_fp32_windows_and_stops_at_its_standard_
     # The same through the whole model (no hidden-state reuse) gives the same drop.
     assert subset.probe_drop(lm.model, model, guard=1e-9)["drop"] == pytest.approx(full)
     assert subset.probe_drop(lm.model, model, guard=0.5, head_only=True)["windows"] == 8
+
+
+def test_the_runner_names_the_feasible_front_trial_that_dominates():
+    from types import SimpleNamespace
+
+    import optuna
+
+    from search.runner import _TrialReporter
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values, margin in (([0.9, 2.0], -1.0), ([0.99, 1.0], 5.0)):  # feasible, infeasible
+        study.add_trial(optuna.trial.create_trial(
+            values=values, system_attrs={"constraints:memory_budget": margin}))
+    spec = SimpleNamespace(metric_names=["accuracy", "size_mb"],
+                           directions=["maximize", "minimize"])
+    rep = _TrialReporter(study.ask(), SimpleNamespace(ctx=SimpleNamespace(spec=spec),
+                                                      interrupt=None))
+    assert rep.front_objectives() == ("accuracy", "size_mb")
+    assert rep.dominated({"accuracy": 0.8, "size_mb": 3.0}).startswith("trial 0 (")
+    assert rep.dominated({"accuracy": 0.95, "size_mb": 3.0}) is None  # the infeasible one
+    assert rep.dominated({"accuracy": 0.8, "size_mb": 1.5}) is None  # smaller: not dominated
