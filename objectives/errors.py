@@ -20,9 +20,12 @@ class EvaluationError(Exception):
 
 
 class EarlyStopped(Exception):
-    """A trial cannot recover the accuracy guard; it is stored as PRUNED with `reason`."""
+    """A trial cannot recover the accuracy guard; it is stored as PRUNED with `reason`.
+    `info`: where recovery stopped and what that saved (`early_stop.RecoveryWatch`)."""
 
-    def __init__(self, reason: str, metrics: dict[str, float] | None = None):
+    def __init__(self, reason: str, metrics: dict[str, float] | None = None,
+                 info: dict[str, object] | None = None):
         super().__init__(reason)
         self.reason = reason
         self.metrics = metrics or {}
+        self.info = info or {}

@@ -18,7 +18,7 @@ from torch import nn
 from spaces import Config, QuantConfig
 
 from ._device import to_device
-from .errors import EarlyStopped, EvaluationError
+from .errors import EvaluationError
 from .metrics import METRICS
 from .pack import pack_state, shared_tensors
 from .prune import apply_masks, masks_for, prunable_layers, structured_prune
@@ -33,7 +33,8 @@ from .quantize import (
 )
 from .serve import activation_bytes_per_sample, replay
 from .split import no_split_reason
-from .train import finetune
+from .train import finetune, planned_steps
+from .early_stop import KNOWN_BEFORE_RECOVERY, RecoveryWatch
 from .workload import Workload
 
 __all__ = ["Reporter", "Evaluation", "evaluate", "base_accuracy", "build_structure", "METRICS"]
@@ -49,6 +50,14 @@ class Reporter:
     def attr(self, key: str, value: object) -> None:
         """Store a piece of diagnostic information on the trial."""
 
+    def front_objectives(self) -> tuple[str, ...] | None:
+        """The study's objective metrics, when it can tell a trial it is dominated."""
+        return None
+
+    def dominated(self, known: dict[str, float]) -> str | None:
+        """Which front trial dominates these (optimistic) metrics, or None."""
+        return None
+
 
 @dataclass
 class Evaluation:
@@ -62,11 +71,20 @@ class Evaluation:
     serve_split: dict[str, Any] | None = None
 
 
-def base_accuracy(workload: Workload) -> float:
-    """Accuracy of the uncompressed model, once per process."""
-    if "base_accuracy" not in workload._cache:
-        workload._cache["base_accuracy"] = float(workload.evaluate(workload.model))
-    return workload._cache["base_accuracy"]
+def base_accuracy(workload: Workload, guard: float | None = None) -> float:
+    """Accuracy of the uncompressed model, once per process. A workload measured on a
+    subset of held-out windows (causal LMs) first sizes that subset to the study's
+    `guard` (its standard error below guard / 2), and every later evaluation in the
+    process uses the same windows, so an accuracy drop compares like with like."""
+    cache = workload._cache
+    if "base_accuracy" not in cache:
+        subset = workload.extras.get("heldout_subset")
+        if subset is not None and guard is not None:
+            cache["base_measured"] = subset.settle(workload.model, guard)
+            cache["base_accuracy"] = float(cache["base_measured"]["accuracy"])
+        else:
+            cache["base_accuracy"] = float(workload.evaluate(workload.model))
+    return cache["base_accuracy"]
 
 
 def _baseline_model(workload: Workload, device: torch.device) -> nn.Module:
@@ -146,16 +164,15 @@ def evaluate(
     `speedup` is 1 by definition rather than the ratio of two noisy timings of one model.
 
     `accuracy_guard` is the study's largest allowed accuracy drop, if it has one: a trial
-    still far below it after its first fine-tune epoch raises `EarlyStopped`.
+    whose recovery cannot reach it (or, per the reporter, cannot leave the study's front
+    dominated) raises `EarlyStopped` after a group of fine-tune steps (`early_stop.py`).
     Raises `EvaluationError` for a failed evaluation (NaN accuracy, diverged training).
     """
     reporter = reporter or Reporter()
     device = torch.device(device)
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    # The baseline is the base model: its own measurement is the reference (not a second
-    # pass over the held-out data).
-    base_acc = workload._cache.get("base_accuracy") if is_baseline else base_accuracy(workload)
+    base_acc = base_accuracy(workload, accuracy_guard)
     budget_bytes = int(round(budget_mb * 1e6))
     base_count = _prunable_count(workload.model)
 
@@ -178,25 +195,21 @@ def evaluate(
     if not rejected:
         reporter.stage("finetune")
 
-        def after_epoch(epoch: int) -> None:
-            if accuracy_guard is None or epoch + 1 >= config.train.epochs:
-                return
-            acc = float(workload.evaluate(model))
-            drop = base_acc - acc
-            hopeless = max(10 * accuracy_guard, accuracy_guard + 0.2)
-            if drop > hopeless:
-                raise EarlyStopped(
-                    f"accuracy {acc:.4f} after epoch {epoch + 1} is {drop:.4f} below the base "
-                    f"model (guard {accuracy_guard:g}); it cannot recover in "
-                    f"{config.train.epochs - epoch - 1} more epoch(s)",
-                    {"accuracy": acc, "accuracy_drop": drop},
-                )
-
         # Quantization-aware: the fine-tune sees the weights it will be served with.
+        trains = planned_steps(workload, config.train) > 0
+        objs = reporter.front_objectives() or ()
+        front = trains and bool(objs) and set(objs) <= set(KNOWN_BEFORE_RECOVERY)
+        watch = RecoveryWatch(
+            workload, model, base_acc, accuracy_guard,
+            dominated=reporter.dominated if front else None,
+            # Packed before training: the formats' bytes depend on shapes and masks only.
+            size_mb=(_packed_size(model, config, masks, None, quant_plan) / 1e6
+                     if front and "size_mb" in objs else None))
         fq_layers = (attach_fake_quant(model, config.quant, masks, quant_plan)
-                     if config.train.epochs else [])
+                     if trains else [])
         try:
-            finetune(model, workload, config.train, masks, device, after_epoch)
+            finetune(model, workload, config.train, masks, device,
+                     watch if accuracy_guard is not None or front else None)
         finally:
             detach_fake_quant(fq_layers)
             apply_masks(model, masks)
@@ -210,12 +223,16 @@ def evaluate(
 
     reporter.stage("measure")
     # A workload's `measure` hook sees the config (e.g. a causal LM's `quant.kv_bits`).
-    measured = dict(workload.measure(model, config)) if workload.measure else {}
-    acc = float(measured.pop("accuracy") if measured else workload.evaluate(model))
+    # The baseline is the base model itself: its quality was measured by `base_accuracy`.
+    base_measured = workload._cache.get("base_measured")
+    if is_baseline and base_measured is not None and config.quant.kv_bits == 16:
+        measured = {k: v for k, v in base_measured.items() if not k.startswith("heldout_")}
+    else:
+        measured = dict(workload.measure(model, config)) if workload.measure else {}
+    acc = float(measured.pop("accuracy") if measured else
+                base_acc if is_baseline else workload.evaluate(model))
     if not math.isfinite(acc):
         raise EvaluationError(f"accuracy is {acc}")
-    if base_acc is None:
-        base_acc = workload._cache["base_accuracy"] = acc
 
     reporter.stage("serve")
     served = workload.serve and workload.serve(  # a workload's own replay (causal LMs)

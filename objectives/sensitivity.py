@@ -11,7 +11,7 @@ import torch
 
 from spaces import Config
 
-from .groups import group_names, layer_plans
+from .groups import group_names, layer_groups, layer_plans
 from .pipeline import base_accuracy, build_structure
 from .prune import apply_masks, masks_for
 from .quantize import apply_runtime, quantize_weights
@@ -37,14 +37,26 @@ def probe_configs(group: str, probes: dict[str, dict[str, object]]) -> dict[str,
 
 @torch.no_grad()
 def group_sensitivity(
-    workload: Workload, probes: dict[str, dict[str, object]], device: torch.device | str = "cpu"
+    workload: Workload, probes: dict[str, dict[str, object]], device: torch.device | str = "cpu",
+    guard: float | None = None,
 ) -> dict[str, dict[str, float]]:
-    """{group: {probe label: accuracy drop}} with each group compressed alone."""
+    """{group: {probe label: accuracy drop}} with each group compressed alone.
+
+    A language model's probes reuse the fp32 model's results: each probe's drop is paired
+    window by window with the fp32 per-window accuracies and stops at the chunk where its
+    standard error is below `guard / 2` (`HeldoutSubset.probe_drop`), and a probe of a
+    group that is only the output head reuses the fp32 decoder's final hidden states
+    instead of running the whole model again."""
     device = torch.device(device)
     base = base_accuracy(workload)
+    subset = workload.extras.get("heldout_subset")
+    head = subset.head_name(workload.model) if subset is not None else None
+    layers = layer_groups(workload)
     out: dict[str, dict[str, float]] = {}
     for group in group_names(workload):
         out[group] = {}
+        mine = [n for n, g in layers.items() if g == group]
+        head_only = head is not None and mine == [head]
         for label, config in probe_configs(group, probes).items():
             model = build_structure(workload, config, device)
             prune_plan, quant_plan = layer_plans(workload, model, config)
@@ -52,5 +64,10 @@ def group_sensitivity(
             apply_masks(model, masks)
             codes = quantize_weights(model, config.quant, quant_plan)
             model = apply_runtime(model, config.quant, device, quant_plan, codes)
-            out[group][label] = float(base - workload.evaluate(model))
+            if subset is not None and guard is not None:
+                drop = subset.probe_drop(workload.model, model, guard, head_only)["drop"]
+            else:
+                drop = base - (subset.head_metrics(workload.model, model)["accuracy"]
+                               if head_only else workload.evaluate(model))
+            out[group][label] = float(drop)
     return out

@@ -19,7 +19,8 @@ from ._optuna import note_attrs, trial_id_of
 from .storage import set_trial_attrs
 
 __all__ = [
-    "ARTIFACT_ID", "BASELINE", "CONSTRAINT_PREFIX", "DEVICE", "EVAL_SEED", "ENVIRONMENT",
+    "ARTIFACT_ID", "BASELINE", "CONSTRAINT_PREFIX", "DEVICE", "EARLY_STOP", "EVAL_SEED",
+    "ENVIRONMENT", "START_SECONDS",
     "FAIL_REASON", "GPU", "INTERRUPTED", "LEGACY_CONSTRAINTS", "METRICS", "PARTIAL_METRICS",
     "PRUNED_REASON", "QUEUED", "RECOVERED_FROM", "REJECTED", "REPLAY_SAMPLES", "RETRY_OF",
     "SEEDED", "SENSITIVITY", "SERVED", "SERVE_SPLIT", "SPEC", "WORKER", "TrialResult",
@@ -37,6 +38,9 @@ FAIL_REASON = "fail_reason"  # why a FAIL trial failed
 INTERRUPTED = "interrupted"  # True: failed by a signal, not by its config
 PRUNED_REASON = "pruned_reason"  # why csearch stopped a hopeless trial
 PARTIAL_METRICS = "partial_metrics"  # what a pruned trial measured before it stopped
+# csearch's early stop of recovery: {"rule": "guard"|"dominated", "step", "steps",
+# "seconds_spent", "seconds_saved"} (objectives/early_stop.py)
+EARLY_STOP = "early_stop"
 REJECTED = "rejected"  # the evaluation's cheap pre-check said no (objectives' reporter)
 RECOVERED_FROM = "recovered_from"  # a spooled result re-added as a new trial: the old number
 RETRY_OF = "retry_of"  # re-queued after a signal failed it: the failed trial's number
@@ -63,6 +67,9 @@ SPEC = "spec"  # the StudySpec: workers need nothing else
 BASELINE = "baseline"  # the uncompressed model's metrics
 ENVIRONMENT = "environment"  # device, versions, threads
 SENSITIVITY = "sensitivity"  # the per-layer-group sensitivity pass
+# Seconds of each study-start stage: {"load", "baseline", "sensitivity"}, and the held-out
+# windows the start evaluated ({"heldout_windows", "heldout_total"}) where it chose a subset
+START_SECONDS = "start_seconds"
 
 
 def _constraint_value(name: str, value: object) -> float:

@@ -73,6 +73,7 @@ class _TrialReporter(Reporter):
     def __init__(self, trial: Trial, objective: TrialObjective):
         self.trial = trial
         self.objective = objective
+        self._front: list[tuple[int, list[float]]] | None = None
 
     def stage(self, name: str) -> None:
         # A signal's Interrupted raised inside a weakref callback is dropped by Python;
@@ -83,6 +84,33 @@ class _TrialReporter(Reporter):
 
     def attr(self, key: str, value: object) -> None:
         self.trial.set_user_attr(key, value)
+
+    def front_objectives(self) -> tuple[str, ...] | None:
+        return tuple(self.objective.ctx.spec.metric_names)
+
+    def dominated(self, known: dict[str, float]) -> str | None:
+        """The first feasible complete trial at least as good as `known` on every objective
+        and better on one (the front read once per trial, at its first check)."""
+        spec = self.objective.ctx.spec
+        if self._front is None:
+            from .results import is_feasible
+
+            done = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            self._front = [(t.number, t.values) for t in done
+                           if t.values is not None and is_feasible(t) is not False]
+        mine = [known[m] for m in spec.metric_names]
+        for number, values in self._front:
+            if _dominates(values, mine, spec.directions):
+                shown = ", ".join(f"{m} {v:.4g}" for m, v in zip(spec.metric_names, values))
+                return f"trial {number} ({shown})"
+        return None
+
+
+def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
+    """`a` is at least as good as `b` on every objective and better on one."""
+    sign = [1.0 if d == "maximize" else -1.0 for d in directions]
+    ge = all(s * x >= s * y for s, x, y in zip(sign, a, b))
+    return ge and any(s * x > s * y for s, x, y in zip(sign, a, b))
 
 
 def worker_id() -> str:
@@ -132,7 +160,8 @@ class TrialObjective:
                 self.evaluating = False
         except EarlyStopped as e:
             _set_attrs(trial, {attrs.PRUNED_REASON: e.reason,
-                               **({attrs.PARTIAL_METRICS: e.metrics} if e.metrics else {})})
+                               **({attrs.PARTIAL_METRICS: e.metrics} if e.metrics else {}),
+                               **({attrs.EARLY_STOP: e.info} if e.info else {})})
             raise optuna.TrialPruned(e.reason) from None
         except DB_ERRORS:
             raise

@@ -23,15 +23,19 @@ SEED_LADDER: tuple[dict[str, Any], ...] = (
     # The safest compression first: 8-bit weights, nothing pruned, no fine-tuning. It keeps
     # a pretrained transformer intact, where aggressive recipes need careful training.
     {"prune.method": "none", "quant.method": "lowbit", "quant.bits": 8, "quant.group_size": 0,
-     "train.epochs": 0},
+     "train.epochs": 0, "train.steps": 0},
     {"prune.method": "global", "prune.amount": 0.9, "quant.method": "lowbit", "quant.bits": 3,
-     "quant.group_size": 0, "train.epochs": "max", "train.lr": 1e-3},
+     "quant.group_size": 0, "train.epochs": "max", "train.steps": "max",
+     "train.lr": 1e-3},
     {"prune.method": "global", "prune.amount": 0.8, "quant.method": "lowbit", "quant.bits": 4,
-     "quant.group_size": 0, "train.epochs": "max", "train.lr": 1e-3},
+     "quant.group_size": 0, "train.epochs": "max", "train.steps": "max",
+     "train.lr": 1e-3},
     {"prune.method": "global", "prune.amount": 0.7, "quant.method": "int8_dynamic",
-     "train.epochs": "max", "train.lr": 1e-3},
+     "train.epochs": "max", "train.steps": "max",
+     "train.lr": 1e-3},
     {"prune.method": "structured", "prune.structured_ratio": 0.3,
-     "quant.method": "int8_dynamic", "train.epochs": "max", "train.lr": 1e-3},
+     "quant.method": "int8_dynamic", "train.epochs": "max", "train.steps": "max",
+     "train.lr": 1e-3},
 )
 
 

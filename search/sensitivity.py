@@ -60,7 +60,8 @@ def measure(ctx: Any) -> dict[str, Any] | None:
     from objectives.groups import group_weights
 
     guard = ctx.spec.accuracy_guard()
-    table = group_sensitivity(ctx.workload, probes, ctx.device)
+    table = group_sensitivity(ctx.workload, probes, ctx.device,
+                              guard if guard is not None else DEFAULT_GUARD)
     return {"guard": guard if guard is not None else DEFAULT_GUARD, "probes": probes,
             "drops": table, "weights": group_weights(ctx.workload)}
 
@@ -165,7 +166,7 @@ def sensitivity_seeds(space: Space, sens: dict[str, Any] | None) -> list[dict[st
         if "none" in methods[group] or label != "none":
             plain.update({f"{k}[{group}]": v for k, v in params.items()})
     for name, value in (("quant.method", "none"), ("prune.method", "none"),
-                        ("train.epochs", 0)):
+                        ("train.epochs", 0), ("train.steps", 0)):
         if name in names:
             plain[name] = value
     seeds = [plain]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -53,6 +54,7 @@ class Context:
     # The serve split a default budget was made of ({"serve.cache_ratio": ...}): the
     # baseline is served with it. Empty: the workload's serving defaults.
     baseline_serve: dict[str, float] = field(default_factory=dict)
+    load_seconds: float = 0.0  # building the workload (the first stage of a study's start)
 
 
 def resolve_device(text: str) -> torch.device:
@@ -157,7 +159,9 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
             )
         allow_workload(workload)
     report_stage(f"loading workload {spec.workload}")
+    t0 = time.perf_counter()
     workload_obj = load_workload(spec.workload, stored=stored)
+    load_seconds = time.perf_counter() - t0
     _check_metrics(spec, workload_obj)
     space = resolve_space(parse_space(spec.space_toml, name=spec.space), workload_obj)
     budget, note, split = ((spec.memory_budget_mb, "", {}) if spec.memory_budget_mb
@@ -168,7 +172,7 @@ def load_context(spec: StudySpec, device: str | None = None, *, stored: bool = F
     overhead = 0.0 if workload_obj.serve else _serve_overhead_ms(workload_obj, dev,
                                                                  spec.workload)
     return Context(spec, workload_obj, space, dev, budget, serve_overhead_ms=overhead,
-                   budget_note=note, baseline_serve=split)
+                   budget_note=note, baseline_serve=split, load_seconds=load_seconds)
 
 
 def _serve_overhead_ms(workload: Workload, device: torch.device, ref: str) -> float:
@@ -284,10 +288,15 @@ def create_or_resume(
     if ctx is None:
         raise StudyNotFound(f"no study named {name!r}")
     report_stage("measuring the baseline (the uncompressed model)")
+    t0 = time.perf_counter()
+    # With the study's guard: a causal LM sizes its held-out subset to it (pipeline's
+    # `base_accuracy`), and the baseline, the sensitivity pass and every trial use it.
     base = evaluate(ctx.workload, baseline_config(ctx.workload, ctx.baseline_serve),
                     budget_mb=ctx.budget_mb,
                     device=ctx.device, seed=spec.seed, serve_overhead_ms=ctx.serve_overhead_ms,
-                    is_baseline=True)
+                    is_baseline=True, accuracy_guard=spec.accuracy_guard())
+    costs: dict[str, float] = {"load": round(ctx.load_seconds, 3),
+                               "baseline": round(time.perf_counter() - t0, 3)}
     study = optuna.create_study(
         storage=storage, study_name=name, directions=spec.directions
     )
@@ -302,7 +311,12 @@ def create_or_resume(
     from .sensitivity import measure
 
     report_stage("sensitivity pass over the layer groups")
+    t0 = time.perf_counter()
     sens = measure(ctx)  # once per study, before any worker starts
     if sens is not None:
         study.set_user_attr(attrs.SENSITIVITY, sens)
+        costs["sensitivity"] = round(time.perf_counter() - t0, 3)
+    held = ctx.workload._cache.get("base_measured") or {}
+    costs.update({k: held[k] for k in ("heldout_windows", "heldout_total") if k in held})
+    study.set_user_attr(attrs.START_SECONDS, costs)
     return study, True

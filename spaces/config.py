@@ -75,11 +75,15 @@ class QuantConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Recovery fine-tuning after pruning; `kd_alpha` weights distillation from fp32.
-    Off (0 epochs) unless the space samples `train.epochs`: like every default here, a
-    parameter a space leaves out leaves the model as it is."""
+    Off unless the space samples `train.steps` or `train.epochs`: like every default here,
+    a parameter a space leaves out leaves the model as it is. `steps` (optimizer steps,
+    cycling the workload's train batches) bounds a trial's cost whatever the size of the
+    text; when set (not None) it takes precedence and `epochs` is ignored. `epochs` stays
+    for the studies stored before `steps` existed."""
 
     lr: float = 1e-3
     epochs: int = 0
+    steps: int | None = None
     kd_temperature: float = 2.0
     kd_alpha: float = 0.0
 
@@ -166,7 +170,9 @@ def _param_fields() -> dict[str, type]:
             continue
         cls = section.default_factory  # type: ignore[misc]
         for f in fields(cls):
-            types[f"{section.name}.{f.name}"] = type(getattr(cls(), f.name))
+            value = getattr(cls(), f.name)
+            # An optional count (`train.steps`, None: unset) takes ints.
+            types[f"{section.name}.{f.name}"] = int if value is None else type(value)
     return types
 
 
@@ -179,7 +185,7 @@ OMITTED: dict[str, str] = {
     "prune.*": "method none: nothing pruned (threshold, amount, ratio unused)",
     "quant.*": "method none: fp32 weights (bits used only by lowbit, group_size by lowbit "
                 "and int4)",
-    "train.*": "epochs 0: no fine-tuning (lr, kd_alpha, kd_temperature unused)",
+    "train.*": "steps unset, epochs 0: no fine-tuning (lr, kd_alpha, kd_temperature unused)",
     "serve.*": "batch_size 32, threads 1, cache_ratio 0 (no cache), memory_ratio 0.25; "
                "the model is unchanged",
     "name[group]": "the group follows the global value",

@@ -45,6 +45,7 @@ _BOUNDS: dict[str, tuple[float, float] | tuple[str, ...]] = {
     "quant.kv_bits": (8, 16),
     "train.lr": (1e-12, 10.0),
     "train.epochs": (0, 1000),
+    "train.steps": (0, 1_000_000),
     "train.kd_temperature": (1e-3, 100.0),
     "train.kd_alpha": (0.0, 1.0),
     "serve.batch_size": (1, 1 << 16),
@@ -222,6 +223,8 @@ def parse_space(text: str, name: str = "<inline>", base_dir: Path | None = None)
 
 
 def _build(name: str, params: dict[str, dict[str, Any]]) -> Space:
+    if "train.steps" in params:  # steps take precedence: epochs would be a dead parameter
+        params = {n: spec for n, spec in params.items() if n != "train.epochs"}
     built = tuple(_param(n, spec, name) for n, spec in params.items())
     seen: set[str] = set()
     for p in built:

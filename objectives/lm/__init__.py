@@ -12,6 +12,7 @@ from .model import (
     conv1d_to_linear,
     decoder_forward,
     full_attention,
+    lm_head,
     lm_logits,
     lm_shape,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "kjv_text",
     "kv_bytes_per_token",
     "lm_default_budget",
+    "lm_head",
     "lm_logits",
     "lm_shape",
     "make_lm_workload",

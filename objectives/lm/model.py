@@ -24,6 +24,7 @@ __all__ = [
     "LMShape",
     "decoder_forward",
     "full_attention",
+    "lm_head",
     "lm_logits",
     "lm_shape",
 ]
@@ -164,5 +165,10 @@ def _gpt2_forward(lm: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
     return tr.ln_f(h).reshape(batch * n, -1)
 
 
+def lm_head(model: nn.Module) -> nn.Module:
+    """The output layer `lm_logits` applies."""
+    return _decoder(model).lm_head
+
+
 def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    return _decoder(model).lm_head(hidden)
+    return lm_head(model)(hidden)

@@ -26,12 +26,23 @@ from ..lm.workload import LMData, make_lm_workload
 from ..workload import Workload
 
 __all__ = ["CAUSAL_LM_PREFIX", "causal_lm_ref", "is_causal_lm_ref", "make_causal_lm_workload",
-           "parse_causal_lm_ref"]
+           "parse_causal_lm_ref", "recovery_steps"]
 
 CAUSAL_LM_PREFIX = "causal-lm:"
 _DATA_SEP = "?data="
 _MAX_CHARS = 4_000_000  # text read from the file: plenty for evaluation and recovery
 _TRAIN_WINDOWS, _HELD_WINDOWS, _PROMPTS = 128, 48, 48
+# Recovery compute a trial may spend at most, in training FLOPs (6 x parameters x tokens):
+# a 135M-parameter model (163M with its head untied) gets 3 optimizer steps of 16 x 128
+# tokens, a 10M one 56, smaller ones the space's top (64). A step of a large model costs
+# what an epoch of a small one does, so its `train.steps` range is sized to the model,
+# not to the text (benchmarks/RESULTS.md, issue 25).
+_RECOVERY_FLOPS = 7e12
+
+
+def recovery_steps(n_params: int, tokens_per_step: int, top: int = 64) -> int:
+    """The most optimizer steps a trial's recovery takes for a model of `n_params`."""
+    return max(2, min(top, int(_RECOVERY_FLOPS // (6 * n_params * tokens_per_step))))
 
 
 def is_causal_lm_ref(ref: str) -> bool:
@@ -169,6 +180,9 @@ def make_causal_lm_workload(model_dir: str, data: str, seed: int = 0) -> Workloa
     )
     w = make_lm_workload(f"causal-lm:{d.name}", model, lm_data, batch_size=16,
                          extras={"tokenizer": tok})
+    n_params = sum(p.numel() for p in model.parameters())
+    w.param_ranges = {"train.steps": {"type": "int", "low": 0,
+                                      "high": recovery_steps(n_params, 16 * seq)}}
     if model.lm.config.model_type == "gpt2":
         w.groups = {"embeddings": ["*wte", "*wpe"], "attn": ["*attn.*"], "mlp": ["*mlp.*"],
                     "lm_head": ["*lm_head"]}

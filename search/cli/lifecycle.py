@@ -76,7 +76,8 @@ def _run(progress: _Progress, workers: int, ray_address: str | None, gpus_per_wo
                   f"finished, workload {tctx.spec.workload}, space {tctx.spec.space}, "
                   f"device {tctx.device}, budget {tctx.budget_mb:g} MB"
                   + (f" ({tctx.budget_note})" if tctx.budget_note else "")
-                  + (f", guard {tctx.spec.guard}" if tctx.spec.guard else ""))
+                  + (f", guard {tctx.spec.guard}" if tctx.spec.guard else "")
+                  + (_start_costs(study.user_attrs) if created else ""))
     progress.start(tctx.spec, study)
     t0 = time.perf_counter()
     try:
@@ -151,6 +152,18 @@ def _run_workers(study: Any, tctx: Any, url: str, workers: int, ray_address: str
             click.echo(f"warning: worker exit codes {codes}", err=True)
     if ray_address is not None or workers > 1:
         _settle(study, quiet)
+
+
+def _start_costs(user_attrs: dict[str, Any]) -> str:
+    """`; start: load 3.1s, baseline 20.4s (16/48 held-out windows), sensitivity 41.0s`."""
+    from ..attrs import START_SECONDS
+
+    cost = user_attrs.get(START_SECONDS) or {}
+    parts = [f"{k} {cost[k]:.1f}s" for k in ("load", "baseline", "sensitivity") if k in cost]
+    if "heldout_windows" in cost and len(parts) > 1:
+        parts[1] += (f" ({cost['heldout_windows']:.0f}/{cost['heldout_total']:.0f} held-out "
+                     "windows)")
+    return "; start: " + ", ".join(parts) if parts else ""
 
 
 def _print_front(progress: _Progress, study: Any, spec: Any) -> None:

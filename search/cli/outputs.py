@@ -54,7 +54,7 @@ def report(study_name: str, storage: str | None, output: str) -> None:
     size = os.path.getsize(output)
     click.echo(f"wrote {output} ({size / 1e6:.1f} MB, {len(rep.pareto.numbers)} complete "
                f"trial(s), {len(rep.table.rows)} on the Pareto front) in "
-               f"{time.perf_counter() - t0:.1f}s")
+               f"{time.perf_counter() - t0:.1f}s; {rep.context.early_stop_line()}")
 
 
 @cli.command()

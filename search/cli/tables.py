@@ -103,7 +103,8 @@ def changed_params(p: dict[str, Any], groups: Collection[str] | None = None
     from spaces import INHERIT, Config, split_name
 
     defaults = Config().flat()
-    trains = p.get("train.epochs", defaults["train.epochs"]) != 0
+    trains = (p.get("train.steps", 0) != 0 if p.get("train.steps") is not None
+              else p.get("train.epochs", defaults["train.epochs"]) != 0)
     methods = {s: _methods(p, groups, s, defaults) for s in ("prune", "quant")}
 
     def used(base: str, group: str | None) -> bool:

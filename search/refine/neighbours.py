@@ -48,8 +48,9 @@ def inert(values: Mapping[str, Any], groups: Iterable[str] | None = None) -> set
     workload's layer `groups` overrides (a group that inherits, or has no value of its
     own, keeps the global one alive). Without `groups` no global setting is inert."""
     out: set[str] = set()
-    if values.get("train.epochs") == 0:
-        out.update(n for n in values if n.startswith("train.") and n != "train.epochs")
+    amount = "train.steps" if "train.steps" in values else "train.epochs"
+    if values.get(amount) == 0:
+        out.update(n for n in values if n.startswith("train.") and n != amount)
     groups = list(groups or ())
     if not groups:
         return out
@@ -89,23 +90,27 @@ def recovery_step(space: Space, values: dict[str, Any], dist_of: DistOf,
     """`values` with one more fine-tuning epoch, or another learning rate (a wide step
     on its log range), before conditionals are completed; None if neither can move."""
     by_name = {p.name: p for p in space.params}
-    dists = {n: dist_of(by_name[n]) for n in ("train.epochs", "train.lr") if n in by_name}
+    # How much recovery: optimizer steps where the space has them (one more step would
+    # barely move, so a step doubles them), else one more epoch.
+    amount = "train.steps" if "train.steps" in by_name else "train.epochs"
+    dists = {n: dist_of(by_name[n]) for n in (amount, "train.lr") if n in by_name}
     options = []
-    epochs = dists.get("train.epochs")
-    if isinstance(epochs, IntDistribution) and \
-            values.get("train.epochs", epochs.high) + epochs.step <= epochs.high:
-        options.append("train.epochs")
+    count = dists.get(amount)
+    if isinstance(count, IntDistribution) and \
+            values.get(amount, count.high) + count.step <= count.high:
+        options.append(amount)
     lr = dists.get("train.lr")
     if isinstance(lr, FloatDistribution) and "train.lr" in values and lr.log and \
-            values.get("train.epochs", 0) > 0:
+            values.get(amount, 0) > 0:
         options.append("train.lr")
     if not options:
         return None
     child = dict(values)
     pick = options[rng.randint(len(options))]
-    if pick == "train.epochs":
-        assert isinstance(epochs, IntDistribution)
-        child[pick] += epochs.step
+    if pick == amount:
+        assert isinstance(count, IntDistribution)
+        more = max(count.step, child[pick]) if amount == "train.steps" else count.step
+        child[pick] = min(count.high, child[pick] + more)
         return child
     assert isinstance(lr, FloatDistribution)
     lo, hi = np.log(lr.low), np.log(lr.high)

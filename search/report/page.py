@@ -263,11 +263,13 @@ def render_html(rep: Report) -> str:
     section("Baseline and environment",
             '<div class="grid"><div><h3>Baseline (uncompressed model)</h3>'
             f"{_kv_table(ctx.baseline)}</div><div><h3>Environment</h3>{_kv_table(env)}</div>"
+            + (f"<div><h3>Study start (seconds)</h3>{_kv_table(ctx.start_seconds)}</div>"
+               if ctx.start_seconds else "") +
             f"<div><h3>Spec</h3>{_kv_table(ctx.spec)}</div></div>")
     states = ", ".join(f"{k} {v}" for k, v in sorted(ctx.states.items()))
     meta = (f"{ctx.n_trials} trials ({states}); {ctx.n_feasible} feasible and "
             f"{ctx.n_infeasible} infeasible complete; {len(rep.table.rows)} on the Pareto "
-            f"front; objectives: "
+            f"front; {ctx.early_stop_line()}; objectives: "
             + ", ".join(axis_label(n, d) for n, d in zip(rep.pareto.names, rep.pareto.directions))
             + (f"; storage {html.escape(ctx.storage)}" if ctx.storage else "")
             + f"; generated {datetime.now().strftime('%Y-%m-%d %H:%M')}")

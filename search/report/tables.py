@@ -73,14 +73,30 @@ class ContextData:
     n_trials: int
     n_feasible: int
     n_infeasible: int
+    # Trials csearch's early stop ended during recovery, and the recovery seconds that saved.
+    n_early_stopped: int = 0
+    seconds_saved: float = 0.0
+    start_seconds: dict[str, Any] = field(default_factory=dict)  # the study start's stages
+
+    def early_stop_line(self) -> str:
+        """One line for the page and the CLI: how many trials stopped early, time saved."""
+        if not self.n_early_stopped:
+            return "no trial stopped early in recovery"
+        return (f"{self.n_early_stopped} trial(s) stopped early in recovery, saving about "
+                f"{self.seconds_saved:.0f} s of fine-tuning")
 
 
 def collect_context(study: optuna.Study, trials: Trials | None = None,
                     storage_url: str | None = None) -> ContextData:
     trials = _trials(study, trials)
     states: dict[str, int] = {}
-    feas = infeas = 0
+    feas = infeas = stopped = 0
+    saved = 0.0
     for t in trials:
+        stop = t.user_attrs.get(attrs.EARLY_STOP)
+        if stop:
+            stopped += 1
+            saved += float(stop.get("seconds_saved", 0.0))
         states[t.state.name] = states.get(t.state.name, 0) + 1
         if t.state == TrialState.COMPLETE:
             if is_feasible(t) is False:
@@ -96,6 +112,8 @@ def collect_context(study: optuna.Study, trials: Trials | None = None,
         baseline=dict(study.user_attrs.get(attrs.BASELINE) or {}),
         environment=dict(study.user_attrs.get(attrs.ENVIRONMENT) or {}),
         states=states, n_trials=len(trials), n_feasible=feas, n_infeasible=infeas,
+        n_early_stopped=stopped, seconds_saved=saved,
+        start_seconds=dict(study.user_attrs.get(attrs.START_SECONDS) or {}),
     )
 
 

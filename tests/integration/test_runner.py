@@ -63,6 +63,27 @@ def test_hopeless_trial_is_pruned_with_its_reason(tmp_path: Path):
     assert row["state"] == "PRUNED" and "guard" in row["reason"]
 
 
+def test_recovery_in_steps_stops_early_and_the_report_counts_the_time_saved(tmp_path: Path):
+    from search.report import collect_context
+
+    space = tmp_path / "hopeless-steps.toml"
+    space.write_text(
+        '[params."prune.method"]\nchoices = ["magnitude"]\n'
+        '[params."prune.threshold"]\ntype = "float"\nlow = 0.5\nhigh = 0.6\n'
+        '[params."train.steps"]\ntype = "int"\nlow = 8\nhigh = 8\n')
+    study = _run(_spec(str(space), constraints=("accuracy_drop<=0.01",), trials=1))
+    (t,) = study.trials
+    assert t.state == TrialState.PRUNED
+    stop = t.user_attrs["early_stop"]
+    assert (stop["rule"], stop["step"], stop["steps"]) == ("guard", 3, 8)
+    assert stop["seconds_saved"] > 0
+    ctx = collect_context(study)
+    assert ctx.n_early_stopped == 1 and ctx.seconds_saved == stop["seconds_saved"]
+    assert ctx.early_stop_line().startswith("1 trial(s) stopped early")
+    start = study.user_attrs["start_seconds"]
+    assert start["load"] >= 0 and start["baseline"] > 0
+
+
 PLUGIN = '''
 import torch
 import torch.nn.functional as F

@@ -40,7 +40,8 @@ def outcome(params: dict, rng: random.Random) -> tuple[TrialState, list[float], 
     bits = {"none": 32, "int8_dynamic": 8, "lowbit": params.get("quant.bits", 8)}[
         params["quant.method"]]
     acc = 0.99 - 0.4 * max(0.0, sparsity - 0.7) - (0.3 if bits <= 2 else 0.02 / bits)
-    acc += 0.002 * params["train.epochs"] - 0.005 * rng.random()
+    epochs = round(params.get("train.steps", 16 * params.get("train.epochs", 0)) / 16)
+    acc += 0.002 * epochs - 0.005 * rng.random()
     size = 0.556 * (1 - 0.9 * min(sparsity, 1.0)) * bits / 32
     latency = 1 + 10 * (0.6 - params["serve.cache_ratio"]) + rng.random()
     constraints = {"accuracy_drop<=0.01": (0.99 - acc) - 0.01,
@@ -112,7 +113,7 @@ def _dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
 
 
 def test_window_is_the_best_feasible_the_recent_and_the_running(joint):
-    window, best = 20, 10
+    window, best = 20, 16
     sampler = WindowedTPESampler(window=window, best=best, multivariate=True, group=True,
                                  seed=1)
     study = run(sampler, joint, 90)
