@@ -176,8 +176,10 @@ def test_postgres_restart_mid_study_loses_nothing(pg, tmp_path):
     assert [c for c, _ in codes] == [0, 0], codes
     trials = _study(url, name).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) >= 8 - len([t for t in trials if t.state == TrialState.FAIL])
+    # Finished: COMPLETE, or PRUNED by csearch's early stop (a hopeless recovery).
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) >= 8 - len([t for t in trials if t.state == TrialState.FAIL]), \
+        [(t.number, t.state.name) for t in trials]
     # Every evaluated result reached the database: no spooled result is left behind.
     leftovers = list(spool.glob("*/*.json"))
     assert leftovers == []
