@@ -72,9 +72,13 @@ def table_width() -> int:
 
 # The method values that use each section's other parameters (`kv_bits` is the KV
 # cache's format, whatever the weights' method).
-_USED_BY = {"prune.threshold": "magnitude", "prune.amount": "global",
-            "prune.structured_ratio": "structured", "quant.bits": "lowbit",
-            "quant.group_size": "lowbit"}
+def _used_by() -> dict[str, tuple[str, ...]]:
+    from spaces import INT4_METHODS  # spaces is imported when a table is drawn, not before
+
+    return {"prune.threshold": ("magnitude",), "prune.amount": ("global",),
+            "prune.structured_ratio": ("structured",), "quant.bits": ("lowbit",),
+            # The int4 kernels take a group size too (0: their default).
+            "quant.group_size": ("lowbit", *INT4_METHODS)}
 
 
 def _methods(p: dict[str, Any], groups: Collection[str] | None, section: str,
@@ -106,6 +110,7 @@ def changed_params(p: dict[str, Any], groups: Collection[str] | None = None
     trains = (p.get("train.steps", 0) != 0 if p.get("train.steps") is not None
               else p.get("train.epochs", defaults["train.epochs"]) != 0)
     methods = {s: _methods(p, groups, s, defaults) for s in ("prune", "quant")}
+    used_by = _used_by()
 
     def used(base: str, group: str | None) -> bool:
         section = base.partition(".")[0]
@@ -114,14 +119,14 @@ def changed_params(p: dict[str, Any], groups: Collection[str] | None = None
         glob, own, follows = methods[section]
         if base == f"{section}.method":
             return group is not None or follows
-        if base not in _USED_BY:
+        if base not in used_by:
             return True
         if group is not None:  # this group's method
-            return own.get(group, glob) == _USED_BY[base]
+            return own.get(group, glob) in used_by[base]
         # The global value: used by a group on that method without its own value.
-        users = [g for g, m in own.items() if m == _USED_BY[base]
+        users = [g for g, m in own.items() if m in used_by[base]
                  and f"{base}[{g}]" not in p]
-        return bool(users) or (follows and glob == _USED_BY[base])
+        return bool(users) or (follows and glob in used_by[base])
 
     out = {}
     for k, v in p.items():

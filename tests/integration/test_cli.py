@@ -485,6 +485,10 @@ def test_table_params_leave_out_what_has_no_effect():
          "quant.method": "int8_dynamic", "quant.bits": 4, "quant.group_size": 32}
     assert changed_params(r) == {"prune.method": "global", "prune.amount": 0.3,
                                  "quant.method": "int8_dynamic"}
+    # int4 kernels take a group size (bits stay lowbit's).
+    i4 = {**r, "quant.method": "int4_hqq"}
+    assert changed_params(i4) == {"prune.method": "global", "prune.amount": 0.3,
+                                  "quant.method": "int4_hqq", "quant.group_size": 32}
 
 
 def test_delete_asks_then_deletes(tmp_path):
