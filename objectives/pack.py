@@ -28,7 +28,7 @@ from safetensors.torch import save as st_save
 from .quantize import QuantizedWeight, dequantize
 
 __all__ = ["pack_bits", "unpack_bits", "pack_state", "unpack_state", "unpack_quantized",
-           "tensor_bytes", "effective_bits", "shared_tensors", "FORMAT"]
+           "tensor_bytes", "effective_bits", "shared_tensors", "dense_bound", "FORMAT"]
 
 FORMAT = "csearch-packed-1"
 
@@ -132,6 +132,16 @@ def shared_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
         else:
             seen[key] = name
     return out
+
+
+def dense_bound(state: Mapping[str, torch.Tensor]) -> int:
+    """Bytes `pack_state` needs at most for `state` as it is: every tensor's bytes (a
+    shared one, as tied embeddings, once) plus a header allowance. Packing never stores
+    a tensor in more than its dense bytes, so this bounds a model's size without
+    serializing it (a 500 MB model is not packed to size a budget)."""
+    tied = shared_tensors(state)
+    return (sum(t.numel() * t.element_size() for n, t in state.items() if n not in tied)
+            + 4096 + 512 * len(state))
 
 
 def pack_state(

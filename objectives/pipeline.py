@@ -20,7 +20,7 @@ from spaces import Config, QuantConfig
 from ._device import to_device
 from .errors import EvaluationError
 from .metrics import METRICS
-from .pack import pack_state, shared_tensors
+from .pack import dense_bound, pack_state
 from .prune import apply_masks, masks_for, prunable_layers, structured_prune
 from .groups import layer_plans
 from .pack import effective_bits
@@ -131,10 +131,7 @@ def _packed_size(model: nn.Module, config: Config, masks: dict[str, torch.Tensor
     Packing never stores a tensor in more bytes than its dense form (plus a small
     header), so when the dense state already fits `budget_bytes` that bound is
     returned without packing (a large model need not be packed twice)."""
-    state = model.state_dict()
-    tied = shared_tensors(state)  # stored once
-    dense = (sum(t.numel() * t.element_size() for n, t in state.items() if n not in tied)
-             + 4096 + 512 * len(state))
+    dense = dense_bound(model.state_dict())
     if budget_bytes is not None and dense <= budget_bytes:
         return dense
     probe = copy.deepcopy(model)

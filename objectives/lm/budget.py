@@ -11,20 +11,21 @@ from dataclasses import dataclass
 
 import torch
 
+from ..pack import dense_bound
 from ..serve import activation_bytes_per_sample
 from ..workload import Workload
 from .engine import blocks_for
 from .kv import kv_bytes_per_token
 from .model import lm_shape
 
-__all__ = ["LMBudget", "fp32_bytes", "lm_default_budget", "round_up_3"]
+__all__ = ["LMBudget", "lm_default_budget", "round_up_3"]
 
 
 @dataclass(frozen=True)
 class LMBudget:
     """The default budget and what it is made of, in bytes."""
 
-    weight_bytes: int  # the fp32 model as packed at most (`fp32_bytes`)
+    weight_bytes: int  # the fp32 model as packed at most (`pack.dense_bound`)
     kv_bytes: int  # fp16 KV blocks for `sequences` longest sequences
     workspace_bytes: int  # activations of `tokens` tokens in one step
     sequences: int
@@ -57,21 +58,6 @@ def round_up_3(x: float) -> float:
     return round(math.ceil(x / step - 1e-9) * step, 10)
 
 
-def fp32_bytes(state: dict[str, torch.Tensor]) -> int:
-    """Bytes the model's weights take packed as they are, at most: every tensor's bytes
-    (a tensor shared under two names, as tied embeddings, once) plus the packed file's
-    header allowance, the bound the pipeline's cheap check uses. Packing is not needed,
-    so a 500 MB model is not serialized to size its budget."""
-    seen: set[tuple[int, int, int]] = set()
-    total = 0
-    for t in state.values():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total + 4096 + 512 * len(state)
-
-
 @torch.inference_mode()
 def lm_default_budget(workload: Workload) -> LMBudget:
     """fp32 weights + a KV pool holding `concurrency` of the replay's longest sequences
@@ -81,7 +67,7 @@ def lm_default_budget(workload: Workload) -> LMBudget:
     model = workload.model
     settings = workload.extras["generation"]
     prompts = workload.extras["lm_data"].prompts
-    weight_bytes = fp32_bytes(model.state_dict())
+    weight_bytes = dense_bound(model.state_dict())
     shape = lm_shape(model)
     longest = max(len(p) for p in prompts)
     block = settings.block_size * kv_bytes_per_token(shape.n_layers, shape.n_kv_heads,
