@@ -145,14 +145,19 @@ def test_lm_base_accuracy_settles_a_subset_that_every_evaluation_uses(lm):
     assert ev.metrics["accuracy"] == base and ev.metrics["accuracy_drop"] == 0
 
 
-def test_a_head_probe_from_cached_hidden_states_equals_a_full_evaluation(lm):
-    base_accuracy(lm, guard=0.5)
-    subset = lm.extras["heldout_subset"]
+def _head_2bit(lm):
+    """The base model with only its output layer at 2-bit lowbit, as a probe builds it."""
     cfg = Config.from_flat({"quant.method[lm_head]": "lowbit", "quant.bits[lm_head]": 2})
     model = build_structure(lm, cfg, torch.device("cpu"))
     _, plan = layer_plans(lm, model, cfg)
-    quantize_weights(model, cfg.quant, plan)
-    model = apply_runtime(model, cfg.quant, torch.device("cpu"), plan)
+    codes = quantize_weights(model, cfg.quant, plan)
+    return apply_runtime(model, cfg.quant, torch.device("cpu"), plan, codes)
+
+
+def test_a_head_probe_from_cached_hidden_states_equals_a_full_evaluation(lm):
+    base_accuracy(lm, guard=0.5)
+    subset = lm.extras["heldout_subset"]
+    model = _head_2bit(lm)
     assert subset.head_name(lm.model) == "lm.lm_head"
     fast = subset.head_metrics(lm.model, model)
     full = next_token_metrics(model, subset.current(), 16)
@@ -175,11 +180,7 @@ def test_teacher_logits_are_computed_once_per_batch_across_trials(lm):
 def test_a_probe_drop_is_paired_with_the_fp32_windows_and_stops_at_its_standard_error(lm):
     base_accuracy(lm, guard=0.5)
     subset = lm.extras["heldout_subset"]
-    cfg = Config.from_flat({"quant.method[lm_head]": "lowbit", "quant.bits[lm_head]": 2})
-    model = build_structure(lm, cfg, torch.device("cpu"))
-    _, plan = layer_plans(lm, model, cfg)
-    quantize_weights(model, cfg.quant, plan)
-    model = apply_runtime(model, cfg.quant, torch.device("cpu"), plan)
+    model = _head_2bit(lm)
     exact = subset.probe_drop(lm.model, model, guard=1e-9, head_only=True)
     assert exact["windows"] == 16  # an impossible standard error: every window
     full = lm._cache["base_accuracy"] - subset.head_metrics(lm.model, model)["accuracy"]
