@@ -24,13 +24,8 @@ from .pack import dense_bound, pack_state
 from .prune import apply_masks, masks_for, prunable_layers, structured_prune
 from .groups import layer_plans
 from .pack import effective_bits
-from .quantize import (
-    apply_runtime,
-    attach_fake_quant,
-    detach_fake_quant,
-    embedding_layers,
-    quantize_weights,
-)
+from .qat import attach_fake_quant, detach_fake_quant
+from .quantize import apply_runtime, embedding_layers, quantize_weights
 from .serve import activation_bytes_per_sample, replay
 from .split import no_split_reason
 from .train import finetune, planned_steps

@@ -126,7 +126,7 @@ def test_dynamic_int8_kernel_computes_with_the_stored_codes():
 
 
 def test_activation_fake_quant_rounds_like_dynamic_int8_and_passes_gradients():
-    from objectives.quantize import fake_quantize_activation
+    from objectives.qat import fake_quantize_activation
 
     x = torch.linspace(-1.0, 3.0, 1000, requires_grad=True)
     for reduce_range, levels in ((False, 255), (True, 127)):
