@@ -76,11 +76,17 @@ def window_metrics(model: nn.Module, windows: torch.Tensor, kv_bits: int | None,
         positions = torch.arange(n, device=device).repeat(b)
         hidden = decoder_forward(model, inputs, positions, full_attention(kv_bits), batch=b)
         logits = lm_logits(model, hidden).float()
-        target = x[:, 1:].reshape(-1)
-        correct.append((logits.argmax(-1) == target).view(b, n).sum(1).cpu())
-        nll.append(F.cross_entropy(logits, target, reduction="none").view(b, n).sum(1).cpu()
-                   .double())
+        c, ll = _window_scores(logits, x[:, 1:].reshape(-1), b, n)
+        correct.append(c)
+        nll.append(ll)
     return torch.cat(correct), torch.cat(nll)
+
+
+def _window_scores(logits: torch.Tensor, target: torch.Tensor, b: int, n: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per window of `b` windows of `n` positions: correct top-1 predictions, summed NLL."""
+    return ((logits.argmax(-1) == target).view(b, n).sum(1).cpu(),
+            F.cross_entropy(logits, target, reduction="none").view(b, n).sum(1).cpu().double())
 
 
 def _aggregate(correct: torch.Tensor, nll: torch.Tensor, per_window: int) -> dict[str, float]:
@@ -156,10 +162,7 @@ class HeldoutSubset:
         device = _device(model)
         logits = lm_logits(model, hidden.to(device)).float()
         b, n = x.shape[0], x.shape[1] - 1
-        target = x[:, 1:].reshape(-1).to(device)
-        return ((logits.argmax(-1) == target).view(b, n).sum(1).cpu(),
-                F.cross_entropy(logits, target, reduction="none").view(b, n).sum(1).cpu()
-                .double())
+        return _window_scores(logits, x[:, 1:].reshape(-1).to(device), b, n)
 
     @torch.inference_mode()
     def head_metrics(self, base: nn.Module, model: nn.Module) -> dict[str, float]:
