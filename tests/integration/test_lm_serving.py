@@ -247,6 +247,117 @@ def test_promote_and_rollback_while_streaming_finish_every_stream_on_one_version
     assert {"csearch-v1", "csearch-v2"} <= seen
 
 
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of `pid`, read from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            state, ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        if int(ppid) == pid and state != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _engine_pids(server_pid: int) -> list[int]:
+    """The server's engine processes: the children of its multiprocessing fork server."""
+    forkservers = [p for p in _children(server_pid)
+                   if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return [c for f in forkservers for c in _children(f)]
+
+
+def _wait_for(check: Any, timeout: float = 5.0) -> bool:
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_each_version_runs_one_engine_process_and_a_retired_one_exits(server, deployed):
+    """The engine runs in a process of its own (no GIL shared with HTTP). After the swaps
+    above only the serving version's process is left, and promoting starts a second one
+    beside it that exits once the old version is released."""
+    from search.registry import Registry
+
+    pid = server.process.pid
+    assert _wait_for(lambda: len(_engine_pids(pid)) == 1), _engine_pids(pid)
+    before = set(_engine_pids(pid))
+    reg = Registry(deployed["db"])
+    reg.promote(NAME, 2)
+    try:
+        assert _wait_for(lambda: httpx.get(server.url + "/v1/models").json()["data"][0]
+                         ["version"] == 2)
+        assert _wait_for(lambda: len(_engine_pids(pid)) == 1 and
+                         set(_engine_pids(pid)) != before), _engine_pids(pid)
+        chunks = _stream_raw(server.url, {"model": NAME, "prompt": "And", "max_tokens": 4,
+                                          "temperature": 0, "ignore_eos": True})
+        assert chunks[-1] == "[DONE]" and chunks[0]["system_fingerprint"] == "csearch-v2"
+    finally:
+        reg.rollback(NAME)
+        assert _wait_for(lambda: httpx.get(server.url + "/v1/models").json()["data"][0]
+                         ["version"] == 1)
+
+
+def test_a_killed_server_leaves_no_engine_process_behind(deployed):
+    """SIGKILL gives the server no chance to clean up: its engine process sees its pipe
+    close and exits by itself, so no orphan keeps the model's memory."""
+    srv = start_server(RegistrySource(deployed["db"], NAME, 1))
+    try:
+        engines = _engine_pids(srv.process.pid)
+        assert len(engines) == 1
+        srv.process.kill()
+        srv.process.wait(10)
+        assert _wait_for(lambda: not any(_alive(p) for p in engines)), engines
+    finally:
+        srv.stop()
+
+
+def test_ctrl_c_to_the_process_group_drains_streams_on_the_engine(deployed):
+    """A terminal's Ctrl-C reaches every process of the group, the engine process too.
+    The server drains: a stream in flight still gets all its tokens and `[DONE]`, and the
+    server exits 0 leaving no engine process."""
+    import signal
+
+    srv = start_server(RegistrySource(deployed["db"], NAME, 1))
+    try:
+        engines = _engine_pids(srv.process.pid)
+        started, lines = threading.Event(), []
+        body = {"model": NAME, "prompt": "And", "max_tokens": 120, "temperature": 0,
+                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+
+        def read() -> None:
+            with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        lines.append(line)
+                        started.set()
+
+        th = threading.Thread(target=read)
+        th.start()
+        assert started.wait(30)
+        os.killpg(srv.process.pid, signal.SIGINT)  # start_server's own session: its group
+        at_signal = len(lines)
+        th.join(60)
+        assert lines[-1] == "data: [DONE]" and at_signal < len(lines) - 2  # more came after
+        assert json.loads(lines[-2][6:])["usage"]["completion_tokens"] == 120
+        assert srv.process.wait(30) == 0
+        assert _wait_for(lambda: not any(_alive(p) for p in engines)), engines
+    finally:
+        srv.stop()
+
+
 def test_loadtest_streams_the_trials_trace_and_stores_what_it_served(server, deployed):
     first = deployed["trials"][0]
     r = csearch("loadtest", "--url", server.url, "--study", "lm", "--storage", deployed["db"],
