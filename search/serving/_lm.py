@@ -1,19 +1,21 @@
-"""A language model version as the server holds it: the trial's engine in its own process.
+"""A language model version as the server holds it: the trial's engine on its own thread.
 
-`LMHandle(loaded, device, source)` keeps the codec and the limits in the server and runs
-`objectives.lm.Engine` in an engine process (`_engine_proc`), sized exactly as the
-trial's replay sized it (`build_served_engine`: S_cache bytes of KV blocks, S_mem of
-workspace, the batch cap, `quant.kv_bits`, threads). Requests come in from the event
-loop (`submit`, `cancel`: thread-safe), join the running batch at the next token
-boundary, and each step's tokens reach their requests' asyncio queues in one wake-up per
-loop. A cancelled request (a client that went away) leaves the batch, and its blocks go
-back to the pool, at the next boundary.
+`LMHandle(loaded)` sizes the engine exactly as the trial's replay did
+(`objectives.lm.size_engine`: S_cache bytes of KV blocks, S_mem of workspace, the batch
+cap, `quant.kv_bits`, threads) and runs `objectives.lm.Engine` on one thread. Requests
+come in from the event loop (`submit`, `cancel`: thread-safe), join the running batch at
+the next token boundary and send their tokens back through a callback. A cancelled
+request (a client that went away) leaves the batch, and its blocks go back to the pool,
+at the next boundary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +23,19 @@ from typing import Any
 import torch
 
 from objectives.lm import CharTokenizer
-from objectives.lm.engine import Engine, SamplingParams, blocks_for, build_engine, size_engine
+from objectives.lm.engine import (
+    Engine,
+    GenRequest,
+    SamplingParams,
+    blocks_for,
+    build_engine,
+    size_engine,
+)
 from spaces import Config, ServeConfig
 
-from ._engine_proc import EngineProcess
 from ._sources import Loaded
 
-__all__ = ["Codec", "Event", "LMHandle", "LoopSink", "build_served_engine"]
+__all__ = ["Codec", "EngineRunner", "Event", "LMHandle", "LoopSink"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +52,7 @@ class LoopSink:
     queue: asyncio.Queue
 
 
-# Where a request's events go: a LoopSink, or any callable (called on the thread that
-# reads the engine process's messages).
+# Where a request's events go: a LoopSink, or any callable (called on the engine thread).
 Sink = LoopSink | Callable[[Event], None]
 
 
@@ -132,83 +139,173 @@ class TextDecoder:
         return self._stable
 
 
-def build_served_engine(loaded: Loaded, device: str) -> tuple[Engine, int]:
-    """The engine of a version sized exactly as the trial's replay sized it (and its
-    intra-op threads), warmed by one forward pass. Runs in the engine process."""
-    w = loaded.workload
-    model = loaded.model
-    config = loaded.config or Config()
-    serve = ServeConfig(**{k: v for k, v in loaded.serve.items()
-                           if k in ServeConfig.__dataclass_fields__})
-    if loaded.config is not None:
-        serve = config.serve
-    kv_bits = int(config.quant.kv_bits)
-    settings = w.extras["generation"]
-    data = w.extras["lm_data"]
-    budget = int(float(loaded.serve.get("memory_budget_mb") or w.memory_budget_mb or 0) * 1e6)
-    sizing = size_engine(model, serve, kv_bits=kv_bits, budget_bytes=budget,
-                         block_size=settings.block_size, sample_prompt=data.prompts[0],
-                         device=device)
-    longest = max(len(p) for p in data.prompts)
-    engine = build_engine(model, sizing, serve, kv_bits=kv_bits,
-                          block_size=settings.block_size,
-                          min_blocks=blocks_for(longest, settings.new_tokens,
-                                                settings.block_size),
-                          device=device)
-    _warm(model, list(data.prompts[0]), kv_bits, device)
-    return engine, serve.threads
+@dataclass
+class _Stats:
+    """What /metrics reads (written by the engine thread, read anywhere: plain ints)."""
+
+    blocks_total: int = 0
+    blocks_in_use: int = 0
+    running: int = 0
+    waiting: int = 0
+    prefix_hits: int = 0
 
 
-@torch.inference_mode()
-def _warm(model: torch.nn.Module, prompt: list[int], kv_bits: int, device: str) -> None:
-    """One forward pass before the first request (lazy kernel setup)."""
-    from objectives.lm.model import decoder_forward, full_attention
+class EngineRunner:
+    """One thread that owns an `Engine`: everything the engine does happens there."""
 
-    x = torch.tensor(prompt, device=device)
-    decoder_forward(model, x, torch.arange(len(x), device=device), full_attention(kv_bits))
+    def __init__(self, engine: Engine, threads: int,
+                 on_step: Callable[[EngineRunner], None] | None = None):
+        self.engine, self.threads, self.on_step = engine, max(1, int(threads)), on_step
+        self.stats = _Stats(blocks_total=engine.pool.n_blocks)
+        self._inbox: queue.SimpleQueue[tuple[str, GenRequest, Sink | None]] = \
+            queue.SimpleQueue()
+        self._sinks: dict[int, Sink] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="csearch-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, req: GenRequest, sink: Sink) -> None:
+        self._inbox.put(("add", req, sink))
+
+    def cancel(self, req: GenRequest) -> None:
+        self._inbox.put(("abort", req, None))
+
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop the thread at its next token boundary. Without a `timeout` it does not
+        wait: a version is closed on the event loop when its last stream ends."""
+        self._stop.set()
+        self._inbox.put(("stop", None, None))  # type: ignore[arg-type]
+        if timeout:
+            self._thread.join(timeout)
+
+    def _take(self, block: bool, out: list[tuple[Sink, Event]]) -> None:
+        """Apply what the event loop sent: new requests, cancellations."""
+        while True:
+            try:
+                op, req, sink = self._inbox.get(block=block, timeout=0.5 if block else None)
+            except queue.Empty:
+                return
+            block = False
+            if op == "add":
+                req.arrival = time.perf_counter()
+                self._sinks[id(req)] = sink  # type: ignore[assignment]
+                self.engine.add(req)
+            elif op == "abort" and id(req) in self._sinks:
+                self.engine.abort(req)
+                out.append((self._sinks.pop(id(req)), ("done", "abort")))
+
+    def _publish(self) -> None:
+        e, s = self.engine, self.stats
+        s.blocks_in_use, s.running, s.waiting = e.pool.in_use, len(e.running), len(e.waiting)
+        s.prefix_hits = e.prefix_hits
+
+    def _loop(self) -> None:
+        torch.set_num_threads(self.threads)
+        while not self._stop.is_set():
+            out: list[tuple[Sink, Event]] = []
+            try:
+                self._take(self.engine.idle, out)
+                if self.engine.idle:
+                    self._publish()
+                    continue
+                step = self.engine.step()
+                self._publish()
+                if self.on_step is not None:
+                    self.on_step(self)
+                if step is None:  # cannot happen for a request that `fits`; never spin
+                    time.sleep(0.001)
+                    continue
+                for seq, tok in step.emitted:
+                    sink = self._sinks.get(id(seq))
+                    if sink is not None:
+                        out.append((sink, ("token", tok)))
+                for seq in step.finished:
+                    sink = self._sinks.pop(id(seq), None)
+                    if sink is not None:
+                        out.append((sink, ("done", seq.finish_reason)))
+            except Exception as e:  # a broken step fails its requests, not the server
+                log.exception("engine step failed")
+                for seq in list(self.engine.running) + list(self.engine.waiting):
+                    self.engine.abort(seq)
+                    sink = self._sinks.pop(id(seq), None)
+                    if sink is not None:
+                        out.append((sink, ("error", f"{type(e).__name__}: {e}")))
+                self._publish()
+            finally:
+                _deliver(out)
 
 
 class LMHandle:
-    """A served LM version: its codec and limits here, its engine in a process of its
-    own (`EngineProcess`); `close()` stops that process once no stream is pinned to
-    this version."""
+    """A served LM version: its codec, its limits and its engine thread (`close()` stops
+    the thread once no stream is pinned to this version)."""
 
-    def __init__(self, loaded: Loaded, device: torch.device | str, source: Any):
+    def __init__(self, loaded: Loaded, device: torch.device | str = "cpu",
+                 on_step: Callable[[EngineRunner], None] | None = None):
+        w = loaded.workload
         self.version = loaded.version
-        cfg = loaded.model.lm.config
+        self.model = loaded.model
+        config = loaded.config or Config()
+        serve = ServeConfig(**{k: v for k, v in loaded.serve.items()
+                               if k in ServeConfig.__dataclass_fields__})
+        if loaded.config is not None:
+            serve = config.serve
+        self.kv_bits = int(config.quant.kv_bits)
+        settings = w.extras["generation"]
+        data = w.extras["lm_data"]
+        self.settings = settings
+        self._warm_prompt = list(data.prompts[0])
+        budget = int(float(loaded.serve.get("memory_budget_mb") or w.memory_budget_mb or 0) * 1e6)
+        sizing = size_engine(self.model, serve, kv_bits=self.kv_bits, budget_bytes=budget,
+                             block_size=settings.block_size, sample_prompt=data.prompts[0],
+                             device=device)
+        longest = max(len(p) for p in data.prompts)
+        engine = build_engine(self.model, sizing, serve, kv_bits=self.kv_bits,
+                              block_size=settings.block_size,
+                              min_blocks=blocks_for(longest, settings.new_tokens,
+                                                    settings.block_size),
+                              device=device)
+        vocab = int(self.model.lm.get_input_embeddings().weight.shape[0])
+        self.codec = Codec(w.extras["tokenizer"], vocab)
+        cfg = self.model.lm.config
         self.max_positions = int(getattr(cfg, "max_position_embeddings", None)
                                  or getattr(cfg, "n_positions", 1024))
-        vocab = int(loaded.model.lm.get_input_embeddings().weight.shape[0])
-        self.codec = Codec(loaded.workload.extras["tokenizer"], vocab)
-        # The model itself is loaded again, and only kept, in the engine process.
-        self.runner = EngineProcess(loaded, source, str(device),
-                                    build_served_engine, _deliver)
+        self._warm(device)
+        self.runner = EngineRunner(engine, serve.threads, on_step)
 
-    def fits(self, prompt_len: int, max_tokens: int) -> bool:
-        """Whether this version's whole KV pool could ever hold such a sequence."""
-        r = self.runner
-        return blocks_for(prompt_len, max_tokens, r.block_size) <= r.n_blocks
+    @torch.inference_mode()
+    def _warm(self, device: torch.device | str) -> None:
+        """One forward pass before the first request (lazy kernel setup)."""
+        from objectives.lm.model import decoder_forward, full_attention
+
+        x = torch.tensor(self._warm_prompt, device=device)
+        decoder_forward(self.model, x, torch.arange(len(x), device=device),
+                        full_attention(self.kv_bits))
+
+    @property
+    def engine(self) -> Engine:
+        return self.runner.engine
 
     def check(self, prompt: list[int], max_tokens: int) -> str | None:
         """Why this version can never serve such a request, or None."""
         if len(prompt) + max_tokens > self.max_positions:
             return (f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the "
                     f"model's context of {self.max_positions} tokens")
-        if not self.fits(len(prompt), max_tokens):
-            r = self.runner
-            most = r.n_blocks * r.block_size - len(prompt) + 1
+        if not self.engine.fits(len(prompt), max_tokens):
+            pool = self.engine.pool
+            most = pool.n_blocks * pool.block_size - len(prompt) + 1
             return (f"max_tokens {max_tokens} with a {len(prompt)}-token prompt needs "
-                    f"{blocks_for(len(prompt), max_tokens, r.block_size)} KV blocks; this "
-                    f"version's KV pool holds {r.n_blocks} blocks of {r.block_size} "
+                    f"{blocks_for(len(prompt), max_tokens, pool.block_size)} KV blocks; this "
+                    f"version's KV pool holds {pool.n_blocks} blocks of {pool.block_size} "
                     f"tokens, so max_tokens must be at most {max(most, 0)} for this prompt")
         return None
 
-    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> int:
-        """Queue a request; the returned id cancels it."""
-        return self.runner.submit(prompt, params, sink)
+    def submit(self, prompt: list[int], params: SamplingParams, sink: Sink) -> GenRequest:
+        req = GenRequest(prompt, params)
+        self.runner.submit(req, sink)
+        return req
 
-    def cancel(self, rid: int) -> None:
-        self.runner.cancel(rid)
+    def cancel(self, req: GenRequest) -> None:
+        self.runner.cancel(req)
 
     def close(self) -> None:
         self.runner.close()

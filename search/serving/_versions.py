@@ -3,9 +3,9 @@
 `Versions(source, make, poll_s)` turns the source's model versions into Handles through
 `make(Loaded) -> Handle` (one factory per workload kind: `app.HANDLES`). A Handle is any
 object with an attribute `version: int` and a method `close() -> None` that releases what
-it holds (threads, processes, memory); it is closed exactly once. `close()` may run on
-the event loop (when a request's unpin is the last), so it must not block: signal the
-Handle's thread or process to end, do not join it.
+it holds (threads, memory); it is closed exactly once. `close()` may run on the event
+loop (when a request's unpin is the last), so it must not block: signal the Handle's
+thread to end, do not join it.
 
 - `start()` loads `source.wanted()` now (errors reach the caller) and, when the source
   follows the `production` alias, starts a thread that polls it every `poll_s` seconds.
@@ -65,14 +65,7 @@ class Versions:
 
     def load(self, version: int) -> Handle:
         """A Handle for `version`, loaded now in the calling thread (not yet serving)."""
-        loaded = self.source.load(version, self.device)
-        handle = self.make(loaded)
-        del loaded  # a language model lives on in its engine process only
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()  # so this process does not keep that copy's memory
-        return handle
+        return self.make(self.source.load(version, self.device))
 
     def start(self) -> Versions:
         self.swap(self.load(self.source.wanted()))

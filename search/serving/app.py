@@ -6,7 +6,7 @@ mounts that kind's routes. Plugging in a kind takes two entries:
 
 - `HANDLES[kind](loaded, app) -> Handle`: one served version (see `_versions.Versions`
   for the Handle protocol: `version`, `close()`); it owns its model and its inference
-  thread (or process), and may read `app.state.metrics`, `.limits`, `.device`, `.registry`, `.name`.
+  thread, and may read `app.state.metrics`, `.limits`, `.device`, `.registry`, `.name`.
 - `ROUTES[kind](app, versions)`: adds the kind's routes, after the first version has
   loaded and before the app serves. Metrics are registered here, once per app (a
   registry refuses a name twice; Handles come and go), e.g. on `app.state`. A request
@@ -23,11 +23,9 @@ are OpenAI error objects (`_errors`); routes raise `ApiError` or return `error_r
 Versions; the lifespan shutdown (uvicorn's, after in-flight requests are answered) stops
 it. Add a timed route to `app.state.metrics.timed` to count and time its requests.
 
-Threads: model work never runs on the event loop. A classifier or encoder version runs
-on its own inference thread (torch releases the GIL while it computes); a language model
-version runs its generation engine in a process of its own (`_engine_proc`), whose steps
-are Python-heavy and would otherwise contend with HTTP for the GIL. The version's
-`serve.threads` is torch's intra-op thread count there.
+Threads: model work runs on each version's own inference thread, never on the event loop
+(torch releases the GIL while it computes). The version's `serve.threads` is torch's
+intra-op thread count.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ __all__ = ["HANDLES", "ROUTES", "build_app", "kind_of"]
 HANDLES: dict[str, Callable[[Loaded, FastAPI], Handle]] = {
     "classifier": ClassifierHandle,
     "embeddings": ClassifierHandle,  # token ids in, one vector out, batched and cached
-    "lm": lambda loaded, app: LMHandle(loaded, app.state.device, app.state.versions.source),
+    "lm": lambda loaded, app: LMHandle(loaded, app.state.device),
 }
 ROUTES: dict[str, Callable[[FastAPI, Versions], None]] = {
     "classifier": mount_classifier,

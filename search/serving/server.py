@@ -2,10 +2,9 @@
 
 Routes: `GET /healthz`, `GET /version`, `GET /metrics`, and the workload kind's own
 (classifiers: `POST /predict`). The event loop answers HTTP; each served version runs its
-model on its own inference thread (a language model: in its own engine process). SIGTERM
-and SIGINT (Ctrl-C) stop it gracefully, as uvicorn does: no new connections, in-flight
-requests are answered (for at most `drain_s`), the model is released, and `serve`
-returns normally (exit 0, no traceback).
+model on its own inference thread. SIGTERM and SIGINT (Ctrl-C) stop it gracefully, as
+uvicorn does: no new connections, in-flight requests are answered (for at most
+`drain_s`), the model is released, and `serve` returns normally (exit 0, no traceback).
 
 `start_server` runs the same server as a subprocess on a free port and waits until it
 answers: tests and the overhead measurement use it; `Running.stop()` ends it.
