@@ -46,9 +46,7 @@ def check_sqlite(url: str, create: bool) -> None:
     if path.exists():
         if path.is_dir():
             raise StorageError(f"storage {url}: {path} is a directory, not a SQLite file")
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if head and head != b"SQLite format 3\x00":
+        if not _is_sqlite(path):
             raise StorageError(
                 f"storage {url}: {path} is not a SQLite database (corrupt or another "
                 "format); it was left untouched"
@@ -58,6 +56,29 @@ def check_sqlite(url: str, create: bool) -> None:
         raise StorageError(f"no database at {path} (storage {url}); run `csearch run` first")
     if not path.parent.is_dir():
         raise StorageError(f"storage {url}: directory {path.parent} does not exist")
+
+
+def _is_sqlite(path: Any) -> bool:
+    """Whether SQLite reads `path` as a database (an empty file is one), asked of SQLite
+    itself, read-only. Never open() and close() the file directly: closing any descriptor
+    of it drops every POSIX lock this process holds on it, SQLite connections' included,
+    and another process may then delete the WAL under them, losing their commits
+    (sqlite.org/howtocorrupt.html, 2.2)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        con.execute("PRAGMA schema_version").fetchone()
+        return True
+    except sqlite3.OperationalError:  # busy or locked: a database, in use
+        return True
+    except sqlite3.DatabaseError:  # "file is not a database"
+        return False
+    finally:
+        con.close()
 
 
 def _normalise(url: str) -> str:
