@@ -5,9 +5,15 @@
 2. `csearch serve` of `lm23`: the official `openai` package gets a completion and a
    stream; at temperature 0 every stored replay sample of v1's trial is served as the
    replay generated it;
-3. `csearch loadtest --trial` at the trial's trace and concurrency: errors, served
-   tokens/s against the trial's `throughput_tps`, served p50 TTFT against its `ttft_ms`,
-   the client's CPU per request;
+3. `csearch loadtest --trial` at the trial's trace and concurrency on a fresh server:
+   its very first requests (`first_requests`), and, on another fresh server, after a
+   warm-up pass whose prompts share no block with the trace's (the process warm, its
+   prefix cache holding nothing the trace asks for, as the trial's replay starts):
+   errors, served tokens/s against the trial's `throughput_tps`, served p50 TTFT
+   against its `ttft_ms`, the client's CPU per request. Then the same on the server of
+   step 2, whose cache holds the requests it answered, beside the replay started from
+   that same cache (`after_samples`): closed-loop clients' TTFT depends on what the
+   cache holds when the load starts;
 4. promote v2 then roll back, each during a streaming load test: failed or short
    streams, seconds until `/v1/models` shows the new version;
 5. the same model (v1's export) behind a plain per-request `generate` server
@@ -92,12 +98,18 @@ def _served_vs_replay(db: str, study: optuna.Study, trial: optuna.trial.FrozenTr
             "replay_now": now}
 
 
-def _replay_now(db: str, trial: optuna.trial.FrozenTrial, version: int = 1
-                ) -> dict[str, float]:
+def _replay_now(db: str, trial: optuna.trial.FrozenTrial, version: int = 1,
+                warm_with: list[dict[str, Any]] | None = None) -> dict[str, float]:
     """The trial's generation replay again, now, on its deployed model: the stored figures
-    were measured while the study ran, under whatever else the machine was doing."""
+    were measured while the study ran, under whatever else the machine was doing.
+
+    `warm_with`: requests (stored replay samples) run through the replay's engine one at
+    a time before the trace, as a server that answered them first holds them in its
+    prefix cache: the replay then starts from the state that server is in."""
     import torch
 
+    import objectives.lm.replay as replay
+    from objectives.lm.engine import GenRequest, SamplingParams
     from search.export import rebuild_config
     from search.registry import Registry
 
@@ -106,10 +118,48 @@ def _replay_now(db: str, trial: optuna.trial.FrozenTrial, version: int = 1
     config = rebuild_config(reg.meta(MODEL, version), w)
     budget = int(float(reg.get(MODEL, version).serve["memory_budget_mb"]) * 1e6)
     seed = int(trial.user_attrs.get("eval_seed", trial.number))
-    r = w.serve(model, config, budget_bytes=budget,
-                weight_bytes=len(reg.artifact(MODEL, version)),
-                device=torch.device("cpu"), seed=seed)
-    return {k: r.metrics[k] for k in ("throughput_tps", "ttft_ms", "tpot_ms")}
+    build = replay.build_engine
+
+    def prewarmed(*args: Any, **kwargs: Any) -> Any:
+        engine = build(*args, **kwargs)
+        for smp in warm_with or []:
+            engine.add(GenRequest(list(smp["prompt_ids"]),
+                                  SamplingParams(max_tokens=len(smp["tokens"]))))
+            while not engine.idle:
+                engine.step()
+        engine.prefix_hits = engine.max_running = 0
+        return engine
+
+    replay.build_engine = prewarmed
+    try:
+        r = w.serve(model, config, budget_bytes=budget,
+                    weight_bytes=len(reg.artifact(MODEL, version)),
+                    device=torch.device("cpu"), seed=seed)
+    finally:
+        replay.build_engine = build
+    return {k: r.metrics[k] for k in ("throughput_tps", "ttft_ms", "tpot_ms",
+                                      "prefix_hit_rate")}
+
+
+def _loadtest_cli(url: str, db: str, trial: int) -> dict[str, Any]:
+    """`csearch loadtest --trial` as a user runs it: the trial's trace and concurrency."""
+    r = csearch("loadtest", "--url", url, "--study", NAME, "--storage", db,
+                "--trial", str(trial), "--format", "json")
+    return json.loads(r.stdout)
+
+
+def _rotated(plan: Any) -> Any:
+    """The plan with every prompt rotated by one token: the same shapes and lengths, but
+    no prompt block the trace's prompts could find in a prefix cache."""
+    from dataclasses import replace
+
+    return replace(plan, prompts=tuple(tuple(p[1:]) + tuple(p[:1]) for p in plan.prompts))
+
+
+def _ratios(served: dict[str, Any], replay: dict[str, float]) -> dict[str, float]:
+    return {"tps_replay_over_served": round(replay["throughput_tps"]
+                                            / served["throughput_tps"], 3),
+            "ttft_served_over_replay": round(served["ttft_p50_ms"] / replay["ttft_ms"], 3)}
 
 
 def main() -> None:
@@ -149,6 +199,25 @@ def main() -> None:
                      "concurrency": plan_for(study, first.number).concurrency}
     summary["v2"] = {"trial": second.number, "params": second.params}
 
+    # v1 at the trial's trace and concurrency on a fresh server: first its very first
+    # requests; then, on another fresh server, after a warm-up pass of the same requests
+    # with their prompts rotated by one token (the process warm, its prefix cache holding
+    # nothing the trace asks for), as the trial's replay starts.
+    trial_fig = {"throughput_tps": summary["v1"]["throughput_tps"],
+                 "ttft_ms": summary["v1"]["ttft_ms"]}
+    with start_server(RegistrySource(db, MODEL, 1)) as srv:
+        cold = _loadtest_cli(srv.url, db, first.number)
+    summary["first_requests"] = {"served": cold, **_ratios(cold, trial_fig)}
+    with start_server(RegistrySource(db, MODEL, 1)) as srv:
+        run_loadtest(srv.url, _rotated(plan_for(study, first.number)))
+        served = _loadtest_cli(srv.url, db, first.number)
+    summary["loadtest"] = served
+    summary["tps_ratio_replay_over_served"] = _ratios(served, trial_fig)[
+        "tps_replay_over_served"]
+    summary["ttft_ratio_served_over_replay"] = _ratios(served, trial_fig)[
+        "ttft_served_over_replay"]
+    summary["replay_now"] = _replay_now(db, first)
+
     with start_server(RegistrySource(db, MODEL), poll_s=0.5) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
         c = client.completions.create(model=MODEL, prompt="And God said", max_tokens=16,
@@ -170,15 +239,15 @@ def main() -> None:
             same += r["choices"][0]["text"] == tok.decode(smp["tokens"])
         summary["temperature0_equal"] = f"{same}/{len(samples)}"
 
-        summary["replay_now"] = _replay_now(db, first)
-        r = csearch("loadtest", "--url", srv.url, "--study", NAME, "--storage", db,
-                    "--trial", str(first.number), "--format", "json")
-        served = json.loads(r.stdout)
-        summary["loadtest"] = served
-        summary["tps_ratio_replay_over_served"] = round(
-            summary["v1"]["throughput_tps"] / served["throughput_tps"], 3)
-        summary["ttft_ratio_served_over_replay"] = round(
-            served["ttft_p50_ms"] / summary["v1"]["ttft_ms"], 3)
+        # The same load on this server, whose prefix cache now holds the samples' prompts
+        # (and the openai requests'), beside the replay started from that state.
+        after = _loadtest_cli(srv.url, db, first.number)
+        warm_replay = _replay_now(db, first, warm_with=[
+            {"prompt_ids": tok.encode("And God said"), "tokens": [0] * 16}, *samples])
+        summary["after_samples"] = {"served": after, "replay_from_same_cache": warm_replay,
+                                    **_ratios(after, warm_replay),
+                                    "ttft_served_over_trial": round(
+                                        after["ttft_p50_ms"] / trial_fig["ttft_ms"], 3)}
 
         summary["v2_served_vs_replay"] = _served_vs_replay(db, study, second, 2)
         swaps = []

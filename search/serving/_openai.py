@@ -238,9 +238,11 @@ def mount_openai(app: FastAPI, versions: Any, name: str) -> None:
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
 
-            def release() -> None:
+            async def release() -> None:
                 """Also after a stream that never started (a client gone at once): the
-                pin and the sequence are let go; a second call does nothing."""
+                pin and the sequence are let go; a second call does nothing. A coroutine,
+                so Starlette runs it on the loop, not through its thread pool (a thread
+                hand-off per request)."""
                 if gen.finish is None:
                     gen.finish = "abort"
                     handle.cancel(gen.req)
