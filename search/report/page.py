@@ -111,7 +111,7 @@ def _pareto_table_html(t: TableData) -> str:
         for c in t.columns:
             v = r.get(c)
             if c == "params":
-                text = " ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+                text = " ".join(f"{k}={_fmt(x)}" for k, x in v.items()) or "(defaults)"
                 cells.append(f'<td class="params" data-v="{html.escape(text)}">'
                              f"{html.escape(text)}</td>")
             elif c == "export":

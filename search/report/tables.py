@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import attrs
+from ..params import changed_params, study_groups, with_split
 from ..results import is_feasible
 from ..storage import redact
 from ._common import TABLE_METRICS, Trials, _trials
@@ -43,6 +44,7 @@ def collect_pareto_table(study: optuna.Study, trials: Trials | None = None,
     extra = [k for k in TABLE_METRICS
              if any(k in (by_number[n].user_attrs.get(attrs.METRICS) or {}) for n in by_number)]
     ratio = bool(baseline.get("size_mb"))
+    groups = study_groups(study)
     data = TableData(columns=["number", *pareto.names, *extra,
                               *(["smaller"] if ratio else []), "params", "export"])
     for n in sorted(by_number):
@@ -54,7 +56,10 @@ def collect_pareto_table(study: optuna.Study, trials: Trials | None = None,
         if ratio:
             size = m.get("size_mb")
             row["smaller"] = baseline["size_mb"] / size if size else None
-        row["params"] = dict(t.params)
+        # What the CLI's tables show: the parameters that have an effect, and the serve
+        # split the trial was measured with (`sampled→served` where it was re-split).
+        row["params"] = changed_params(with_split(dict(t.params),
+                                                  t.user_attrs.get(attrs.SERVE_SPLIT)), groups)
         row["export"] = export_command(study.study_name, storage_url, n)
         data.rows.append(row)
     return data

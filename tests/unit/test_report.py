@@ -252,6 +252,29 @@ def test_table_rows_with_export_commands(hand_study):
         assert ctx.params["storage"] == "postgresql://alice:***@db.example:5432/studies"
 
 
+def test_table_shows_the_parameters_that_have_an_effect_as_the_cli_does():
+    """A stored `quant.bits` means nothing to int8 weights, a `serve.batch_size` equal to
+    the default changes nothing: the report, like `csearch pareto`, leaves both out and
+    shows the split a re-split trial was measured with."""
+    study = optuna.create_study(directions=DIRS, study_name="eff")
+    study.set_metric_names(NAMES)
+    params = {"quant.method": "int8_dynamic", "quant.bits": 4, "serve.batch_size": 32,
+              "serve.cache_ratio": 0.5}
+    dists = {"quant.method": CategoricalDistribution(["int8_dynamic", "lowbit"]),
+             "quant.bits": CategoricalDistribution([2, 4, 8]),
+             "serve.batch_size": CategoricalDistribution([8, 32]),
+             "serve.cache_ratio": FloatDistribution(0.0, 0.6)}
+    study.add_trial(create_trial(
+        state=TrialState.COMPLETE, params=params, distributions=dists, values=[0.9, 1.0, 0.2],
+        user_attrs={"metrics": {"accuracy": 0.9, "latency_ms": 1.0, "size_mb": 0.2},
+                    "serve_split": {"cache_ratio": 0.25, "memory_ratio": 0.1, "sampled": {
+                        "cache_ratio": 0.5, "memory_ratio": 0.25}}},
+        system_attrs={"constraints": [-1.0]}))
+    (row,) = R.collect_pareto_table(study).rows
+    assert row["params"] == {"quant.method": "int8_dynamic",
+                             "serve.cache_ratio": "0.5→0.25", "serve.memory_ratio": "0.25→0.1"}
+
+
 def test_report_html_self_contained(hand_study, tmp_path):
     out = tmp_path / "r.html"
     rep = R.write_report(hand_study, out, storage_url="sqlite:///x.db")
