@@ -22,6 +22,7 @@ RAY_EXTRA = "pip install csearch[ray]"
 # Environment a worker on another node needs from the driver's (heartbeats, spool, ...).
 _PASSED_ENV = ("CSEARCH_", "HF_", "TRANSFORMERS_")
 _TASK_RETRIES = 3  # Ray re-runs a worker whose process died this often
+_STOP_WAIT_S = 60.0  # how long Ctrl-C waits for the cancelled tasks to fail their trials
 
 
 def check_ray() -> Any:
@@ -82,7 +83,17 @@ def run_ray_workers(study_name: str, url: str, n: int, *, address: str | None,
         task = ray.remote(_ray_worker).options(
             num_cpus=1, num_gpus=gpus_per_worker, max_retries=_TASK_RETRIES)
         refs = [task.remote(study_name, url, i, device, workload, threads) for i in range(n)]
-        return ray.get(refs)
+        try:
+            return ray.get(refs)
+        except KeyboardInterrupt:
+            from .runner import Interrupted
+
+            # Ctrl-C: each task stops as a local worker does on SIGINT (its running trial
+            # failed as interrupted, re-run first on resume), then `csearch run` exits 130.
+            for ref in refs:
+                ray.cancel(ref)
+            ray.wait(refs, num_returns=len(refs), timeout=_STOP_WAIT_S)
+            raise Interrupted("SIGINT") from None
     finally:
         if started:
             ray.shutdown()

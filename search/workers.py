@@ -140,6 +140,11 @@ def run_until_budget(
                              objective=objective)
     except Interrupted:
         pass
+    except KeyboardInterrupt:
+        # Not a signal here: a Ray task cancelled by its driver (`ray.cancel` raises
+        # KeyboardInterrupt in the task's thread, where no handler can be set). It stops
+        # as a signal would: its trial is failed as interrupted.
+        received.append("SIGINT")
     finally:
         sys.unraisablehook = previous_hook
         if received:

@@ -15,6 +15,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from conftest import missing_service
+
 ROOT = Path(__file__).resolve().parents[2]  # the plugin workload imports from here
 SLOW = "tests.integration.slow_workload:make_workload"  # each accuracy check takes 1 s
 
@@ -87,3 +89,38 @@ def test_ctrl_c_mid_trial_exits_130_and_leaves_nothing_running_or_waiting(tmp_pa
     assert retry[0].params == stopped.params
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_ctrl_c_under_ray_exits_130_and_fails_the_running_trial_as_interrupted(tmp_path):
+    """`csearch run --ray`: Ctrl-C cancels the Ray tasks, and each stops as a local worker
+    does (its trial FAIL, marked interrupted, nothing RUNNING or WAITING), then exit 130
+    with the same one-line summary."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        missing_service("Ray (pip install csearch[ray])")  # fails under .ci/run
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    cmd = _run(db)
+    cmd[cmd.index("--quiet"):] = ["--ray", "--workers", "1", "--quiet"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        running = None
+        while running is None and time.monotonic() < deadline and p.poll() is None:
+            running = next((t.number for t in _trials(db) if t.state == TrialState.RUNNING
+                            and t.user_attrs.get("eval_seed") is not None), None)
+            time.sleep(0.1)
+        assert running is not None, "no trial was running"
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=180)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    trials = _trials(db)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    stopped = {t.number: t for t in trials}[running]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["interrupted"] is True
+    assert [ln for ln in out.splitlines() if ln.startswith("interrupted (SIGINT)")], out
