@@ -38,28 +38,36 @@ def _trials(db: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def test_ctrl_c_mid_trial_exits_130_and_leaves_nothing_running_or_waiting(tmp_path: Path):
-    db = f"sqlite:///{tmp_path / 'i.db'}"
-    p = subprocess.Popen(_run(db), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+def _interrupt_mid_trial(cmd: list[str], db: str, after_complete: bool
+                         ) -> tuple[int, int, str, str]:
+    """Start `cmd`, send SIGINT inside a trial's evaluation (`after_complete`: once a
+    trial has finished, so the summary has something to count); (the trial that was
+    running, exit status, stdout, stderr)."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         running = None
         while running is None and time.monotonic() < deadline and p.poll() is None:
             trials = _trials(db)
-            # Mid-trial, after one has finished: the summary has something to count.
-            if any(t.state == TrialState.COMPLETE for t in trials):
+            if not after_complete or any(t.state == TrialState.COMPLETE for t in trials):
                 running = next((t.number for t in trials if t.state == TrialState.RUNNING
                                 and t.user_attrs.get("eval_seed") is not None), None)
             time.sleep(0.1)
         assert running is not None, "no trial was running"
         time.sleep(0.3)  # inside the evaluation (its accuracy check alone takes 1 s)
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=180)
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130, err
+    return running, p.returncode, out, err
+
+
+def test_ctrl_c_mid_trial_exits_130_and_leaves_nothing_running_or_waiting(tmp_path: Path):
+    db = f"sqlite:///{tmp_path / 'i.db'}"
+    running, code, out, err = _interrupt_mid_trial(_run(db), db, after_complete=True)
+    assert code == 130, err
     assert "Traceback" not in err, err
     trials = _trials(db)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -102,23 +110,8 @@ def test_ctrl_c_under_ray_exits_130_and_fails_the_running_trial_as_interrupted(t
     db = f"sqlite:///{tmp_path / 'r.db'}"
     cmd = _run(db)
     cmd[cmd.index("--quiet"):] = ["--ray", "--workers", "1", "--quiet"]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        running = None
-        while running is None and time.monotonic() < deadline and p.poll() is None:
-            running = next((t.number for t in _trials(db) if t.state == TrialState.RUNNING
-                            and t.user_attrs.get("eval_seed") is not None), None)
-            time.sleep(0.1)
-        assert running is not None, "no trial was running"
-        time.sleep(0.3)
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=180)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 130, err
+    running, code, out, err = _interrupt_mid_trial(cmd, db, after_complete=False)
+    assert code == 130, err
     trials = _trials(db)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     stopped = {t.number: t for t in trials}[running]
