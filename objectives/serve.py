@@ -26,7 +26,7 @@ import hashlib
 import heapq
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace as _replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from torch import nn
 from spaces import ServeConfig
 
 from ._device import to_device
-from .split import SplitNeed, fitting_split, split_fits
+from .split import SplitNeed, fit_split
 from .timing import time_interleaved, warm_up
 from .workload import Workload
 
@@ -284,10 +284,8 @@ def replay(
     # A response cache may be empty; the workspace must hold one sample.
     need = SplitNeed(budget_bytes, weight_bytes, 0, act_bytes)
     split = None
-    if resplit and not split_fits(cfg.cache_ratio, cfg.memory_ratio, need):
-        split = fitting_split(cfg.cache_ratio, cfg.memory_ratio, need)
-        if split is not None:
-            cfg = _replace(cfg, cache_ratio=split[0], memory_ratio=split[1])
+    if resplit:
+        cfg, split = fit_split(cfg, need)
     s_cache = round(budget_bytes * cfg.cache_ratio)
     s_mem = round(budget_bytes * cfg.memory_ratio)
     fits = max_batch_for(s_mem, act_bytes, cfg.batch_size)

@@ -12,9 +12,11 @@ S_mem = round(S_total x memory_ratio); `split_fits` checks exactly that rounding
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["SplitNeed", "fitting_split", "no_split_reason", "split_fits"]
+from spaces import ServeConfig
+
+__all__ = ["SplitNeed", "fit_split", "fitting_split", "no_split_reason", "split_fits"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,19 @@ def fitting_split(cache_ratio: float, memory_ratio: float, need: SplitNeed
     if m < lo_m:
         c, m = max(lo_c, min(c, room - lo_m)), lo_m
     return (c, m) if split_fits(c, m, need) else None
+
+
+def fit_split(cfg: ServeConfig, need: SplitNeed
+              ) -> tuple[ServeConfig, tuple[float, float] | None]:
+    """`cfg` served with the fitting split nearest its sampled one, and that split, when
+    the sampled split breaks the budget and another fits; else `cfg` as it is and None
+    (it fits, or nothing does)."""
+    if split_fits(cfg.cache_ratio, cfg.memory_ratio, need):
+        return cfg, None
+    split = fitting_split(cfg.cache_ratio, cfg.memory_ratio, need)
+    if split is None:
+        return cfg, None
+    return replace(cfg, cache_ratio=split[0], memory_ratio=split[1]), split
 
 
 def no_split_reason(need: SplitNeed) -> str:

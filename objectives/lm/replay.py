@@ -34,7 +34,7 @@ from torch import nn
 
 from spaces import ServeConfig
 
-from ..split import SplitNeed, fitting_split, split_fits
+from ..split import SplitNeed, fit_split
 from .blocks import BlockPool
 from .engine import Engine, GenRequest, SamplingParams, blocks_for, build_engine, size_engine
 from .model import decoder_forward, full_attention
@@ -108,10 +108,9 @@ def generation_replay(
     need = SplitNeed(budget_bytes, weight_bytes, per_seq * sizing.block_bytes,
                      sizing.act_per_token)
     split = None
-    if resplit and not split_fits(cfg.cache_ratio, cfg.memory_ratio, need):
-        split = fitting_split(cfg.cache_ratio, cfg.memory_ratio, need)
+    if resplit:
+        cfg, split = fit_split(cfg, need)
         if split is not None:
-            cfg = replace(cfg, cache_ratio=split[0], memory_ratio=split[1])
             s_cache, s_mem = round(budget_bytes * split[0]), round(budget_bytes * split[1])
             sizing = replace(sizing, s_cache=s_cache, s_mem=s_mem,
                              n_blocks=s_cache // sizing.block_bytes,
