@@ -71,15 +71,20 @@ def window_metrics(model: nn.Module, windows: torch.Tensor, kv_bits: int | None,
     correct, nll = [], []
     for x in windows.split(batch):
         x = x.to(device)
-        b, n = x.shape[0], x.shape[1] - 1
-        inputs = x[:, :-1].reshape(-1)
-        positions = torch.arange(n, device=device).repeat(b)
-        hidden = decoder_forward(model, inputs, positions, full_attention(kv_bits), batch=b)
-        logits = lm_logits(model, hidden).float()
-        c, ll = _window_scores(logits, x[:, 1:].reshape(-1), b, n)
+        logits = lm_logits(model, _final_hidden(model, x, kv_bits)).float()
+        c, ll = _window_scores(logits, x[:, 1:].reshape(-1), x.shape[0], x.shape[1] - 1)
         correct.append(c)
         nll.append(ll)
     return torch.cat(correct), torch.cat(nll)
+
+
+def _final_hidden(model: nn.Module, x: torch.Tensor, kv_bits: int | None) -> torch.Tensor:
+    """The decoder's final hidden states predicting each next token of windows `x` (all
+    positions but the last, window after window)."""
+    b, n = x.shape[0], x.shape[1] - 1
+    positions = torch.arange(n, device=x.device).repeat(b)
+    return decoder_forward(model, x[:, :-1].reshape(-1), positions, full_attention(kv_bits),
+                           batch=b)
 
 
 def _window_scores(logits: torch.Tensor, target: torch.Tensor, b: int, n: int
@@ -146,12 +151,7 @@ class HeldoutSubset:
         if self._hidden is None or len(self._hidden) != math.ceil(len(windows) / WINDOW_CHUNK):
             self._hidden = []
             for x in windows.split(WINDOW_CHUNK):
-                x = x.to(_device(base))
-                b, n = x.shape[0], x.shape[1] - 1
-                positions = torch.arange(n, device=x.device).repeat(b)
-                self._hidden.append(decoder_forward(
-                    base.eval(), x[:, :-1].reshape(-1), positions, full_attention(16),
-                    batch=b))
+                self._hidden.append(_final_hidden(base.eval(), x.to(_device(base)), 16))
         return self._hidden
 
     def _head_chunk(self, base: nn.Module, model: nn.Module, i: int
