@@ -212,10 +212,9 @@ def main() -> None:
         run_loadtest(srv.url, _rotated(plan_for(study, first.number)))
         served = _loadtest_cli(srv.url, db, first.number)
     summary["loadtest"] = served
-    summary["tps_ratio_replay_over_served"] = _ratios(served, trial_fig)[
-        "tps_replay_over_served"]
-    summary["ttft_ratio_served_over_replay"] = _ratios(served, trial_fig)[
-        "ttft_served_over_replay"]
+    ratios = _ratios(served, trial_fig)
+    summary["tps_ratio_replay_over_served"] = ratios["tps_replay_over_served"]
+    summary["ttft_ratio_served_over_replay"] = ratios["ttft_served_over_replay"]
     summary["replay_now"] = _replay_now(db, first)
 
     with start_server(RegistrySource(db, MODEL), poll_s=0.5) as srv:

@@ -83,6 +83,7 @@ def trial_meta(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: bytes
                source: str) -> dict[str, Any]:
     """What `csearch.json` holds: enough, with the packed bytes, to rebuild the model."""
     spec = stored_spec(study)
+    split = served_split(trial)
     return {
         "csearch": VERSION,
         "study": study.study_name,
@@ -91,7 +92,7 @@ def trial_meta(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: bytes
         "space_toml": spec.space_toml,
         "params": trial.params,
         # The split the trial was measured with, when it was re-split from the sampled one.
-        **({"serve_split": served_split(trial)} if served_split(trial) else {}),
+        **({"serve_split": split} if split else {}),
         "metrics": trial.user_attrs.get(attrs.METRICS, {}),
         "baseline": study.user_attrs.get(attrs.BASELINE, {}),
         "spec": spec.to_dict(),

@@ -48,13 +48,19 @@ def test_weights_over_the_budget_give_complete_infeasible_trials():
     assert pareto_rows(study) == []  # infeasible trials are never on the front
 
 
-def test_hopeless_trial_is_pruned_with_its_reason(tmp_path: Path):
+def _hopeless(tmp_path: Path, recovery: str, length: int) -> optuna.Study:
+    """One trial pruned far past the 1-point guard, with `length` epochs or steps of
+    recovery (`recovery`: `train.epochs` or `train.steps`)."""
     space = tmp_path / "hopeless.toml"
     space.write_text(
         '[params."prune.method"]\nchoices = ["magnitude"]\n'
         '[params."prune.threshold"]\ntype = "float"\nlow = 0.5\nhigh = 0.6\n'
-        '[params."train.epochs"]\ntype = "int"\nlow = 3\nhigh = 3\n')
-    study = _run(_spec(str(space), constraints=("accuracy_drop<=0.01",), trials=1))
+        f'[params."{recovery}"]\ntype = "int"\nlow = {length}\nhigh = {length}\n')
+    return _run(_spec(str(space), constraints=("accuracy_drop<=0.01",), trials=1))
+
+
+def test_hopeless_trial_is_pruned_with_its_reason(tmp_path: Path):
+    study = _hopeless(tmp_path, "train.epochs", 3)
     (t,) = study.trials
     assert t.state == TrialState.PRUNED
     assert "guard" in t.user_attrs["pruned_reason"]
@@ -66,12 +72,7 @@ def test_hopeless_trial_is_pruned_with_its_reason(tmp_path: Path):
 def test_recovery_in_steps_stops_early_and_the_report_counts_the_time_saved(tmp_path: Path):
     from search.report import collect_context
 
-    space = tmp_path / "hopeless-steps.toml"
-    space.write_text(
-        '[params."prune.method"]\nchoices = ["magnitude"]\n'
-        '[params."prune.threshold"]\ntype = "float"\nlow = 0.5\nhigh = 0.6\n'
-        '[params."train.steps"]\ntype = "int"\nlow = 8\nhigh = 8\n')
-    study = _run(_spec(str(space), constraints=("accuracy_drop<=0.01",), trials=1))
+    study = _hopeless(tmp_path, "train.steps", 8)
     (t,) = study.trials
     assert t.state == TrialState.PRUNED
     stop = t.user_attrs["early_stop"]
